@@ -1,0 +1,248 @@
+"""The agent's configuration: built-in defaults → main TOML file → drop-ins `agent.d/*.toml` (lexical order).
+
+Tables merge key by key; an array in a later layer replaces the earlier one. Each probe module under
+`agent/probes/` declares its own `Config` dataclass for `[probes.<name>]`, so adding a probe never edits
+this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import pkgutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError
+from .schema import Origin, build, opt, to_plain
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/icvq/agent.toml")
+
+
+@dataclass(frozen=True)
+class VehicleConfig:
+    id: str = opt()
+    device: str = opt()
+    fleet: str = opt()
+
+    def validate(self) -> None:
+        for key in ("id", "device", "fleet"):
+            v = getattr(self, key)
+            # These become MQTT topic levels: wildcards or separators would break routing.
+            if not v or any(c in v for c in "/+#\0 "):
+                raise ConfigError("must be non-empty without '/', '+', '#', NUL or spaces", key=key)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def validate(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("cert and key go together", key="cert" if not self.cert else "key")
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    host: str = "localhost"
+    port: int = opt(1883, min=1, max=65535)
+    topic_prefix: str = "icvq/v1"
+    keepalive_s: int = opt(60, min=5, max=3600)
+    tls: TlsConfig = opt(factory=TlsConfig)
+    username: str = ""
+    password_file: str = ""
+    protocol: str = opt("auto", choices=("auto", "5", "3.1.1"))
+    max_batch_kib: int = opt(96, min=1, max=16384)
+    max_inflight: int = opt(8, min=1, max=100)
+    batch_linger_s: float = opt(2.0, min=0.0, max=3600.0)
+    compress: str = opt("auto", choices=("auto", "never", "always"))
+    message_expiry_s: int = opt(0, min=0, max=2**32 - 1)
+    connect_timeout_s: float = opt(10.0, min=1.0, max=300.0)
+    backoff_min_s: float = opt(1.0, min=0.1, max=600.0)
+    backoff_max_s: float = opt(120.0, min=1.0, max=3600.0)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "/var/lib/icvq/spool.db"
+    max_mib: float = opt(64.0, min=0.05, max=65536.0)
+    commit_interval_s: float = opt(1.0, min=0.05, max=600.0)
+    memory_max_records: int = opt(20000, min=100, max=10_000_000)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    path: str = "/var/lib/icvq/history.db"
+    max_days: float = opt(14.0, min=0.0, max=3650.0)
+    max_mib: float = opt(16.0, min=0.0, max=65536.0)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = "/run/icvq/control.sock"
+    group: str = "icvq"
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    log_level: str = opt("info", choices=("debug", "info", "warning", "error"))
+    nice: int = opt(10, min=0, max=19)
+    io_idle: bool = True
+    health_interval_s: float = opt(60.0, min=1.0, max=86400.0)
+    components: Mapping[str, str] = opt(factory=dict)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    vehicle: VehicleConfig
+    uplink: UplinkConfig
+    spool: SpoolConfig
+    history: HistoryConfig
+    control: ControlConfig
+    agent: AgentSection
+    probes: Mapping[str, Any]
+    sources: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        plain = to_plain(self)
+        plain.pop("sources", None)
+        return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+    def plain(self, *, redact: bool = True) -> dict[str, Any]:
+        return to_plain(self, redact=redact)
+
+
+def probe_names() -> list[str]:
+    from . import probes
+
+    return sorted(m.name for m in pkgutil.iter_modules(probes.__path__) if not m.name.startswith("_"))
+
+
+def probe_module(name: str) -> Any:
+    return importlib.import_module(f"agent.probes.{name}")
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any], source: str, origins: dict[str, str],
+           prefix: str = "") -> None:
+    for k, v in layer.items():
+        path = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, Mapping) and isinstance(into.get(k), dict):
+            _merge(into[k], v, source, origins, path)
+        else:
+            into[k] = _copy(v)
+            origins[path] = source
+            _mark(v, path, source, origins)
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def _mark(v: Any, path: str, source: str, origins: dict[str, str]) -> None:
+    if isinstance(v, Mapping):
+        for k, x in v.items():
+            origins[f"{path}.{k}"] = source
+            _mark(x, f"{path}.{k}", source, origins)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            origins[f"{path}[{i}]"] = source
+            _mark(x, f"{path}[{i}]", source, origins)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=str(path)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", source=str(path)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}", source=str(path)) from None
+
+
+def dropin_dir(main: Path) -> Path:
+    return main.with_name(main.stem + ".d") if main.suffix else main.parent / "agent.d"
+
+
+def load(path: Path | str | None = None, *, dropins: bool = True) -> AgentConfig:
+    """Load and validate; raises ConfigError naming the file and key path."""
+    main = Path(path) if path else DEFAULT_PATH
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    files = [main]
+    if dropins:
+        d = dropin_dir(main)
+        if d.is_dir():
+            files += sorted(p for p in d.glob("*.toml") if p.is_file())
+    for f in files:
+        _merge(merged, _read_toml(f), str(f), origins)
+    return from_mapping(merged, origin=lambda key: _origin_of(key, origins, str(main)),
+                        sources=tuple(map(str, files)))
+
+
+def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rsplit(".", 1)[0] if "." in key else ""
+    return default
+
+
+def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
+                 sources: tuple[str, ...] = ()) -> AgentConfig:
+    org: Origin = origin or (lambda _k: "")
+    known = ("vehicle", "uplink", "spool", "history", "control", "agent", "probes")
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown section (known: {', '.join(known)})", key=key, source=org(key))
+    probes_data = data.get("probes", {})
+    if not isinstance(probes_data, Mapping):
+        raise ConfigError("expected a table", key="probes", source=org("probes"))
+    names = probe_names()
+    for key in probes_data:
+        if key not in names:
+            raise ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
+                              source=org(f"probes.{key}"))
+    probes: dict[str, Any] = {}
+    for name in names:
+        table = probes_data.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}"))
+        probes[name] = build(probe_module(name).Config, table, path=f"probes.{name}", origin=org)
+
+    def section(name: str, cls: type) -> Any:
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError("expected a table", key=name, source=org(name))
+        return build(cls, table, path=name, origin=org)
+
+    if "vehicle" not in data:
+        raise ConfigError("required section is missing", key="vehicle", source=org("vehicle"))
+    return AgentConfig(
+        vehicle=section("vehicle", VehicleConfig),
+        uplink=section("uplink", UplinkConfig),
+        spool=section("spool", SpoolConfig),
+        history=section("history", HistoryConfig),
+        control=section("control", ControlConfig),
+        agent=section("agent", AgentSection),
+        probes=MappingProxyType(probes),
+        sources=sources,
+    )

@@ -1,0 +1,248 @@
+"""`icvq-agent`: wiring only. Build the pieces from config, start them, supervise, stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import __version__
+from .clock import Clock, SystemClock
+from .config import AgentConfig, load, probe_module
+from .errors import EX_CONFIG, ConfigError
+from .inventory import inventory
+from .pipeline import Pipeline
+from .probe import Probe, ProbeContext
+from .records import RecordFactory
+from .sdnotify import Notifier
+from .spool import Spool
+from .uplink import Uplink
+
+log = logging.getLogger("icvq.agent")
+
+
+def build_probes(cfg: AgentConfig, ctx: ProbeContext) -> list[Probe]:
+    probes: list[Probe] = []
+    for name, pcfg in cfg.probes.items():
+        probes.extend(probe_module(name).build(pcfg, ctx))
+    return probes
+
+
+class Daemon:
+    def __init__(self, cfg: AgentConfig, config_path: str | None = None, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.rec = RecordFactory(self.clock)
+        self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
+                           memory_max_records=cfg.spool.memory_max_records,
+                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512))
+        self.uplink = Uplink(cfg.uplink, cfg.vehicle, boot_id=self.clock.boot_id,
+                             birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000))
+        self.pipeline = Pipeline(cfg, self.spool, self.uplink, self.rec)
+        self.pipeline.health_sources.append(self._probe_health)
+        self.probes: list[Probe] = []
+        self.control: Any = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    def _ctx(self) -> ProbeContext:
+        return ProbeContext(clock=self.clock, emit=self.pipeline.intake, uplink=self.uplink.view,
+                            spool_dir=str(Path(self.cfg.spool.path).parent))
+
+    def start(self) -> None:
+        self.spool.open()
+        self.pipeline.start()
+        self.uplink.start()
+        self.probes = build_probes(self.cfg, self._ctx())
+        for p in self.probes:
+            p.start()
+        self._start_extensions()
+        log.info("icvq-agent %s started: vehicle %s/%s, %d probes, spool %s (%d records, %d batches waiting)",
+                 __version__, self.cfg.vehicle.id, self.cfg.vehicle.device, len(self.probes),
+                 self.cfg.spool.path, self.spool.n_records, self.spool.n_batches)
+
+    def _start_extensions(self) -> None:
+        """Field-engineer extensions (control socket, history) hang off the pipeline, outside the data path."""
+        from . import extensions
+
+        self.control = extensions.start(self)
+
+    def stop(self) -> None:
+        for p in self.probes:
+            p.stop()
+        from . import extensions
+
+        extensions.stop(self)
+        self.pipeline.stop(drain_s=5.0)
+        self.uplink.stop()
+        self.spool.close()
+        log.info("icvq-agent stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read config; restart probes (and the uplink when its settings changed)."""
+        try:
+            new = load(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            return
+        if new.spool.path != self.cfg.spool.path or new.vehicle != self.cfg.vehicle:
+            log.warning("spool path or vehicle identity changed: takes effect on restart only")
+        for p in self.probes:
+            p.stop()
+        uplink_changed = new.uplink != self.cfg.uplink
+        self.cfg = new
+        self.pipeline.cfg = new
+        if uplink_changed:
+            self.uplink.stop()
+            self.uplink = Uplink(new.uplink, self.cfg.vehicle, boot_id=self.clock.boot_id,
+                                 birth_fields=self.birth_fields,
+                                 wall_ms=lambda: int(self.clock.wall() * 1000), events=self.uplink.events)
+            self.pipeline.uplink = self.uplink
+            self.uplink.start()
+        self.probes = build_probes(new, self._ctx())
+        for p in self.probes:
+            p.start()
+        log.info("config reloaded (digest %s)", new.digest)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._stop.set()
+
+    def flush(self) -> None:
+        self.pipeline.request_flush()
+
+    # ------------------------------------------------------------------------------------------ views
+    def birth_fields(self) -> dict[str, Any]:
+        return {"agent": __version__, "config": self.cfg.digest,
+                "inventory": inventory(self.cfg.agent.components), "started": int(self.started_wall)}
+
+    def _probe_health(self) -> list[Any]:
+        return [self.rec.health("agent.probe", {"probe": p.name, "state": st["state"], **st["counters"]})
+                for p in self.probes for st in [p.status()]]
+
+    def status(self) -> dict[str, Any]:
+        pl = self.pipeline.status()
+        episodes = pl.pop("episodes")
+        return {
+            "running": True, "version": __version__, "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
+            "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
+                        "fleet": self.cfg.vehicle.fleet},
+            "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
+            "probes": {p.name: p.status() for p in self.probes},
+            "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
+            **pl,
+        }
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.pipeline.alive_mono < 30
+
+    def status_line(self) -> str:
+        s = self.spool
+        up = "connected" if self.uplink.connected else "offline"
+        return f"uplink {up}; spool {s.n_records} records, {s.n_batches} batches; {len(self.probes)} probes"
+
+    # ------------------------------------------------------------------------------------------ main
+    def run_forever(self, notifier: Notifier) -> None:
+        notifier.ready(self.status_line())
+        ping_every = (notifier.watchdog_s or 20.0) / 2
+        last_ping = 0.0
+        last_status = ""
+        while True:
+            self._stop.wait(min(ping_every, 2.0))
+            if self._reload.is_set():
+                self._reload.clear()
+                self._stop.clear()
+                notifier.reloading()
+                self.reload()
+                notifier.ready(self.status_line())
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            # Ping only while the pipeline thread really turns: a hung agent must be restarted by systemd.
+            if notifier.watchdog_s and self.healthy() and now - last_ping >= ping_every:
+                notifier.watchdog()
+                last_ping = now
+            line = self.status_line()
+            if line != last_status:
+                notifier.status(line)
+                last_status = line
+        notifier.stopping()
+        notifier.status("stopping: flushing spool")
+
+
+def lower_priority(nice: int, io_idle: bool) -> None:
+    """A telemetry agent must never compete with the HMI or ADAS processes for CPU or flash."""
+    try:
+        cur = os.nice(0)
+        if nice > cur:
+            os.nice(nice - cur)
+    except OSError:
+        pass
+    if io_idle:
+        try:
+            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        except (OSError, AttributeError, psutil.Error):
+            pass
+
+
+def setup_logging(level: str) -> None:
+    # journald stamps time and unit itself; stderr lines stay short.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="icvq-agent", description="In-vehicle quality telemetry agent.")
+    ap.add_argument("--config", "-c", default=os.environ.get("ICVQ_CONFIG"),
+                    help="main config file (default /etc/icvq/agent.toml; drop-ins in agent.d/ beside it)")
+    ap.add_argument("--check-config", action="store_true", help="validate the config and exit (78 if invalid)")
+    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    ap.add_argument("--version", action="version", version=f"icvq-agent {__version__}")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"icvq-agent: config error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check_config:
+        print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
+        return 0
+    setup_logging(args.log_level or cfg.agent.log_level)
+    lower_priority(cfg.agent.nice, cfg.agent.io_idle)
+    daemon = Daemon(cfg, args.config)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    notifier = Notifier()
+    try:
+        daemon.start()
+    except ConfigError as e:
+        log.error("config error: %s", e)
+        return EX_CONFIG
+    try:
+        daemon.run_forever(notifier)
+    finally:
+        daemon.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The agent's small exception tree.
+
+ConfigError is fatal at start (exit 78, EX_CONFIG); ProbeError degrades one probe while the others go on;
+UplinkError is transient and retried with back-off; WireError marks an untrusted payload as rejected.
+"""
+
+from __future__ import annotations
+
+EX_CONFIG = 78
+
+
+class IcvqError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(IcvqError):
+    """A configuration problem; the message names the file and the key path."""
+
+    def __init__(self, message: str, *, key: str = "", source: str = "") -> None:
+        self.message = message
+        self.key = key
+        self.source = source
+        where = ": ".join(p for p in (source, key) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ProbeError(IcvqError):
+    """A probe cannot read its source right now; the probe is degraded and retried."""
+
+
+class UplinkError(IcvqError):
+    """The broker cannot be reached or refused us; retried with back-off."""
+
+
+class WireError(IcvqError):
+    """A payload does not follow the wire contract. `reason` is a short stable code for counting."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)

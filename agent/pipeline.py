@@ -1,0 +1,272 @@
+"""probes → intake → spool → batches → uplink, driven by one thread so the spool has a single writer.
+
+The intake is a bounded in-memory hand-off; the pipeline commits it to the spool in groups (every
+`commit_interval_s`, sooner when an event arrives), seals batches when the uplink has room, publishes them,
+and deletes them on PUBACK. Nothing here blocks on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import wire
+from .config import AgentConfig
+from .counters import Counters
+from .records import Kind, Record, RecordFactory
+from .spool import Spool
+from .uplink import Acked, Down, Up, Uplink, UplinkEvent
+
+log = logging.getLogger("icvq.pipeline")
+
+Observer = Callable[[list[Record]], None]
+MAX_REJECTIONS = 5
+
+
+class EpisodeTracker:
+    """Ongoing episodes, seen from the records that flow past (for `icvq status`)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Record] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, records: list[Record]) -> None:
+        with self._lock:
+            for r in records:
+                if r.kind is Kind.BEGIN and r.episode is not None:
+                    self._open[r.episode] = r
+                elif r.kind is Kind.END and r.episode is not None:
+                    self._open.pop(r.episode, None)
+
+    def active(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"name": r.name, "episode": r.episode, "since": r.wall_ms / 1000,
+                     "fields": dict(r.data) if isinstance(r.data, dict) else {}}
+                    for r in self._open.values()]
+
+
+class Pipeline:
+    def __init__(self, cfg: AgentConfig, spool: Spool, uplink: Uplink | None, records: RecordFactory,
+                 *, intake_max: int = 50_000) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.uplink = uplink
+        self.rec = records
+        self.counters = Counters()
+        self.episodes = EpisodeTracker()
+        self.observers: list[Observer] = [self.episodes]
+        self.health_sources: list[Callable[[], list[Record]]] = []
+        self._intake: deque[Record] = deque()
+        self._intake_max = intake_max
+        self._intake_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inflight: dict[int, float] = {}          # seq -> publish time
+        self._mids: dict[tuple[int, int], int] = {}    # (generation, mid) -> seq
+        self._rejections: dict[int, int] = {}
+        self._flush_requested = False
+        self._last_commit = time.monotonic()
+        self._last_health = time.monotonic()
+        self._max_batch = cfg.uplink.max_batch_kib * 1024
+        self._urgent = False
+        self.alive_mono = time.monotonic()
+        self.last_ack_seq: int | None = None
+
+    # ------------------------------------------------------------------------------------ thread-safe
+    def intake(self, record: Record) -> None:
+        with self._intake_lock:
+            if len(self._intake) >= self._intake_max:
+                # The pipeline thread is stalled; keep the newest, count what goes.
+                self._intake.popleft()
+                self.counters.inc("intake_overflow")
+            self._intake.append(record)
+            if not record.kind.evictable_first:
+                self._urgent = True
+        if record.kind is not Kind.METRIC:
+            self._wake.set()
+
+    def request_flush(self) -> None:
+        self._flush_requested = True
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Commit what is queued and, if connected, try to get the spool acknowledged within drain_s."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(10)
+        self._commit()
+        if self.uplink and self.uplink.connected and drain_s > 0:
+            deadline = time.monotonic() + drain_s
+            self._flush_requested = True
+            while time.monotonic() < deadline and (self.spool.n_records or self.spool.n_batches):
+                self.step()
+                time.sleep(0.05)
+        self._commit()
+
+    # ------------------------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                self.step()
+            except Exception:
+                log.exception("pipeline step failed")
+                self.counters.inc("step_errors")
+                self._stop.wait(1.0)
+
+    def step(self) -> None:
+        now = time.monotonic()
+        self.alive_mono = now
+        acked = self._drain_uplink_events()
+        if acked:
+            self.spool.ack(acked)
+            if self.uplink:
+                self.uplink.note_ack()
+        if now - self._last_health >= self.cfg.agent.health_interval_s:
+            self._last_health = now
+            for r in self.health():
+                self.intake(r)
+        if self._urgent or now - self._last_commit >= self.cfg.spool.commit_interval_s or self._flush_requested:
+            self._commit()
+        self._send()
+
+    def _commit(self) -> None:
+        with self._intake_lock:
+            batch = list(self._intake)
+            self._intake.clear()
+            self._urgent = False
+        self._last_commit = time.monotonic()
+        if not batch:
+            return
+        self.spool.put(batch)
+        self.counters.inc("accepted", len(batch))
+        for obs in self.observers:
+            try:
+                obs(batch)
+            except Exception:
+                log.exception("record observer failed")
+                self.counters.inc("observer_errors")
+
+    def _drain_uplink_events(self) -> list[int]:
+        if self.uplink is None:
+            return []
+        acked: list[int] = []
+        while True:
+            try:
+                ev: UplinkEvent = self.uplink.events.get_nowait()
+            except queue.Empty:
+                return acked
+            if isinstance(ev, Up):
+                self._inflight.clear()
+                self._mids.clear()
+                if ev.max_packet:
+                    self._max_batch = min(self.cfg.uplink.max_batch_kib * 1024, ev.max_packet - 1024)
+            elif isinstance(ev, Down):
+                self._inflight.clear()
+                self._mids.clear()
+            elif isinstance(ev, Acked):
+                seq = self._mids.pop((ev.gen, ev.mid), None)
+                if seq is None:
+                    continue
+                self._inflight.pop(seq, None)
+                if ev.reason_code < 0x80:
+                    acked.append(seq)
+                    self.last_ack_seq = seq
+                    self._rejections.pop(seq, None)
+                else:
+                    self._rejected(seq, ev.reason_code)
+
+    def _rejected(self, seq: int, code: int) -> None:
+        self.counters.inc(f"rejected.{code:#x}")
+        if code == 0x95:  # packet too large: the broker's limit is below ours; halve and re-seal smaller
+            self._max_batch = max(1024, self._max_batch // 2)
+            self.spool.unseal(seq)
+            return
+        n = self._rejections[seq] = self._rejections.get(seq, 0) + 1
+        if n >= MAX_REJECTIONS:
+            # Stated policy (docs/wire-format.md): a batch the broker refuses 5 times is dropped and counted.
+            log.error("broker refused batch %d %d times (reason %#x); dropping it", seq, n, code)
+            self.spool.drop_batch(seq, f"rejected.{code:#x}")
+            self._rejections.pop(seq, None)
+
+    def _send(self) -> None:
+        up = self.uplink
+        if up is None or not up.connected:
+            return
+        window = self.cfg.uplink.max_inflight
+        for b in self.spool.sealed(exclude=self._inflight, limit=window - len(self._inflight)):
+            if not self._publish(b.seq, b.payload):
+                return
+        while len(self._inflight) < window and self._should_seal():
+            new = self.spool.seal(self._batch_id, self._max_batch, compress=self.cfg.uplink.compress)
+            if new is None:
+                break
+            if not self._publish(new.seq, new.payload):
+                return
+        if self._flush_requested and not self.spool.n_records:
+            self._flush_requested = False
+
+    def _publish(self, seq: int, payload: bytes) -> bool:
+        assert self.uplink is not None
+        res = self.uplink.publish(payload)
+        if res is None:
+            return False
+        self._mids[res] = seq
+        self._inflight[seq] = time.monotonic()
+        self.counters.inc("published")
+        return True
+
+    def _should_seal(self) -> bool:
+        n, body_bytes, oldest_ms = self.spool.unsealed_summary()
+        if n == 0:
+            return False
+        if self._flush_requested or self._stop.is_set() or body_bytes >= self._max_batch * 0.7:
+            return True
+        age_s = time.time() - (oldest_ms or 0) / 1000
+        return age_s >= self.cfg.uplink.batch_linger_s
+
+    def _batch_id(self, boot: str, seq: int) -> wire.BatchId:
+        v = self.cfg.vehicle
+        return wire.BatchId(v.id, v.device, self.spool.sid, boot, seq)
+
+    # ------------------------------------------------------------------------------------------ views
+    def health(self) -> list[Record]:
+        s = self.spool
+        c = self.counters.snapshot()
+        up = self.uplink
+        out = [self.rec.health("agent.spool", {"records": s.n_records, "batches": s.n_batches, "bytes": s.bytes,
+                                               "memory_records": s.stats()["memory_records"],
+                                               "degraded": s.degraded}),
+               self.rec.health("agent.uplink", {"connected": bool(up and up.connected),
+                                                "reconnects": up.reconnects if up else 0,
+                                                "published": c.get("published", 0),
+                                                "intake_overflow": c.get("intake_overflow", 0)})]
+        if s.drops:
+            out.append(self.rec.health("agent.drops", dict(s.drops)))
+        for src in self.health_sources:
+            out.extend(src())
+        return out
+
+    def status(self) -> dict[str, Any]:
+        up = self.uplink
+        return {"spool": self.spool.stats(), "inflight": len(self._inflight),
+                "max_batch_bytes": self._max_batch, "counters": self.counters.snapshot(),
+                "last_ack_seq": self.last_ack_seq,
+                "uplink": {"connected": bool(up and up.connected), "broker": f"{self.cfg.uplink.host}:"
+                           f"{self.cfg.uplink.port}", "protocol": up.protocol if up else None,
+                           "connected_since": up.connected_since if up else None,
+                           "last_ack_wall": up.last_ack_wall if up else None,
+                           "last_error": up.last_error if up else "", "reconnects": up.reconnects if up else 0},
+                "episodes": self.episodes.active(), "flush_pending": self._flush_requested}

@@ -1,0 +1,289 @@
+"""The MQTT side: the only module that imports paho.
+
+One paho Client per connection (reconnect_on_failure off): a new connection gets a new generation number, so a
+PUBACK can never be matched to a message of an older connection (paho's `mid` restarts per connection), and
+paho never resends behind our back — the spool decides what is resent. paho's callbacks only put events on a
+queue the pipeline thread drains.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import wire
+from .config import UplinkConfig, VehicleConfig
+from .probe import UplinkView
+
+log = logging.getLogger("icvq.uplink")
+
+UNSUPPORTED_PROTOCOL = 0x84
+PACKET_TOO_LARGE = 0x95
+
+
+@dataclass(frozen=True)
+class Up:
+    gen: int
+    max_packet: int | None
+
+
+@dataclass(frozen=True)
+class Down:
+    gen: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Acked:
+    gen: int
+    mid: int
+    reason_code: int
+
+
+UplinkEvent = Up | Down | Acked
+
+
+def topics(cfg: UplinkConfig, v: VehicleConfig) -> tuple[str, str]:
+    base = f"{cfg.topic_prefix.rstrip('/')}/{v.fleet}/{v.id}/{v.device}"
+    return f"{base}/batch", f"{base}/status"
+
+
+def next_protocol(current: str, configured: str, failure_code: int | None, failures_in_row: int) -> str:
+    """v5 first; fall back to 3.1.1 only when configured "auto" and the broker rejects v5 (or drops the
+    connection before any CONNACK twice in a row, which is what some v3-only brokers do)."""
+    if configured != "auto":
+        return configured
+    if current == "5" and (failure_code == UNSUPPORTED_PROTOCOL or (failure_code is None and failures_in_row >= 2)):
+        return "3.1.1"
+    return current
+
+
+def backoff_s(attempt: int, lo: float, hi: float, rnd: Callable[[], float] = random.random) -> float:
+    """Exponential back-off with full jitter: a fleet coming out of one tunnel must not reconnect in step."""
+    cap = min(hi, lo * 2 ** min(attempt, 20))
+    return lo + (cap - lo) * rnd()
+
+
+class Uplink:
+    def __init__(self, cfg: UplinkConfig, vehicle: VehicleConfig, *, boot_id: str,
+                 birth_fields: Callable[[], dict[str, Any]], wall_ms: Callable[[], int],
+                 events: queue.Queue[UplinkEvent] | None = None) -> None:
+        self.cfg = cfg
+        self.vehicle = vehicle
+        self.boot_id = boot_id
+        self.birth_fields = birth_fields
+        self.wall_ms = wall_ms
+        self.events: queue.Queue[UplinkEvent] = events or queue.Queue()
+        self.batch_topic, self.status_topic = topics(cfg, vehicle)
+        self.protocol = "3.1.1" if cfg.protocol == "3.1.1" else "5"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+        self._gen = 0
+        self._connected = threading.Event()
+        self._dead = threading.Event()
+        self._connack: tuple[int, int | None] | None = None
+        self.connected_since: float | None = None
+        self.last_ack_wall: float | None = None
+        self.last_ack_mono: float | None = None
+        self.last_error = ""
+        self.reconnects = 0
+        self.published = 0
+
+    # ------------------------------------------------------------------------------------------ public
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self._stop.set()
+        client = self._client
+        if client is not None and self._connected.is_set():
+            try:
+                info = client.publish(self.status_topic, self._status("death", clean=True), qos=1, retain=True,
+                                      properties=self._props())
+                info.wait_for_publish(min(timeout_s, 1.0))
+            except (RuntimeError, ValueError, OSError):
+                pass
+            client.disconnect()
+        self._dead.set()
+        if self._thread:
+            self._thread.join(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def view(self) -> UplinkView:
+        return UplinkView(self.connected, self.connected_since, self.last_ack_wall, self.last_ack_mono,
+                          f"{self.cfg.host}:{self.cfg.port}")
+
+    def publish(self, payload: bytes) -> tuple[int, int] | None:
+        """Queue one batch (QoS 1); returns (generation, mid) or None when not connected."""
+        with self._lock:
+            client, gen = self._client, self._gen
+        if client is None or not self._connected.is_set():
+            return None
+        info = client.publish(self.batch_topic, payload, qos=1, properties=self._props())
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        self.published += 1
+        return gen, info.mid
+
+    def note_ack(self) -> None:
+        self.last_ack_wall = time.time()
+        self.last_ack_mono = time.monotonic()
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _props(self) -> Properties | None:
+        if self.protocol != "5":
+            return None
+        p = Properties(PacketTypes.PUBLISH)
+        p.ContentType = wire.CONTENT_TYPE
+        p.UserProperty = [("icvq-wire", str(wire.VERSION))]
+        if self.cfg.message_expiry_s:
+            p.MessageExpiryInterval = self.cfg.message_expiry_s
+        return p
+
+    def _status(self, kind: str, **extra: Any) -> bytes:
+        fields = self.birth_fields() if kind == "birth" else {}
+        return wire.encode_status(kind, self.vehicle.id, self.vehicle.device, self.boot_id, self.wall_ms(),
+                                  {**fields, **extra})
+
+    def _make_client(self, gen: int) -> mqtt.Client:
+        v5 = self.protocol == "5"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=f"icvq-{self.vehicle.fleet}-{self.vehicle.id}-{self.vehicle.device}",
+                             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+                             clean_session=None if v5 else True, reconnect_on_failure=False)
+        client.max_inflight_messages_set(self.cfg.max_inflight + 2)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = self.cfg.connect_timeout_s
+        tls = self.cfg.tls
+        if tls.ca or tls.cert:
+            client.tls_set(ca_certs=tls.ca or None, certfile=tls.cert or None, keyfile=tls.key or None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        if self.cfg.username:
+            password = None
+            if self.cfg.password_file:
+                password = Path(self.cfg.password_file).read_text().rstrip("\r\n")
+            client.username_pw_set(self.cfg.username, password)
+        client.will_set(self.status_topic, self._status("death", clean=False), qos=1, retain=True,
+                        properties=self._props())
+
+        def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+            max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+            self._connack = (int(rc.value if hasattr(rc, "value") else rc), max_packet)
+            if not rc.is_failure:
+                self._connected.set()
+            else:
+                self._dead.set()
+
+        def on_disconnect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+            self.last_error = f"disconnected: {rc}"
+            self._connected.clear()
+            self._dead.set()
+
+        def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+            self.events.put(Acked(gen, mid, int(rc.value if hasattr(rc, "value") else rc)))
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
+        return client
+
+    # ------------------------------------------------------------------------------------ connect loop
+    def _run(self) -> None:
+        attempt = 0
+        failures_in_row = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            code = self._one_connection()
+            if self._stop.is_set():
+                break
+            lasted = time.monotonic() - started
+            if code == 0 and lasted > 30:
+                attempt = 0
+            failures_in_row = 0 if code == 0 else failures_in_row + 1
+            new = next_protocol(self.protocol, self.cfg.protocol, code if code and code > 0 else None,
+                                failures_in_row)
+            if new != self.protocol:
+                log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
+                self.protocol = new
+                continue
+            delay = backoff_s(attempt, self.cfg.backoff_min_s, self.cfg.backoff_max_s)
+            attempt += 1
+            self._stop.wait(delay)
+
+    def _one_connection(self) -> int | None:
+        """Connect, run until the connection dies. Returns 0 after a successful session, the CONNACK failure
+        code, or None when no CONNACK arrived."""
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+        self._connected.clear()
+        self._dead.clear()
+        self._connack = None
+        try:
+            client = self._make_client(gen)
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}")
+            return None
+        with self._lock:
+            self._client = client
+        client.loop_start()
+        try:
+            deadline = time.monotonic() + self.cfg.connect_timeout_s + 2
+            while not (self._connected.is_set() or self._dead.is_set() or self._stop.is_set()):
+                if time.monotonic() > deadline:
+                    self._note_error("no CONNACK from broker")
+                    break
+                self._connected.wait(0.1)
+            if not self._connected.is_set():
+                return self._connack[0] if self._connack else None
+            max_packet = self._connack[1] if self._connack else None
+            self.connected_since = time.time()
+            self.reconnects += 1
+            if self.last_error:
+                log.info("connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.protocol)
+            self.last_error = ""
+            client.publish(self.status_topic, self._status("birth"), qos=1, retain=True, properties=self._props())
+            self.events.put(Up(gen, max_packet))
+            while not (self._dead.is_set() or self._stop.is_set()):
+                self._dead.wait(1.0)
+            if not self._stop.is_set():
+                self._note_error("connection lost")
+            return 0
+        finally:
+            self._connected.clear()
+            self.connected_since = None
+            self.events.put(Down(gen, self.last_error))
+            if not self._stop.is_set():
+                try:
+                    client.disconnect()
+                except (OSError, ValueError):
+                    pass
+            client.loop_stop()
+            with self._lock:
+                if self._client is client:
+                    self._client = None
+
+    def _note_error(self, msg: str) -> None:
+        if msg != self.last_error:
+            log.warning("uplink: %s", msg)
+        self.last_error = msg

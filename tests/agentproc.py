@@ -1,0 +1,96 @@
+"""Run the real daemon as a subprocess with a config the test writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def to_toml(tables: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for name, table in tables.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def base_config(tmp: Path, port: int, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    cfg: dict[str, dict[str, Any]] = {
+        "vehicle": {"id": "VIN0001", "device": "hu", "fleet": "test"},
+        "uplink": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "batch_linger_s": 0.5,
+                   "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+        "spool": {"path": str(tmp / "spool.db"), "commit_interval_s": 0.2},
+        "history": {"path": str(tmp / "history.db")},
+        "control": {"socket": str(tmp / "control.sock"), "group": ""},
+        "agent": {"nice": 0, "io_idle": False, "health_interval_s": 5},
+        "probes.system": {"interval_s": 0.5},
+    }
+    for k, v in sections.items():
+        cfg.setdefault(k.replace("__", "."), {}).update(v)
+    return cfg
+
+
+def write_config(tmp: Path, cfg: dict[str, dict[str, Any]]) -> Path:
+    p = tmp / "agent.toml"
+    p.write_text(to_toml(cfg))
+    return p
+
+
+class AgentProc:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_started: bool = True) -> AgentProc:
+        logf = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(self.config),
+                                      "--log-level", "debug"], stdout=logf, stderr=logf, env=self.env,
+                                     cwd=str(REPO))
+        if wait_started:
+            self.wait_log("icvq-agent 0.1.0 started", 20)
+        return self
+
+    def wait_log(self, text: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log.read_text(errors="replace"):
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not in agent log:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,1 @@
+"""Off-car tools: backend ingest, simulators, benchmarks, the VM test harness."""

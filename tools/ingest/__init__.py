@@ -1,0 +1,1 @@
+"""Backend ingest: MQTT → strict decode → dedup on batch identity → store."""

@@ -1,0 +1,154 @@
+"""Per-run control files the guest /init reads from the `icvqrun` share (mounted at /run/icvq)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import VmError
+
+# Host variables a guest command needs to find the same interpreter and packages as on the host.
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "VIRTUAL_ENV")
+PASSTHROUGH_PREFIXES = ("PYENV_", "PYTHON")
+# Top-level host directories never shared writable by default (system trees, or replaced in the guest).
+_NOT_SHARED = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys",
+               "/usr", "/var"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# Runs inside the guest root in both modes; `env -i` so the command sees only what job.sh exports.
+WRAP_SH = """\
+read -r up _ </proc/uptime && echo "$up" >/run/icvq/started
+env -i /bin/sh /run/icvq/job.sh </dev/null >/run/icvq/output 2>&1
+echo $? >/run/icvq/rc
+sync
+"""
+
+# sysinit.target only, not multi-user: the host's own enabled services must not start in the guest.
+ICVQ_TARGET = """\
+[Unit]
+Description=icvq VM test target
+Requires=sysinit.target
+After=sysinit.target
+AllowIsolate=yes
+"""
+
+RUN_SERVICE = """\
+[Unit]
+Description=icvq VM test command
+After=sysinit.target {after}
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+TimeoutStartSec=infinity
+ExecStart=/bin/sh /run/icvq/wrap.sh
+"""
+
+# Units that cost seconds under TCG and that a unit test does not need (tmpfiles-setup alone ~15 s).
+DEFAULT_MASKS = (
+    "systemd-tmpfiles-setup.service",
+    "systemd-tmpfiles-clean.timer",
+    "systemd-timesyncd.service",
+    "systemd-pstore.service",
+    "systemd-hwdb-update.service",
+    "systemd-journal-catalog-update.service",
+    "systemd-update-done.service",
+    "ldconfig.service",
+    "e2scrub_reap.service",
+)
+
+
+@dataclass
+class JobSpec:
+    cmd: Sequence[str]
+    cwd: Path
+    env: dict[str, str]
+    vcan: int = 1
+    rw_dirs: list[Path] = field(default_factory=list)
+    systemd: bool = False
+    overlay_dir: Path | None = None
+    units: Sequence[str] = ()
+    masks: Sequence[str] = DEFAULT_MASKS
+
+
+def guest_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH_ENV or k.startswith(PASSTHROUGH_PREFIXES)}
+    env.update(extra or {})
+    bad = [k for k in env if not _ENV_NAME.match(k)]
+    if bad:
+        raise VmError(f"invalid environment variable names: {bad}")
+    return env
+
+
+def default_rw_dirs(cwd: Path) -> list[Path]:
+    """The top-level directory holding cwd (e.g. /work), or cwd itself under /tmp (a guest tmpfs)."""
+    parts = cwd.parts
+    if len(parts) < 2:
+        return []
+    top = Path("/", parts[1])
+    if str(top) == "/tmp":
+        return [cwd]
+    return [] if str(top) in _NOT_SHARED else [top]
+
+
+def write(spec: JobSpec, run_dir: Path) -> None:
+    if not spec.cmd and not spec.systemd:
+        raise VmError("no command given")
+    (run_dir / "config.sh").write_text(
+        f"ICVQ_MODE={'systemd' if spec.systemd else 'plain'}\nICVQ_VCAN={int(spec.vcan)}\n"
+    )
+    for path in spec.rw_dirs:
+        if "\n" in str(path) or not path.is_absolute() or path == Path("/"):
+            raise VmError(f"cannot share {path!r} read-write")
+    (run_dir / "rw.list").write_text("".join(f"{p}\n" for p in spec.rw_dirs))
+    lines = [f"export {shlex.quote(f'{k}={v}')}" for k, v in sorted(spec.env.items())]
+    lines.append(f"cd {shlex.quote(str(spec.cwd))} || exit 125")
+    lines.append("exec " + " ".join(shlex.quote(a) for a in spec.cmd))
+    (run_dir / "job.sh").write_text("\n".join(lines) + "\n")
+    (run_dir / "wrap.sh").write_text(WRAP_SH)
+    if spec.systemd:
+        _write_overlay(spec, run_dir / "overlay")
+
+
+def _write_overlay(spec: JobSpec, overlay: Path) -> None:
+    if spec.overlay_dir is not None:
+        if not spec.overlay_dir.is_dir():
+            raise VmError(f"overlay dir {spec.overlay_dir} does not exist")
+        shutil.copytree(spec.overlay_dir, overlay, symlinks=True)
+    etc = overlay / "etc"
+    units_dir = etc / "systemd" / "system"
+    wants = units_dir / "icvq.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    # Empty machine-id: systemd treats the boot as a fresh machine and generates a transient id.
+    (etc / "machine-id").write_text("")
+    (units_dir / "icvq.target").write_text(ICVQ_TARGET)
+    for unit in spec.masks:
+        _symlink(Path("/dev/null"), units_dir / unit)
+    for unit in spec.units:
+        _symlink(_find_unit(unit, overlay), wants / unit)
+    if spec.cmd:
+        (units_dir / "icvq-run.service").write_text(RUN_SERVICE.format(after=" ".join(spec.units)))
+        _symlink(Path("/etc/systemd/system/icvq-run.service"), wants / "icvq-run.service")
+
+
+def _find_unit(unit: str, overlay: Path) -> Path:
+    """Guest path of `unit`, looked up in the overlay first, then in the host root."""
+    template = re.sub(r"@[^.]*\.", "@.", unit)
+    for name in dict.fromkeys((unit, template)):
+        for base in ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"):
+            if (overlay / base / name).exists() or Path("/", base, name).exists():
+                return Path("/", base, name)
+    raise VmError(f"unit {unit} found neither in the overlay dir nor on the host")
+
+
+def _symlink(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
