@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 
 from . import wire
+from .errors import WireError
 from .records import Kind, Record
 
 log = logging.getLogger("icvq.spool")
@@ -170,7 +171,13 @@ class Spool:
         """Accept records durably (one transaction), or into the bounded memory queue when the disk fails."""
         incoming = []
         for r in records:
-            if len(_body(r)) > self.max_record_bytes:
+            try:
+                wire.check_record(r)
+                size = len(_body(r))
+            except (WireError, TypeError, ValueError, OverflowError):
+                self._count_drop("invalid", 1)
+                continue
+            if size > self.max_record_bytes:
                 self._count_drop("oversize", 1)
             else:
                 incoming.append(r)

@@ -31,6 +31,7 @@ from .probe import UplinkView
 log = logging.getLogger("icvq.uplink")
 
 UNSUPPORTED_PROTOCOL = 0x84
+NO_CONNACK = -1  # TCP (and TLS) connected, but the broker closed or stayed silent instead of answering CONNECT
 PACKET_TOO_LARGE = 0x95
 
 
@@ -66,7 +67,8 @@ def next_protocol(current: str, configured: str, failure_code: int | None, failu
     connection before any CONNACK twice in a row, which is what some v3-only brokers do)."""
     if configured != "auto":
         return configured
-    if current == "5" and (failure_code == UNSUPPORTED_PROTOCOL or (failure_code is None and failures_in_row >= 2)):
+    if current == "5" and (failure_code == UNSUPPORTED_PROTOCOL or (failure_code == NO_CONNACK
+                                                                  and failures_in_row >= 2)):
         return "3.1.1"
     return current
 
@@ -218,9 +220,8 @@ class Uplink:
             lasted = time.monotonic() - started
             if code == 0 and lasted > 30:
                 attempt = 0
-            failures_in_row = 0 if code == 0 else failures_in_row + 1
-            new = next_protocol(self.protocol, self.cfg.protocol, code if code and code > 0 else None,
-                                failures_in_row)
+            failures_in_row = 0 if code == 0 else failures_in_row + 1 if code == NO_CONNACK else failures_in_row
+            new = next_protocol(self.protocol, self.cfg.protocol, code, failures_in_row)
             if new != self.protocol:
                 log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
                 self.protocol = new
@@ -231,7 +232,7 @@ class Uplink:
 
     def _one_connection(self) -> int | None:
         """Connect, run until the connection dies. Returns 0 after a successful session, the CONNACK failure
-        code, or None when no CONNACK arrived."""
+        code, NO_CONNACK when the broker never answered CONNECT, or None when TCP/TLS did not connect."""
         with self._lock:
             self._gen += 1
             gen = self._gen
@@ -255,7 +256,7 @@ class Uplink:
                     break
                 self._connected.wait(0.1)
             if not self._connected.is_set():
-                return self._connack[0] if self._connack else None
+                return self._connack[0] if self._connack else NO_CONNACK
             max_packet = self._connack[1] if self._connack else None
             self.connected_since = time.time()
             self.reconnects += 1

@@ -31,6 +31,7 @@ KIND_ZLIB = "z"
 KIND_BIRTH = "birth"
 KIND_DEATH = "death"
 STATUS_KINDS = (KIND_BIRTH, KIND_DEATH)
+MAX_NAME = 256
 # Below this size zlib's own header and the envelope eat the gain (docs/performance.md).
 COMPRESS_MIN_BYTES = 256
 
@@ -78,6 +79,24 @@ class Status:
 
 
 # ---------------------------------------------------------------------------------------------- encode
+def check_record(r: Record, limits: Limits | None = None) -> None:
+    """Refuse at intake what a strict decoder would refuse later, so one bad record can never block a batch."""
+    lim = limits or DEFAULT_LIMITS
+    if not 0 < len(r.name) <= MAX_NAME:
+        raise WireError("bad_name", r.name[:40])
+    if r.kind in (Kind.BEGIN, Kind.END) and r.episode is None:
+        raise WireError("bad_record", "episode missing")
+    if isinstance(r.data, Mapping):
+        for k, v in r.data.items():
+            if not isinstance(k, str) or len(k) > MAX_NAME:
+                raise WireError("bad_name", str(k)[:40])
+            _check_value(v, lim)
+    elif isinstance(r.data, bool) or not isinstance(r.data, (int, float)):
+        raise WireError("bad_type", type(r.data).__name__)
+    elif isinstance(r.data, int) and not -(2**63) <= r.data < 2**64:
+        raise WireError("bad_value", "integer out of range")
+
+
 def _boot_bytes(boot: str) -> bytes:
     try:
         b = bytes.fromhex(boot)
@@ -189,10 +208,14 @@ def _check_value(v: Any, lim: Limits, depth: int = 0) -> None:
         for x in v:
             _check_value(x, lim, depth + 1)
     elif isinstance(v, dict):
-        for x in v.values():
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise WireError("bad_type", "map key")
             _check_value(x, lim, depth + 1)
     elif isinstance(v, str) and len(v) > lim.max_str:
         raise WireError("too_long", "string value")
+    elif isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+        raise WireError("bad_value", "integer out of range")
     elif not isinstance(v, (int, float, bool, bytes, str)) and v is not None:
         raise WireError("bad_type", type(v).__name__)
 
@@ -255,7 +278,7 @@ def _decode_batch(top: Mapping[str, Any], lim: Limits) -> Batch:
     if not rows:
         raise WireError("empty_batch")
     for n in names:
-        if not isinstance(n, str) or not 0 < len(n) <= 256:
+        if not isinstance(n, str) or len(n) > MAX_NAME:
             raise WireError("bad_name")
     out: list[Record] = []
     prev = m0
@@ -266,7 +289,7 @@ def _decode_batch(top: Mapping[str, Any], lim: Limits) -> Batch:
         if isinstance(kind_v, bool) or not isinstance(kind_v, int) or kind_v not in Kind._value2member_map_:
             raise WireError("bad_record", f"#{i} kind")
         kind = Kind(kind_v)
-        if isinstance(ni, bool) or not isinstance(ni, int) or not 0 <= ni < len(names):
+        if isinstance(ni, bool) or not isinstance(ni, int) or not 0 <= ni < len(names) or not names[ni]:
             raise WireError("bad_record", f"#{i} name index")
         if isinstance(dm, bool) or not isinstance(dm, int) or abs(dm) > 2**48:
             raise WireError("bad_record", f"#{i} time")

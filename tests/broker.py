@@ -27,7 +27,7 @@ def wait_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> No
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", persistent: bool = True) -> None:
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
             raise RuntimeError("mosquitto is not installed: run `make deps` (apt-get install mosquitto)")
@@ -38,11 +38,17 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         self.extra_conf = extra_conf
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self) -> None:
         body = self.extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-        self.conf.write_text(f"persistence false\nlog_dest stderr\n{body}")
+        # Persistent sessions, saved every second, so a subscriber's queue survives a broker restart the way
+        # a production broker's does; a SIGKILL still loses what arrived in the last second.
+        persist = (f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+                   if self.persistent else "persistence false\n")
+        # As root mosquitto would switch to its own user and then fail to read the test's files.
+        self.conf.write_text(f"user root\n{persist}log_dest stderr\n{body}")
 
     def start(self) -> Mosquitto:
         self.write_conf()

@@ -16,7 +16,7 @@ from ..schema import opt
 @dataclass(frozen=True)
 class Config:
     enabled: bool = True
-    interval_s: float = opt(10.0, min=0.5, max=3600.0)
+    interval_s: float = opt(10.0, min=0.1, max=3600.0)
     temperatures: bool = True
 
 

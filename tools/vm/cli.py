@@ -32,14 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smp", type=int, default=1, help="guest CPUs")
     run.add_argument("--env", type=_env_pair, action="append", default=[], metavar="K=V")
     run.add_argument("--cwd", help="working directory in the guest (default: the current one)")
-    run.add_argument("--rw", action="append", metavar="DIR",
-                     help="host dir shared read-write (repeatable; default: the top dir of --cwd)")
+    run.add_argument(
+        "--rw",
+        action="append",
+        metavar="DIR",
+        help="host dir shared read-write (repeatable; default: the top dir of --cwd)",
+    )
     run.add_argument("--systemd", action="store_true", help="boot systemd as PID 1 on an overlay root")
     run.add_argument("--overlay-dir", help="systemd mode: tree copied over the guest root before boot")
     run.add_argument("--unit", action="append", default=[], help="systemd mode: unit to start before CMD")
     run.add_argument("--mask", action="append", default=[], help="systemd mode: extra unit to mask")
-    run.add_argument("--no-default-masks", action="store_true",
-                     help="systemd mode: do not mask the slow units masked by default")
+    run.add_argument(
+        "--no-default-masks", action="store_true", help="systemd mode: do not mask the slow units masked by default"
+    )
     run.add_argument("--console", action="store_true", help="print the guest console to stderr afterwards")
     run.add_argument("--keep", action="store_true", help="keep the run directory (control files, logs)")
     run.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
@@ -83,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(result.console)
     if args.verbose:
         boot = f"{result.boot_s:.2f} s" if result.boot_s is not None else "n/a"
-        print(f"tools.vm: exit {result.returncode}, guest uptime at command start {boot}, "
-              f"wall {result.wall_s:.2f} s", file=sys.stderr)
+        print(
+            f"tools.vm: exit {result.returncode}, guest uptime at command start {boot}, wall {result.wall_s:.2f} s",
+            file=sys.stderr,
+        )
     return result.returncode

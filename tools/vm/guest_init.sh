@@ -42,6 +42,11 @@ if [ "$ICVQ_MODE" = systemd ]; then
     mkdir -p /ovl/upper /ovl/work
     mount -t overlay overlay -o lowerdir=/lower,upperdir=/ovl/upper,workdir=/ovl/work /newroot \
         || die "cannot mount the overlay root"
+    # The host is a container: systemd would see /.dockerenv, believe it runs in docker and then
+    # ignore the kernel command line (systemd.unit=) and skip parts of a real boot.
+    rm -f /newroot/.dockerenv
+    # Without the host's D-Bus id, systemd gives the guest its own machine id instead of the host's.
+    rm -f /newroot/var/lib/dbus/machine-id
     if [ -d /icvq/overlay ]; then
         cp -a /icvq/overlay/. /newroot/ || die "cannot copy the overlay files"
     fi
@@ -58,7 +63,7 @@ n=0
 while read -r path; do
     [ -n "$path" ] || continue
     mkdir -p "/newroot$path" 2>/dev/null
-    mount -t 9p -o "$P9" "icvqrw$n" "/newroot$path" || die "cannot mount rw share $path"
+    mount -t 9p -o "cache=mmap,$P9" "icvqrw$n" "/newroot$path" || die "cannot mount rw share $path"
     n=$((n + 1))
 done </icvq/rw.list
 

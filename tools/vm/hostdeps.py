@@ -22,9 +22,7 @@ def missing_packages(packages: Sequence[str] = HOST_PACKAGES) -> list[str]:
         text=True,
         check=False,
     )
-    installed = {
-        line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" installed")
-    }
+    installed = {line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" installed")}
     return [p for p in packages if p not in installed]
 
 

@@ -165,8 +165,15 @@ def _fetch(package: str, version: str, kdir: Path, wanted: tuple[str, ...]) -> N
             shutil.copy2(index[name], kdir / "modules" / f"{name}.ko")
     cache.write_stamp(
         kdir / "stamp.json",
-        {"layout": LAYOUT, "package": package, "version": version, "release": releases[0].name,
-         "wanted": list(wanted), "order": order, "image": image},
+        {
+            "layout": LAYOUT,
+            "package": package,
+            "version": version,
+            "release": releases[0].name,
+            "wanted": list(wanted),
+            "order": order,
+            "image": image,
+        },
     )
 
 

@@ -98,6 +98,7 @@ def run_in_vm(
     )
     runs = cache.cache_root() / "runs"
     runs.mkdir(exist_ok=True)
+    _prune(runs)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
     try:
         jobfiles.write(spec, run_dir)
@@ -110,6 +111,17 @@ def run_in_vm(
     return result
 
 
+def _prune(runs: Path, max_age_s: float = 86400.0) -> None:
+    """Drop run dirs kept after failures once they are old enough not to be under inspection."""
+    cutoff = time.time() - max_age_s
+    for old in runs.glob("run-*"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
 def _virtfs(path: Path, tag: str, readonly: bool) -> list[str]:
     escaped = str(path).replace(",", ",,")  # qemu option syntax
     opts = f"local,path={escaped},mount_tag={tag},security_model=none,multidevs=remap"
@@ -118,12 +130,10 @@ def _virtfs(path: Path, tag: str, readonly: bool) -> list[str]:
 
 def qemu_command(prepared: Prepared, spec: jobfiles.JobSpec, run_dir: Path, mem_mib: int, smp: int) -> list[str]:
     append = KERNEL_ARGS + (" " + SYSTEMD_ARGS if spec.systemd else "")
-    argv = [
-        QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(mem_mib), "-smp", str(smp),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-serial", f"file:{run_dir / 'console.log'}", "-monitor", "none",
-        "-kernel", str(prepared.kernel.image), "-initrd", str(prepared.initramfs), "-append", append,
-    ]
+    argv = [QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(mem_mib), "-smp", str(smp)]
+    argv += ["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot"]
+    argv += ["-serial", f"file:{run_dir / 'console.log'}"]
+    argv += ["-kernel", str(prepared.kernel.image), "-initrd", str(prepared.initramfs), "-append", append]
     if QBOOT.is_file():
         argv += ["-bios", str(QBOOT)]
     argv += _virtfs(Path("/"), "hostroot", readonly=True)

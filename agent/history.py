@@ -1,0 +1,278 @@
+"""The local event history behind `icvq events`: what happened on this car, kept after upload.
+
+Its own SQLite file (`[history] path`), separate from the spool so the spool's size cap, eviction and
+fsync policy stay untouched. Only events and episode begin/end are kept, never metrics or health: a few
+rows a minute on a normal day. The pipeline calls the History object as an observer with each committed
+group, so there is one small transaction per spool commit and none at all for metric-only groups.
+
+History is a convenience, not the data path: synchronous=NORMAL (a power cut may lose the last rows, never
+corrupt the file), and every write failure is counted and logged once, never raised into the pipeline.
+Pruned by age (max_days) and size (max_mib); either limit at 0 turns the history off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import HistoryConfig
+from .records import Kind, Record
+
+log = logging.getLogger("icvq.history")
+
+KEPT = frozenset({Kind.EVENT, Kind.BEGIN, Kind.END})
+PRUNE_EVERY_S = 600.0
+PRUNE_EVERY_ROWS = 500  # a burst of events must not outgrow the cap for ten minutes
+RETRY_S = 60.0
+MAX_QUERY = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, wall_ms INTEGER NOT NULL, mono_ms INTEGER NOT NULL,
+    boot TEXT NOT NULL, synced INTEGER NOT NULL, kind INTEGER NOT NULL, name TEXT NOT NULL,
+    episode INTEGER, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_wall ON events (wall_ms);
+"""
+
+
+def enabled(cfg: HistoryConfig) -> bool:
+    return cfg.max_days > 0 and cfg.max_mib > 0
+
+
+class History:
+    """Writer side, owned by the daemon; `__call__` runs on the pipeline thread."""
+
+    def __init__(self, cfg: HistoryConfig, now_ms: Any = None) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.path)
+        self.max_bytes = int(cfg.max_mib * 2**20)
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+        self._since_prune = 0
+        self._failed_at = 0.0
+        self.last_error = ""
+        self.written = 0
+        self.errors = 0
+
+    def open(self) -> None:
+        with self._lock:
+            self._open_locked()
+
+    def _open_locked(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
+        try:
+            # Must precede the first table so freed pages can be handed back to the filesystem after pruning.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA journal_size_limit=1048576")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        self._prune_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                self._db.close()
+                self._db = None
+
+    def __call__(self, records: list[Record]) -> None:
+        rows = [(r.wall_ms, r.mono_ms, r.boot, int(r.synced), int(r.kind), r.name, r.episode,
+                 json.dumps(r.data, separators=(",", ":"), default=repr)) for r in records if r.kind in KEPT]
+        if not rows:
+            return
+        with self._lock:
+            if self._db is None and not self._reopen():
+                return
+            try:
+                self._write(rows)
+            except sqlite3.Error as e:
+                self._fail(e)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        db = self._conn
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO events (wall_ms, mono_ms, boot, synced, kind, name, episode, data) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self.written += len(rows)
+        self._since_prune += len(rows)
+        if self.last_error:
+            log.info("history writable again")
+            self.last_error = ""
+        if self._since_prune >= PRUNE_EVERY_ROWS or time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
+            self._prune_locked()
+
+    def _fail(self, e: sqlite3.Error) -> None:
+        self.errors += 1
+        msg = f"{type(e).__name__}: {e}"
+        if msg != self.last_error:
+            log.warning("history write failed (%s); events still go to the spool", msg)
+        self.last_error = msg
+        self._failed_at = time.monotonic()
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def _reopen(self) -> bool:
+        if time.monotonic() - self._failed_at < RETRY_S:
+            return False
+        try:
+            self._open_locked()
+            return True
+        except (sqlite3.Error, OSError) as e:
+            self._fail(sqlite3.OperationalError(str(e)))
+            return False
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.OperationalError("history is not open")
+        return self._db
+
+    # --------------------------------------------------------------------------------------- pruning
+    def prune(self) -> None:
+        with self._lock:
+            try:
+                self._prune_locked()
+            except sqlite3.Error as e:
+                self._fail(e)
+
+    def used_bytes(self) -> int:
+        db = self._conn
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page)
+
+    def _prune_locked(self) -> None:
+        db = self._conn
+        self._last_prune = time.monotonic()
+        self._since_prune = 0
+        cutoff = self._now_ms() - int(self.cfg.max_days * 86400_000)
+        n = db.execute("DELETE FROM events WHERE wall_ms < ?", (cutoff,)).rowcount
+        # Over the size cap: drop the oldest tenth at a time down to 90 %, so we do not prune on every commit.
+        while self.used_bytes() > self.max_bytes * 0.9:
+            total = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            if not total:
+                break
+            chunk = max(50, total // 10)
+            n += db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+                            (chunk,)).rowcount
+        if n:
+            db.execute("PRAGMA incremental_vacuum")
+            log.debug("history pruned %d rows", n)
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.path), "written": self.written, "errors": self.errors,
+                "last_error": self.last_error}
+
+
+# ------------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class Query:
+    since_ms: int | None = None
+    until_ms: int | None = None
+    names: Sequence[str] = ()   # shell globs (SQLite GLOB: case-sensitive, * ? [..])
+    limit: int = 100
+    before_id: int | None = None  # paging: rows older than this id
+
+
+def open_ro(path: str | Path) -> tuple[sqlite3.Connection, str]:
+    """Open read-only, never creating or modifying anything: safe on a car whose daemon is down.
+
+    Returns (connection, note). A WAL file left by a crash needs a writable -shm to be read; when we cannot
+    create one we fall back to immutable mode, which sees only the checkpointed part, and say so.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(str(p))
+    uri = "file:" + urllib.parse.quote(str(p.resolve()))
+    try:
+        db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=2.0)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db, ""
+    except sqlite3.OperationalError:
+        db = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=2.0)
+        return db, "read without the write-ahead log (no write access to it): the newest rows may be missing"
+
+
+def _row(r: tuple[Any, ...]) -> dict[str, Any]:
+    rid, wall_ms, boot, synced, kind, name, episode, data = r
+    try:
+        fields = json.loads(data)
+    except ValueError:
+        fields = {"raw": data}
+    out: dict[str, Any] = {"id": rid, "t": wall_ms / 1000, "type": Kind(kind).label, "name": name,
+                           "synced": bool(synced), "boot": boot}
+    if isinstance(fields, dict):
+        out["fields"] = fields
+    else:
+        out["value"] = fields
+    if episode is not None:
+        out["episode"] = episode
+    return out
+
+
+def query(db: sqlite3.Connection, q: Query) -> tuple[list[dict[str, Any]], bool]:
+    """Newest first, at most q.limit rows; the flag says whether older rows match too."""
+    where, args = [], []
+    if q.since_ms is not None:
+        where.append("wall_ms >= ?")
+        args.append(q.since_ms)
+    if q.until_ms is not None:
+        where.append("wall_ms < ?")
+        args.append(q.until_ms)
+    if q.before_id is not None:
+        where.append("id < ?")
+        args.append(q.before_id)
+    if q.names:
+        where.append("(" + " OR ".join("name GLOB ?" for _ in q.names) + ")")
+        args.extend(q.names)
+    limit = max(1, min(int(q.limit), MAX_QUERY))
+    sql = ("SELECT id, wall_ms, boot, synced, kind, name, episode, data FROM events"
+           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
+    rows = db.execute(sql, [*args, limit + 1]).fetchall()
+    return [_row(r) for r in rows[:limit]], len(rows) > limit
+
+
+def query_file(path: str | Path, q: Query) -> tuple[list[dict[str, Any]], bool, str]:
+    db, note = open_ro(path)
+    try:
+        rows, more = query(db, q)
+    finally:
+        db.close()
+    return rows, more, note
+
+
+def summary(db: sqlite3.Connection) -> dict[str, Any]:
+    n, lo, hi = db.execute("SELECT COUNT(*), MIN(wall_ms), MAX(wall_ms) FROM events").fetchone()
+    return {"events": n, "oldest": lo / 1000 if lo else None, "newest": hi / 1000 if hi else None}
