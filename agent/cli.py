@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import __version__, wire
+from . import __version__, fieldcli, wire
 from .config import load
 from .errors import EX_CONFIG, ConfigError, WireError
 
@@ -45,7 +45,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    ap = argparse.ArgumentParser(prog="icvq", description="icvq field tool: status, events, bundles, decoding.")
+    ap = argparse.ArgumentParser(prog="icvq", description="icvq field tool: status, events, bundles, decoding. "
+                                 "Finds the agent via --config, $ICVQ_CONFIG or /etc/icvq/agent.toml.")
     ap.add_argument("--version", action="version", version=f"icvq {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     handlers: dict[str, Handler] = {}
@@ -59,6 +60,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     p.add_argument("file", nargs="?", help="payload file, or - for stdin")
     p.add_argument("--pretty", action="store_true")
     handlers["decode"] = cmd_decode
+    fieldcli.register(sub, handlers)
     return ap, handlers
 
 

@@ -1,0 +1,73 @@
+"""`icvq flush [--wait]`: upload now; with --wait, until everything spooled before the request is acked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .client import EXIT_OK, EXIT_UNHEALTHY, RequestError, Unavailable, context
+from .fmt import age, isatty
+
+
+def drained(st: dict[str, Any], requested_at: float) -> bool:
+    """Records keep arriving while we wait, so 'empty' means: no sealed batch left and nothing unsealed
+    that is older than the request (with no batches, the spool's oldest timestamp is the oldest record's)."""
+    sp = st.get("spool") or {}
+    if sp.get("batches") or st.get("inflight"):
+        return False
+    oldest = sp.get("oldest_wall_ms")
+    return not sp.get("records") or (oldest is not None and oldest / 1000 >= requested_at)
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    ctx = context(args)
+    progress = isatty(sys.stderr)
+    t0 = time.monotonic()
+    try:
+        with ctx.client() as c:
+            requested_at = c.request({"cmd": "flush"})["requested_at"]
+            if not args.wait:
+                print(json.dumps({"ok": True, "requested_at": requested_at}) if args.json else "flush requested")
+                return EXIT_OK
+            deadline = t0 + args.timeout
+            while True:
+                st = c.request({"cmd": "status"})["status"]
+                sp, up = st.get("spool") or {}, st.get("uplink") or {}
+                done = drained(st, requested_at)
+                if progress:
+                    link = "uplink connected" if up.get("connected") else \
+                        f"uplink OFFLINE: {up.get('last_error') or 'not connected'}"
+                    print(f"\r\033[Kwaiting {age(time.monotonic() - t0)}: {sp.get('records', 0)} records, "
+                          f"{sp.get('batches', 0)} batches in spool; {link}", end="", file=sys.stderr, flush=True)
+                if done or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+    except Unavailable as e:
+        print(f"icvq: {e}", file=sys.stderr)
+        return e.code
+    except RequestError as e:
+        print(f"icvq: {e}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    if progress:
+        print(file=sys.stderr)
+    elapsed = round(time.monotonic() - t0, 1)
+    if args.json:
+        print(json.dumps({"ok": done, "elapsed_s": elapsed, "spool": sp, "uplink": up}, default=str))
+    elif done:
+        print(f"flushed: everything spooled before the request was acknowledged ({elapsed} s)")
+    else:
+        why = "" if up.get("connected") else f"; uplink offline: {up.get('last_error') or 'not connected'}"
+        print(f"timed out after {elapsed} s: {sp.get('records', 0)} records and {sp.get('batches', 0)} "
+              f"batches still waiting{why}")
+    return EXIT_OK if done else EXIT_UNHEALTHY
+
+
+def register(sub: Any, handlers: dict[str, Any], common: Any) -> None:
+    p = sub.add_parser("flush", help="upload the spool now (exit 1 when --wait times out)")
+    common(p)
+    p.add_argument("--wait", action="store_true", help="wait until the spool is uploaded")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most (default 60)")
+    handlers["flush"] = cmd_flush

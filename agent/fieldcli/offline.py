@@ -1,0 +1,94 @@
+"""What `icvq status` and `icvq events` can still say when the daemon is down: read from disk, read-only.
+
+Both databases are opened with `mode=ro` URIs, so looking at a stopped car never changes its spool or
+history (and works for a user who may read but not write them). The spool's tables are read directly:
+keep in step with SCHEMA in agent/spool.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .. import __version__, history
+from ..spool import ROW_OVERHEAD
+from .client import Context
+
+
+def spool_summary(path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": path}
+    try:
+        db, note = history.open_ro(path)
+    except FileNotFoundError:
+        return {**out, "error": "no spool file"}
+    except sqlite3.Error as e:
+        return {**out, "error": f"cannot open: {e}"}
+    try:
+        n, b, oldest, newest = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(wall_ms), MAX(wall_ms) FROM records").fetchone()
+        nb, bb, oldest_b = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), MIN(created_ms) FROM batches").fetchone()
+        meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+    except sqlite3.Error as e:
+        return {**out, "error": f"cannot read: {e}"}
+    finally:
+        db.close()
+    cands = [x for x in (oldest, oldest_b) if x is not None]
+    return {**out, "records": n, "batches": nb, "bytes": b + bb + (n + nb) * ROW_OVERHEAD,
+            "oldest_wall_ms": min(cands) if cands else None, "newest_wall_ms": newest,
+            "drops": json.loads(meta.get("drops", "{}")), "sid": int(meta["sid"]) if "sid" in meta else None,
+            "note": note}
+
+
+def history_summary(path: str) -> dict[str, Any]:
+    try:
+        db, note = history.open_ro(path)
+    except FileNotFoundError:
+        return {"path": path, "error": "no history file"}
+    except sqlite3.Error as e:
+        return {"path": path, "error": f"cannot open: {e}"}
+    try:
+        return {"path": path, **history.summary(db), "note": note}
+    except sqlite3.Error as e:
+        return {"path": path, "error": f"cannot read: {e}"}
+    finally:
+        db.close()
+
+
+def agent_processes() -> list[dict[str, Any]]:
+    """A daemon may run without answering (socket failed, hung): worth telling apart from 'not running'."""
+    out = []
+    for p in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
+        try:
+            argv = p.info["cmdline"] or []
+            exe = Path(argv[0]).name if argv else ""
+            if p.info["name"] == "icvq-agent" or exe == "icvq-agent" or \
+                    (len(argv) >= 2 and argv[1].endswith("icvq-agent")):
+                out.append({"pid": p.info["pid"], "started": p.info["create_time"]})
+        except (psutil.Error, IndexError):
+            continue
+    return [x for x in out if x["pid"] != os.getpid()]
+
+
+def status(ctx: Context, reason: str) -> dict[str, Any]:
+    st: dict[str, Any] = {"running": False, "reason": reason, "now": time.time(), "cli_version": __version__,
+                          "config": {"path": ctx.config_path}, "socket": ctx.socket,
+                          "processes": agent_processes()}
+    cfg = ctx.cfg
+    if cfg is None:
+        st["config"]["error"] = ctx.config_error
+        return st
+    st["config"].update(digest=cfg.digest, sources=list(cfg.sources))
+    st["vehicle"] = {"id": cfg.vehicle.id, "device": cfg.vehicle.device, "fleet": cfg.vehicle.fleet}
+    st["spool"] = {**spool_summary(cfg.spool.path), "max_bytes": int(cfg.spool.max_mib * 2**20)}
+    if history.enabled(cfg.history):
+        st["history"] = {"enabled": True, **history_summary(cfg.history.path)}
+    else:
+        st["history"] = {"enabled": False}
+    return st

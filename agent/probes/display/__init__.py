@@ -1,0 +1,20 @@
+"""Screen freeze and black screen on the head unit: detect, time and explain (issue 4, docs/display.md).
+
+Signals, each optional: framebuffer sampling (fbdev or an Xvfb XWD file), the kernel log (DRM/GPU hang
+messages), an HMI heartbeat socket, input without redraw (evdev), backlight and connector state (sysfs) and the
+HMI processes. Records: episodes `display.freeze` and `display.black` (BEGIN/END with cause and evidence), events
+`display.gpu_hang`, `display.hmi_unresponsive`, `display.backlight_fault`, and periodic metrics
+`display.changes_per_min`, `display.black_pct`, `display.fps_estimate`.
+"""
+
+from __future__ import annotations
+
+from ...probe import Probe, ProbeContext
+from .probe import DisplayProbe
+from .settings import Config, PatternConfig, RegionConfig
+
+__all__ = ["Config", "DisplayProbe", "PatternConfig", "RegionConfig", "build"]
+
+
+def build(cfg: Config, ctx: ProbeContext) -> list[Probe]:
+    return [DisplayProbe(cfg, ctx)] if cfg.enabled else []

@@ -1,0 +1,256 @@
+"""Pure rules: one snapshot of the display signals → is the screen frozen, is it black, and why.
+
+No I/O and no clocks: every time is a monotonic second handed in, so tests drive the rules from tables.
+
+Freeze needs a *primary* signal saying the screen should have changed and did not (an expected-change region
+went stale, heartbeats stopped, the HMI's frame counter stopped while it says it animates, or input got no
+redraw). A static framebuffer alone is only supporting evidence: a menu nobody touches is not a freeze.
+Black needs one of: backlight off or faulty, no connector driving the panel, or a (nearly) black frame, held for
+`black_min_s`. Both are suppressed while the screen is not expected to be on. A black frame suppresses the
+freeze signals that read the frame, so a dead HMI on a black screen is one black episode, not two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .hmi_process import BLOCKED_IO, BUSY, EXITED, NOT_RUNNING, OK, STOPPED
+
+# Freeze causes, most specific first (docs/display.md explains the evidence each one needs).
+GPU_HANG = "gpu_hang"
+HMI_CAUSES = {STOPPED: "hmi_stopped", EXITED: "hmi_exited", NOT_RUNNING: "hmi_not_running",
+              BLOCKED_IO: "hmi_blocked_io", BUSY: "hmi_busy"}
+HMI_DEADLOCK = "hmi_deadlock"    # heartbeats stopped, the process looks fine: its event loop is stuck
+RENDER_STALL = "render_stall"    # heartbeats arrive, frames do not: the render thread, compositor or GPU
+UNKNOWN = "unknown"
+# Black causes, most specific first.
+BACKLIGHT_FAULT = "backlight_fault"
+BACKLIGHT_OFF = "backlight_off"
+CONNECTOR_OFF = "connector_off"
+BLACK_FRAME = "black_frame"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    heartbeat_timeout_s: float = 3.0
+    input_timeout_s: float = 5.0
+    input_presses: int = 1
+    black_min_s: float = 2.0
+    gpu_hang_window_s: float = 30.0
+    screen_expected_on: str = "always"   # or "heartbeat": only while the HMI's last heartbeat said screen=1
+
+
+@dataclass(frozen=True)
+class RegionSignal:
+    name: str
+    last_change: float          # when the region was last seen to change (or first seen)
+    stale_after_s: float
+
+
+@dataclass(frozen=True)
+class BacklightSignal:
+    device: str
+    state: str                  # on | off | fault (sysfs.BacklightReading.state)
+    since: float                # when this state was first seen
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectorSignal:
+    name: str
+    ok: bool
+    since: float
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessSignal:
+    name: str
+    state: str                  # hmi_process.OK, STOPPED, ...
+    since: float
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GpuHangSignal:
+    t: float
+    driver: str
+    pattern: str
+    line: str
+
+
+@dataclass(frozen=True)
+class Signals:
+    now: float
+    fb_ok: bool = False                       # a frame was read at the last sample
+    frame_changed_at: float | None = None     # the sparse grid (outside regions) last changed
+    black_since: float | None = None          # the frame has been (nearly) black since; None = not black
+    regions: tuple[RegionSignal, ...] = ()
+    hb_last_rx: float | None = None
+    hb_last_advance: float | None = None
+    hb_animating: bool = True
+    hb_screen_on: bool | None = None
+    input_pending_since: float | None = None  # first press that has not been answered by a redraw
+    input_pending_count: int = 0
+    backlights: tuple[BacklightSignal, ...] = ()
+    connectors: tuple[ConnectorSignal, ...] = ()
+    processes: tuple[ProcessSignal, ...] = ()
+    gpu_hang: GpuHangSignal | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    signal: str                 # region | heartbeat | input | framebuffer | kmsg | process | backlight | connector
+    kind: str
+    since: float
+    primary: bool
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def fields(self, now: float) -> dict[str, Any]:
+        return {"signal": self.signal, "kind": self.kind, "for_s": round(max(0.0, now - self.since), 2),
+                **self.detail}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    active: bool
+    since: float | None = None
+    cause: str = ""
+    evidence: tuple[Evidence, ...] = ()
+
+    @property
+    def primary(self) -> tuple[Evidence, ...]:
+        return tuple(e for e in self.evidence if e.primary)
+
+
+INACTIVE = Verdict(False)
+
+
+def screen_expected_on(s: Signals, th: Thresholds) -> bool:
+    if th.screen_expected_on == "heartbeat":
+        return s.hb_screen_on is True
+    return True
+
+
+def _heartbeat_missing(s: Signals, th: Thresholds) -> bool:
+    return s.hb_last_rx is not None and s.now - s.hb_last_rx > th.heartbeat_timeout_s
+
+
+def _supporting(s: Signals, th: Thresholds, start: float) -> list[Evidence]:
+    """Evidence that explains an episode but cannot start one."""
+    out = []
+    hang = s.gpu_hang
+    if hang is not None and hang.t >= start - th.gpu_hang_window_s:
+        out.append(Evidence("kmsg", "gpu_hang", hang.t, False,
+                            {"driver": hang.driver, "pattern": hang.pattern, "line": hang.line}))
+    for p in s.processes:
+        if p.state != OK:
+            out.append(Evidence("process", f"process_{p.state}", p.since, False, dict(p.fields)))
+    return out
+
+
+def freeze_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
+    ev: list[Evidence] = []
+    frame_black = s.black_since is not None
+    if s.fb_ok and not frame_black:
+        for r in s.regions:
+            if s.now - r.last_change > r.stale_after_s:
+                ev.append(Evidence("region", "region_stale", r.last_change, True,
+                                   {"region": r.name, "expected_within_s": round(r.stale_after_s, 2)}))
+    if _heartbeat_missing(s, th):
+        assert s.hb_last_rx is not None
+        ev.append(Evidence("heartbeat", "heartbeat_missing", s.hb_last_rx, True,
+                           {"timeout_s": th.heartbeat_timeout_s}))
+    elif s.hb_animating and s.hb_last_advance is not None and s.now - s.hb_last_advance > th.heartbeat_timeout_s:
+        ev.append(Evidence("heartbeat", "frames_stalled", s.hb_last_advance, True,
+                           {"timeout_s": th.heartbeat_timeout_s}))
+    if (s.input_pending_since is not None and s.input_pending_count >= th.input_presses and not frame_black
+            and s.now - s.input_pending_since > th.input_timeout_s):
+        ev.append(Evidence("input", "input_no_redraw", s.input_pending_since, True,
+                           {"presses": s.input_pending_count, "timeout_s": th.input_timeout_s}))
+    if not ev:
+        return ev
+    start = min(e.since for e in ev)
+    if s.fb_ok and s.frame_changed_at is not None and s.frame_changed_at <= start:
+        ev.append(Evidence("framebuffer", "frame_static", s.frame_changed_at, False))
+    return ev + _supporting(s, th, start)
+
+
+def explain(evidence: Sequence[Evidence]) -> str:
+    """The most specific cause the evidence supports."""
+    kinds = {e.kind for e in evidence}
+    if "gpu_hang" in kinds:
+        return GPU_HANG
+    for e in evidence:
+        if e.signal == "process":
+            return HMI_CAUSES.get(e.kind.removeprefix("process_"), UNKNOWN)
+    if "heartbeat_missing" in kinds:
+        return HMI_DEADLOCK
+    if "frames_stalled" in kinds:
+        return RENDER_STALL
+    return UNKNOWN
+
+
+def freeze_verdict(s: Signals, th: Thresholds) -> Verdict:
+    if not screen_expected_on(s, th):
+        return INACTIVE
+    ev = freeze_evidence(s, th)
+    primary = [e for e in ev if e.primary]
+    if not primary:
+        return INACTIVE
+    return Verdict(True, min(e.since for e in primary), explain(ev), tuple(ev))
+
+
+def black_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
+    ev: list[Evidence] = []
+    held = th.black_min_s
+    for b in s.backlights:
+        if b.state in ("off", "fault") and s.now - b.since >= held:
+            kind = BACKLIGHT_FAULT if b.state == "fault" else BACKLIGHT_OFF
+            ev.append(Evidence("backlight", kind, b.since, True, dict(b.fields)))
+    if s.connectors and not any(c.ok for c in s.connectors):
+        since = max(c.since for c in s.connectors)
+        if s.now - since >= held:
+            ev.append(Evidence("connector", CONNECTOR_OFF, since, True,
+                               {"connectors": [dict(c.fields) for c in s.connectors]}))
+    if s.black_since is not None and s.now - s.black_since >= held:
+        bl = "unknown" if not s.backlights else ("on" if all(b.state == "on" for b in s.backlights) else "off")
+        conn = "unknown" if not s.connectors else ("ok" if any(c.ok for c in s.connectors) else "off")
+        ev.append(Evidence("framebuffer", BLACK_FRAME, s.black_since, True, {"backlight": bl, "connector": conn}))
+    return ev
+
+
+def black_verdict(s: Signals, th: Thresholds) -> Verdict:
+    if not screen_expected_on(s, th):
+        return INACTIVE
+    ev = black_evidence(s, th)
+    if not ev:
+        return INACTIVE
+    kinds = {e.kind for e in ev}
+    cause = next(c for c in (BACKLIGHT_FAULT, BACKLIGHT_OFF, CONNECTOR_OFF, BLACK_FRAME) if c in kinds)
+    since = min(e.since for e in ev)
+    return Verdict(True, since, cause, tuple(ev + _supporting(s, th, since)))
+
+
+def black_explanation(v: Verdict) -> str:
+    """For a black frame: what is behind it (gpu_hang, hmi_*, unknown); for the others the cause says it."""
+    return explain(v.evidence) if v.cause == BLACK_FRAME else v.cause
+
+
+@dataclass
+class InputTracker:
+    """Presses waiting for a redraw. A redraw observed after the first pending press answers all of them."""
+
+    pending_since: float | None = None
+    count: int = 0
+
+    def press(self, now: float) -> None:
+        if self.pending_since is None:
+            self.pending_since = now
+        self.count += 1
+
+    def redraw(self, at: float) -> None:
+        if self.pending_since is not None and at >= self.pending_since:
+            self.pending_since, self.count = None, 0
