@@ -172,7 +172,8 @@ class Pipeline:
                 self._inflight.clear()
                 self._mids.clear()
                 if ev.max_packet:
-                    self._max_batch = min(self.cfg.uplink.max_batch_kib * 1024, ev.max_packet - 1024)
+                    # Room for the fixed header, topic and MQTT 5 properties (< 512 bytes with our topics).
+                    self._max_batch = min(self.cfg.uplink.max_batch_kib * 1024, max(256, ev.max_packet - 512))
             elif isinstance(ev, Down):
                 self._inflight.clear()
                 self._mids.clear()

@@ -1,0 +1,118 @@
+"""The daemon as systemd sees it: READY/STATUS/WATCHDOG over a real NOTIFY_SOCKET, SIGHUP reload, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.sdnotify import Notifier
+from agentproc import AgentProc, base_config, to_toml, write_config
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def lines(self) -> list[str]:
+        return [line for _, m in self.messages for line in m.split("\n")]
+
+    def wait(self, text: str, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines()):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} never notified; got {self.lines()}")
+
+
+def test_ready_status_watchdog_and_stopping(tmp_path: Path, broker) -> None:
+    ns = NotifySocket(tmp_path / "notify.sock")
+    env = {"NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "2000000"}
+    agent = AgentProc(write_config(tmp_path, base_config(tmp_path, broker.port)), tmp_path / "agent.log", env).start()
+    ns.wait("READY=1")
+    ns.wait("STATUS=uplink connected")
+    time.sleep(3.5)
+    pings = [t for t, m in ns.messages if "WATCHDOG=1" in m]
+    assert len(pings) >= 2, "pings at about half of WATCHDOG_USEC"
+    assert agent.stop() == 0
+    ns.wait("STOPPING=1")
+    ns.stop.set()
+
+
+def test_sighup_reloads_and_a_broken_reload_keeps_running(tmp_path: Path, broker) -> None:
+    conf = write_config(tmp_path, base_config(tmp_path, broker.port))
+    agent = AgentProc(conf, tmp_path / "agent.log").start()
+    assert agent.proc is not None
+    cfg = base_config(tmp_path, broker.port, **{"probes__system": {"interval_s": 2.0}})
+    conf.write_text(to_toml(cfg))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_log("config reloaded")
+    conf.write_text(conf.read_text() + "\n[bogus]\nx = 1\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_log("reload refused")
+    time.sleep(0.5)
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
+class FakeNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "400000"})
+        self.sent: list[str] = []
+
+    def notify(self, *lines: str) -> bool:
+        self.sent.extend(lines)
+        return True
+
+
+@pytest.mark.parametrize("stalled", [False, True])
+def test_watchdog_is_pinged_only_while_the_pipeline_turns(tmp_path: Path, stalled: bool) -> None:
+    from agent.config import from_mapping
+    from agent.daemon import Daemon
+
+    cfg = from_mapping({"vehicle": {"id": "V", "device": "d", "fleet": "f"},
+                        "uplink": {"port": 1}, "spool": {"path": str(tmp_path / "s.db")},
+                        "history": {"path": str(tmp_path / "h.db")},
+                        "control": {"socket": str(tmp_path / "c.sock"), "group": ""},
+                        "probes": {"system": {"enabled": False}}})
+    d = Daemon(cfg)
+    d.spool.open()
+    if stalled:
+        d.pipeline.alive_mono = time.monotonic() - 3600  # as if the pipeline thread hung an hour ago
+    else:
+        d.pipeline.start()
+    n = FakeNotifier()
+    t = threading.Thread(target=d.run_forever, args=(n,), daemon=True)
+    t.start()
+    time.sleep(1.5)
+    d.request_stop()
+    t.join(5)
+    d.pipeline.stop(drain_s=0)
+    d.spool.close()
+    assert "READY=1" in n.sent
+    assert ("WATCHDOG=1" in n.sent) is (not stalled)
+
+
+def test_notifier_abstract_socket_and_watchdog_pid() -> None:
+    n = Notifier({"NOTIFY_SOCKET": "@icvq-test", "WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"})
+    assert n._addr.startswith("\0") and n.watchdog_s is None
+    assert not Notifier({}).enabled

@@ -1,0 +1,57 @@
+"""Uplink decisions from tables, and the broker's packet limit honoured for real."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.uplink import NO_CONNACK, UNSUPPORTED_PROTOCOL, backoff_s, next_protocol
+from agentproc import AgentProc, base_config, write_config
+from broker import Mosquitto, free_port
+from recorder import Recorder
+
+
+@pytest.mark.parametrize(("current", "configured", "code", "in_row", "expected"), [
+    ("5", "auto", UNSUPPORTED_PROTOCOL, 1, "3.1.1"),
+    ("5", "auto", NO_CONNACK, 1, "5"),          # one silent close could be anything
+    ("5", "auto", NO_CONNACK, 2, "3.1.1"),      # twice: a v3-only broker dropping our v5 CONNECT
+    ("5", "auto", None, 9, "5"),                # TCP refused says nothing about the protocol
+    ("5", "auto", 0x87, 3, "5"),                # not authorised: v5 understood
+    ("5", "5", UNSUPPORTED_PROTOCOL, 1, "5"),   # pinned by config
+    ("3.1.1", "auto", None, 0, "3.1.1"),
+])
+def test_protocol_fallback(current: str, configured: str, code: int | None, in_row: int, expected: str) -> None:
+    assert next_protocol(current, configured, code, in_row) == expected
+
+
+def test_backoff_is_jittered_and_bounded() -> None:
+    assert backoff_s(0, 1, 120, lambda: 0.0) == 1
+    assert backoff_s(3, 1, 120, lambda: 1.0) == 8
+    assert backoff_s(30, 1, 120, lambda: 1.0) == 120
+    assert all(1 <= backoff_s(a, 1, 120) <= 120 for a in range(40))
+
+
+def test_broker_maximum_packet_size_is_honoured(tmp_path: Path) -> None:
+    port = free_port()
+    b = Mosquitto(tmp_path / "broker", port=port,
+                  extra_conf=f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_packet_size 1500\n").start()
+    try:
+        rec = Recorder(port).start()
+        cfg = base_config(tmp_path, port, **{"probes__system": {"interval_s": 0.1}})
+        cfg["uplink"]["batch_linger_s"] = 3.0  # let a batch grow well past the broker's limit
+        agent = AgentProc(write_config(tmp_path, cfg), tmp_path / "agent.log").start()
+        try:
+            rec.wait(lambda r: len(r.batches()) >= 3, 30)
+        finally:
+            assert agent.stop() == 0
+        time.sleep(0.5)
+        rec.stop()
+        with rec.lock:
+            sizes = [len(p) for t, p in rec.messages if t.endswith("/batch")]
+        assert max(sizes) <= 1500 - 100
+        seqs = sorted(x.id.seq for x in rec.unique().values())
+        assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        b.kill()
