@@ -14,9 +14,6 @@ from typing import Any
 
 import pytest
 
-# Bare `pytest` does not put the repository root on sys.path; tools/ lives there.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from tools.vm import VmResult, VmTimeout, run_in_vm
 
 pytestmark = pytest.mark.vm

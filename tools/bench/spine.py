@@ -210,7 +210,8 @@ Command: `{cmd}` (this machine: {os.cpu_count()} cores, Python {sys.version.spli
 | start → READY=1 | {p['ready_s']:.2f} s | | | |
 | idle CPU (default 10 s interval) | {p['idle_cpu_pct']:.2f} % of a core | | | |
 
-Records: {w['records']:,} in a realistic mix (ten system metrics per 10 s tick plus link.loss episodes).
+Records: a realistic mix (ten system metrics per 10 s tick as random walks, plus link.loss episodes); {w['records']:,}
+for the size figures, {t['records']:,} for throughput and drain (groups of 500 live, 2,000 for the backlog).
 The import floor is `python -c "import can, paho.mqtt.client, psutil, msgpack"`.
 """
 

@@ -1,8 +1,6 @@
 """Run commands in a qemu (TCG) guest with a real kernel: SocketCAN (vcan, can-bcm, can-gw), netem, systemd.
 
-from tools.vm import run_in_vm
-res = run_in_vm(["ip", "-j", "link", "show", "vcan0"])
-res.returncode, res.output
+Usage: `run_in_vm(["ip", "-j", "link", "show", "vcan0"])` returns a VmResult (returncode, output).
 """
 
 from .errors import VmError, VmTimeout

@@ -25,6 +25,8 @@ mkdir -p /icvq /newroot
 mount -t 9p -o "$P9" icvqrun /icvq || die "cannot mount the icvqrun share"
 . /icvq/config.sh || die "cannot read /icvq/config.sh"
 
+# Without it the guest is "(none)", an odd value for anything deriving client ids from the hostname.
+hostname icvq-vm
 ip link set lo up || die "lo up failed"
 i=0
 while [ "$i" -lt "${ICVQ_VCAN:-0}" ]; do
@@ -58,9 +60,10 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || die "cannot mount /tmp"
 mount -t tmpfs -o mode=755 tmpfs /newroot/run || die "cannot mount /run"
 mkdir -p /newroot/run/icvq
 mount -o bind /icvq /newroot/run/icvq || die "cannot bind the run share"
-# Writable host directories, mounted over the same path as on the host.
+# Writable host directories, mounted over the same path as on the host. cache=mmap because SQLite's
+# WAL mode maps its -shm file shared-writable, which plain 9p refuses ("disk I/O error").
 n=0
-while read -r path; do
+while IFS= read -r path; do
     [ -n "$path" ] || continue
     mkdir -p "/newroot$path" 2>/dev/null
     mount -t 9p -o "cache=mmap,$P9" "icvqrw$n" "/newroot$path" || die "cannot mount rw share $path"

@@ -112,15 +112,28 @@ def default_rw_dirs(cwd: Path) -> list[Path]:
     return [] if str(top) in _NOT_SHARED else [top]
 
 
-def write(spec: JobSpec, run_dir: Path) -> None:
+def validate(spec: JobSpec) -> None:
+    """Reject a bad spec on the host, before anything boots."""
     if not spec.cmd and not spec.systemd:
         raise VmError("no command given")
+    if not 0 <= spec.vcan <= 64:
+        raise VmError(f"vcan count {spec.vcan} out of range 0..64")
+    if not spec.cwd.is_dir():
+        raise VmError(f"working directory {spec.cwd} does not exist on the host")
+    for path in spec.rw_dirs:
+        if "\n" in str(path) or not path.is_absolute() or path == Path("/") or not path.is_dir():
+            raise VmError(f"cannot share {str(path)!r} read-write: not an existing directory below /")
+    if spec.overlay_dir is not None and not spec.overlay_dir.is_dir():
+        raise VmError(f"overlay dir {spec.overlay_dir} does not exist")
+    for unit in spec.units:
+        _find_unit(unit, spec.overlay_dir)
+
+
+def write(spec: JobSpec, run_dir: Path) -> None:
+    """Write the control files; `spec` must have passed validate()."""
     (run_dir / "config.sh").write_text(
         f"ICVQ_MODE={'systemd' if spec.systemd else 'plain'}\nICVQ_VCAN={int(spec.vcan)}\n"
     )
-    for path in spec.rw_dirs:
-        if "\n" in str(path) or not path.is_absolute() or path == Path("/"):
-            raise VmError(f"cannot share {path!r} read-write")
     (run_dir / "rw.list").write_text("".join(f"{p}\n" for p in spec.rw_dirs))
     lines = [f"export {shlex.quote(f'{k}={v}')}" for k, v in sorted(spec.env.items())]
     lines.append(f"cd {shlex.quote(str(spec.cwd))} || exit 125")
@@ -133,8 +146,6 @@ def write(spec: JobSpec, run_dir: Path) -> None:
 
 def _write_overlay(spec: JobSpec, overlay: Path) -> None:
     if spec.overlay_dir is not None:
-        if not spec.overlay_dir.is_dir():
-            raise VmError(f"overlay dir {spec.overlay_dir} does not exist")
         shutil.copytree(spec.overlay_dir, overlay, symlinks=True)
     etc = overlay / "etc"
     units_dir = etc / "systemd" / "system"
@@ -148,18 +159,19 @@ def _write_overlay(spec: JobSpec, overlay: Path) -> None:
         where = etc / "systemd" / "system-generators" if unit.endswith("-generator") else units_dir
         _symlink(Path("/dev/null"), where / unit)
     for unit in spec.units:
-        _symlink(_find_unit(unit, overlay), wants / unit)
+        _symlink(_find_unit(unit, spec.overlay_dir), wants / unit)
     if spec.cmd:
         (units_dir / "icvq-run.service").write_text(RUN_SERVICE.format(after=" ".join(spec.units)))
         _symlink(Path("/etc/systemd/system/icvq-run.service"), wants / "icvq-run.service")
 
 
-def _find_unit(unit: str, overlay: Path) -> Path:
-    """Guest path of `unit`, looked up in the overlay first, then in the host root."""
+def _find_unit(unit: str, overlay: Path | None) -> Path:
+    """Guest path of `unit`, looked up in the overlay dir first, then in the host root."""
     template = re.sub(r"@[^.]*\.", "@.", unit)
+    roots = [overlay, Path("/")] if overlay is not None else [Path("/")]
     for name in dict.fromkeys((unit, template)):
         for base in ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"):
-            if (overlay / base / name).exists() or Path("/", base, name).exists():
+            if any((root / base / name).exists() for root in roots):
                 return Path("/", base, name)
     raise VmError(f"unit {unit} found neither in the overlay dir nor on the host")
 

@@ -82,7 +82,6 @@ def run_in_vm(
     (which may then be empty: the guest must power itself off). Raises VmError if the guest cannot
     boot or report, VmTimeout after `timeout_s`.
     """
-    prepared = prepare()
     work_dir = Path(cwd if cwd is not None else os.getcwd()).resolve()
     shares = [Path(p).resolve() for p in rw_dirs] if rw_dirs is not None else jobfiles.default_rw_dirs(work_dir)
     spec = jobfiles.JobSpec(
@@ -96,6 +95,8 @@ def run_in_vm(
         units=units,
         masks=masks,
     )
+    jobfiles.validate(spec)
+    prepared = prepare()
     runs = cache.cache_root() / "runs"
     runs.mkdir(exist_ok=True)
     _prune(runs)
