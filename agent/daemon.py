@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from . import __version__
+from . import __version__, inherited
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
 from .errors import EX_CONFIG, ConfigError
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
         return 0
     setup_logging(args.log_level or cfg.agent.log_level)
+    if inherited.adopt_stdin_kmsg():
+        log.info("reading the kernel log from the descriptor systemd passed on stdin")
     lower_priority(cfg.agent.nice, cfg.agent.io_idle)
     daemon = Daemon(cfg, args.config)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
