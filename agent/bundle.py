@@ -34,7 +34,7 @@ class Writer:
         self.now = time.time()
         # No file name in the gzip header: the stream may be stdout.
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=int(self.now))
-        self._tar = tarfile.open(fileobj=self._gz, mode="w|", format=tarfile.PAX_FORMAT)
+        self._tar = tarfile.open(fileobj=self._gz, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed in close()
         self.members: dict[str, dict[str, Any]] = {}
         self.omitted: dict[str, str] = {}
 
@@ -153,7 +153,7 @@ def render(s: dict[str, Any]) -> str:
     out = [kv([("bundle", f"{s['bundle']} (format {m.get('format', '?')})"),
                ("created", f"{ts(m.get('created'), utc=True)} by {m.get('tool', '?')} on {m.get('host', '?')}"
                            f" as {m.get('user', '?')}")]), ""]
-    out.append(status_view.render(s["status"]) if s["status"] else "no status.json in the bundle")
+    out.append(status_view.render(s["status"], utc=True) if s["status"] else "no status.json in the bundle")
     ev = s["events"]
     out += ["", f"history: {ev['count']} events"
             + (f", {ts(ev['oldest'], utc=True)} .. {ts(ev['newest'], utc=True)}" if ev["count"] else "")]
@@ -163,16 +163,19 @@ def render(s: dict[str, Any]) -> str:
                           [(ts(e.get("t"), utc=True), e.get("type"), e.get("name"),
                             fields(e.get("fields"), e.get("value"))) for e in ev["recent"]])]
     lg = s["log"]
-    src = (m.get("members") or {}).get("agent.log", {}).get("source") or (m.get("omitted") or {}).get("agent.log")
-    out += ["", f"agent log: {src or 'not included'}; {lg['lines']} lines, {lg['errors']} errors, "
-            f"{lg['warnings']} warnings"]
-    out += [f"  {ln}" for ln in lg["last_bad"]]
+    src = (m.get("members") or {}).get("agent.log", {}).get("source")
+    if src:
+        out += ["", f"agent log: {src}; {lg['lines']} lines, {lg['errors']} errors, {lg['warnings']} warnings"]
+        out += [f"  {ln}" for ln in lg["last_bad"]]
+    else:
+        out += ["", f"agent log: not included ({(m.get('omitted') or {}).get('agent.log', '?')})"]
     sy = s["system"]
     u = sy["uname"]
     mem = sy.get("memory") or {}
     out += ["", kv([("system", f"{sy.get('os') or '?'}, kernel {u.get('release', '?')} {u.get('machine', '')}, "
                                f"host {u.get('nodename', '?')}, up {age(sy.get('uptime_s'))}"),
-                    ("load", f"{sy.get('loadavg')}; memory {mem.get('percent', '?')} % used")])]
+                    ("load", " ".join(f"{x:.2f}" for x in sy.get("loadavg") or [])
+                     + f"; memory {mem.get('percent', '?')} % used")])]
     if s["can"]:
         out += ["", table(["CAN", "OPER", "STATE", "BITRATE", "RX", "TX", "RX ERR", "TX ERR", "BUS-OFF",
                            "BERR tx/rx"],

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.cmd](args)
     except BrokenPipeError:
+        # `icvq tail | head`: stop quietly, and keep Python from complaining while flushing at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         return 130

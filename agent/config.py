@@ -61,7 +61,7 @@ class UplinkConfig:
     topic_prefix: str = "icvq/v1"
     keepalive_s: int = opt(60, min=5, max=3600)
     tls: TlsConfig = opt(factory=TlsConfig)
-    username: str = ""
+    username: str = opt("", secret=True)  # token-auth brokers put the token here
     password_file: str = ""
     protocol: str = opt("auto", choices=("auto", "5", "3.1.1"))
     max_batch_kib: int = opt(96, min=1, max=16384)

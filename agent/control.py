@@ -14,12 +14,11 @@ import grp
 import json
 import logging
 import os
-import pwd
 import queue
 import re
 import socket
+import sqlite3
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history
+from .peercred import Peer, allowed, peer_of
 from .records import Kind, Record
 from .wire import record_json
 
@@ -45,8 +45,6 @@ STALLED_WRITE_S = 1.0
 TAIL_QUEUE = 2000
 HEARTBEAT_S = 5.0
 STATUS_CACHE_S = 0.5
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python has no constant for it
-MAX_PEER_GROUPS = 1024
 
 
 class ProtocolError(Exception):
@@ -68,40 +66,6 @@ def json_default(v: Any) -> Any:
 
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=json_default).encode() + b"\n"
-
-
-# -------------------------------------------------------------------------------------- peer checks
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-    def __str__(self) -> str:
-        return f"pid {self.pid} uid {self.uid} gid {self.gid}"
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    groups: tuple[int, ...] = ()
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_PEER_GROUPS)
-        groups = struct.unpack(f"{len(raw) // 4}I", raw)
-    except OSError:
-        # Old kernel: fall back to the group database (membership as configured, not as the peer holds it).
-        try:
-            name = pwd.getpwuid(uid).pw_name
-            groups = tuple(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
-        except KeyError:
-            pass
-    return Peer(pid, uid, gid, groups)
-
-
-def allowed(peer: Peer, own_uid: int, group_gid: int | None) -> bool:
-    if peer.uid in (0, own_uid):
-        return True
-    return group_gid is not None and (peer.gid == group_gid or group_gid in peer.groups)
 
 
 # ------------------------------------------------------------------------------------------- tail
@@ -268,7 +232,7 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -301,7 +265,12 @@ class ControlServer:
             conn = Conn(sock, peer)
             self._conns.add(conn)
             self.stats["accepted"] += 1
-        threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+        except RuntimeError:  # no more threads: refuse this one, keep the count right
+            with self._lock:
+                self._conns.discard(conn)
+            self._reject(sock, "busy", "out of threads")
 
     def _evict_one(self) -> bool:
         """At capacity: drop the connection idle longest, or one stuck writing to a client that never
@@ -388,6 +357,11 @@ class ControlServer:
         except ProtocolError as e:
             self.stats["bad_requests"] += 1
             out = {"ok": False, "v": PROTOCOL, "error": e.code, "message": e.message}
+        except (OSError, TimeoutError):
+            raise  # the connection itself failed
+        except Exception as e:
+            log.exception("control: request failed")
+            out = {"ok": False, "v": PROTOCOL, "error": "internal", "message": f"{type(e).__name__}: {e}"}
         if req_id is not None:
             out["id"] = req_id
         return out
@@ -404,19 +378,33 @@ class ControlServer:
         # pipeline's database connection, so a client polling in a loop must not stall the pipeline.
         with self._status_lock:
             now = time.monotonic()
-            if self._status_cache and now - self._status_cache[0] < STATUS_CACHE_S:
-                return self._status_cache[1]
-            d = self.daemon
-            st = d.status()
-            st["now"] = time.time()
-            st["healthy"] = d.healthy()
-            st["pipeline_age_s"] = round(now - d.pipeline.alive_mono, 1)
-            h = self.history
-            st["history"] = {"enabled": h is not None, **(h.stats() if h is not None else {})}
-            with self._lock:
-                st["control"] = {**self.stats, "clients": len(self._conns), "tails": len(self._subs)}
-            self._status_cache = (now, st)
-            return st
+            if self._status_cache is None or now - self._status_cache[0] >= STATUS_CACHE_S:
+                self._status_cache = (now, {**self.daemon.status(), "history": self._history_status()})
+            st = dict(self._status_cache[1])
+        d = self.daemon
+        st["now"] = time.time()
+        st["healthy"] = d.healthy()
+        st["pipeline_age_s"] = round(time.monotonic() - d.pipeline.alive_mono, 1)
+        with self._lock:
+            st["control"] = {**self.stats, "clients": len(self._conns), "tails": len(self._subs),
+                             "tail_dropped": self.stats["tail_dropped"] + sum(s.dropped for s in self._subs)}
+        return st
+
+    def _history_status(self) -> dict[str, Any]:
+        h = self.history
+        if h is None:
+            return {"enabled": False}
+        out: dict[str, Any] = {"enabled": True, **h.stats()}
+        try:
+            # Our own read-only connection: never waits for the writer's lock on the pipeline thread.
+            db, _ = history.open_ro(h.path)
+            try:
+                out.update(history.summary(db))
+            finally:
+                db.close()
+        except (OSError, sqlite3.Error) as e:
+            out["error"] = str(e)
+        return out
 
     def _events(self, req: dict[str, Any]) -> dict[str, Any]:
         if not self.history_path:
@@ -428,6 +416,8 @@ class ControlServer:
             rows, more, note = history.query_file(self.history_path, q)
         except FileNotFoundError:
             rows, more, note = [], False, "no history yet"
+        except (OSError, sqlite3.Error) as e:
+            raise ProtocolError("history_error", f"cannot read {self.history_path}: {e}") from None
         return {"events": rows, "more": more, "note": note}
 
     def _flush(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -62,13 +62,19 @@ class Daemon:
                             spool_dir=str(Path(self.cfg.spool.path).parent))
 
     def start(self) -> None:
-        self.spool.open()
+        previous = self.spool.open()
+        if previous == "unclean":
+            log.warning("the previous run did not stop cleanly (power cut, crash or kill -9)")
+        start_event = self.rec.event("agent.start", {
+            "version": __version__, "config": self.cfg.digest, "previous_shutdown": previous,
+            "spool_records": self.spool.n_records, "spool_batches": self.spool.n_batches})
         self.pipeline.start()
         self.uplink.start()
         self.probes = build_probes(self.cfg, self._ctx())
         for p in self.probes:
             p.start()
         self._start_extensions()
+        self.pipeline.intake(start_event)  # after the history is attached, so `icvq events` shows restarts
         log.info("icvq-agent %s started: vehicle %s/%s, %d probes, spool %s (%d records, %d batches waiting)",
                  __version__, self.cfg.vehicle.id, self.cfg.vehicle.device, len(self.probes),
                  self.cfg.spool.path, self.spool.n_records, self.spool.n_batches)
@@ -82,10 +88,13 @@ class Daemon:
     def stop(self) -> None:
         for p in self.probes:
             p.stop()
+        self.pipeline.intake(self.rec.event("agent.stop", {"version": __version__}))
+        # Drain first so the control socket still answers `icvq flush --wait` and the history sees the
+        # episode ends that stopping probes emitted.
+        self.pipeline.stop(drain_s=5.0)
         from . import extensions
 
         extensions.stop(self)
-        self.pipeline.stop(drain_s=5.0)
         self.uplink.stop()
         self.spool.close()
         log.info("icvq-agent stopped")

@@ -40,16 +40,19 @@ def start(daemon: Any) -> Extensions:
             # Closed at exit, not in stop(): pipeline.stop() runs after stop() and commits the last
             # records (episode ends emitted by stopping probes); those belong in the history too.
             atexit.register(hist.close)
-    control: ControlServer | None = ControlServer(daemon, hist)
-    assert control is not None
+    return Extensions(hist, _start_control(daemon, hist))
+
+
+def _start_control(daemon: Any, hist: history.History | None) -> ControlServer | None:
+    control = ControlServer(daemon, hist)
     try:
         control.start()
     except OSError as e:
-        log.error("control socket %s unavailable: %s", cfg.control.socket, e)
-        control = None
-    else:
-        daemon.pipeline.observers.append(control.observe)
-    return Extensions(hist, control)
+        log.error("control socket %s unavailable (%s); `icvq status` will read from disk",
+                  daemon.cfg.control.socket, e)
+        return None
+    daemon.pipeline.observers.append(control.observe)
+    return control
 
 
 def stop(daemon: Any) -> None:

@@ -29,8 +29,7 @@ from .records import Kind, Record
 log = logging.getLogger("icvq.history")
 
 KEPT = frozenset({Kind.EVENT, Kind.BEGIN, Kind.END})
-PRUNE_EVERY_S = 600.0
-PRUNE_EVERY_ROWS = 500  # a burst of events must not outgrow the cap for ten minutes
+PRUNE_EVERY_S = 600.0  # age; the size cap is checked after every write (three PRAGMAs: cheap)
 RETRY_S = 60.0
 MAX_QUERY = 5000
 
@@ -41,6 +40,10 @@ CREATE TABLE IF NOT EXISTS events (
     episode INTEGER, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_wall ON events (wall_ms);
 """
+
+
+def _jsonable(v: Any) -> Any:
+    return v.hex() if isinstance(v, (bytes, bytearray)) else repr(v)  # bytes as hex, like wire.record_json
 
 
 def enabled(cfg: HistoryConfig) -> bool:
@@ -58,7 +61,6 @@ class History:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._last_prune = 0.0
-        self._since_prune = 0
         self._failed_at = 0.0
         self.last_error = ""
         self.written = 0
@@ -70,6 +72,21 @@ class History:
 
     def _open_locked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as e:
+            if "malformed" not in str(e) and "not a database" not in str(e):
+                raise
+            # Only a convenience copy: keep the evidence, start afresh rather than go without history.
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            log.error("history %s is corrupt (%s); moved aside to %s", self.path, e, aside)
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{self.path}{suffix}").exists():
+                    Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
+            self._connect()
+        self._prune_locked()
+
+    def _connect(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
         try:
             # Must precede the first table so freed pages can be handed back to the filesystem after pruning.
@@ -82,7 +99,6 @@ class History:
             db.close()
             raise
         self._db = db
-        self._prune_locked()
 
     def close(self) -> None:
         with self._lock:
@@ -96,7 +112,7 @@ class History:
 
     def __call__(self, records: list[Record]) -> None:
         rows = [(r.wall_ms, r.mono_ms, r.boot, int(r.synced), int(r.kind), r.name, r.episode,
-                 json.dumps(r.data, separators=(",", ":"), default=repr)) for r in records if r.kind in KEPT]
+                 json.dumps(r.data, separators=(",", ":"), default=_jsonable)) for r in records if r.kind in KEPT]
         if not rows:
             return
         with self._lock:
@@ -121,11 +137,10 @@ class History:
                 pass
             raise
         self.written += len(rows)
-        self._since_prune += len(rows)
         if self.last_error:
             log.info("history writable again")
             self.last_error = ""
-        if self._since_prune >= PRUNE_EVERY_ROWS or time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
+        if time.monotonic() - self._last_prune >= PRUNE_EVERY_S or self.used_bytes() > self.max_bytes:
             self._prune_locked()
 
     def _fail(self, e: sqlite3.Error) -> None:
@@ -176,7 +191,6 @@ class History:
     def _prune_locked(self) -> None:
         db = self._conn
         self._last_prune = time.monotonic()
-        self._since_prune = 0
         cutoff = self._now_ms() - int(self.cfg.max_days * 86400_000)
         n = db.execute("DELETE FROM events WHERE wall_ms < ?", (cutoff,)).rowcount
         # Over the size cap: drop the oldest tenth at a time down to 90 %, so we do not prune on every commit.
@@ -207,22 +221,33 @@ class Query:
 
 
 def open_ro(path: str | Path) -> tuple[sqlite3.Connection, str]:
-    """Open read-only, never creating or modifying anything: safe on a car whose daemon is down.
+    """Open read-only without creating or changing any file: safe on a car whose daemon is down.
 
-    Returns (connection, note). A WAL file left by a crash needs a writable -shm to be read; when we cannot
-    create one we fall back to immutable mode, which sees only the checkpointed part, and say so.
+    Returns (connection, note). A plain `mode=ro` open of a WAL database creates -wal and -shm files when
+    they are missing, owned by whoever runs `icvq` (root, often), and the agent could then not open its
+    own database. So: with both files present (the agent runs, or crashed) use them; with no -wal there is
+    nothing to merge and `immutable=1` reads the file alone; a -wal without -shm cannot be read without
+    creating one, so we read the checkpointed part only and say so.
     """
-    p = Path(path)
+    p = Path(path).resolve()
     if not p.exists():
         raise FileNotFoundError(str(p))
-    uri = "file:" + urllib.parse.quote(str(p.resolve()))
+    uri = "file:" + urllib.parse.quote(str(p))
+    wal, shm = Path(f"{p}-wal").exists(), Path(f"{p}-shm").exists()
+    note = ""
+    if wal and shm:
+        mode = "?mode=ro"
+    else:
+        mode = "?mode=ro&immutable=1"
+        if wal:
+            note = "a write-ahead log without its index is left over: the newest rows may be missing"
+    db = sqlite3.connect(uri + mode, uri=True, timeout=2.0)
     try:
-        db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=2.0)
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return db, ""
-    except sqlite3.OperationalError:
-        db = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=2.0)
-        return db, "read without the write-ahead log (no write access to it): the newest rows may be missing"
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db, note
 
 
 def _row(r: tuple[Any, ...]) -> dict[str, Any]:
@@ -244,7 +269,8 @@ def _row(r: tuple[Any, ...]) -> dict[str, Any]:
 
 def query(db: sqlite3.Connection, q: Query) -> tuple[list[dict[str, Any]], bool]:
     """Newest first, at most q.limit rows; the flag says whether older rows match too."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[int] = []
     if q.since_ms is not None:
         where.append("wall_ms >= ?")
         args.append(q.since_ms)
@@ -256,11 +282,12 @@ def query(db: sqlite3.Connection, q: Query) -> tuple[list[dict[str, Any]], bool]
         args.append(q.before_id)
     if q.names:
         where.append("(" + " OR ".join("name GLOB ?" for _ in q.names) + ")")
-        args.extend(q.names)
+    params: list[Any] = [*args, *q.names, min(int(q.limit), MAX_QUERY) + 1]
     limit = max(1, min(int(q.limit), MAX_QUERY))
+    params[-1] = limit + 1
     sql = ("SELECT id, wall_ms, boot, synced, kind, name, episode, data FROM events"
            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
-    rows = db.execute(sql, [*args, limit + 1]).fetchall()
+    rows = db.execute(sql, params).fetchall()
     return [_row(r) for r in rows[:limit]], len(rows) > limit
 
 

@@ -31,6 +31,9 @@ class Unavailable(Exception):
         super().__init__(message)
         self.code = code
 
+    def explain(self) -> str:
+        return f"agent not running: {self}" if str(self).startswith("nothing listens") else str(self)
+
 
 class RequestError(Exception):
     def __init__(self, code: str, message: str) -> None:
@@ -95,7 +98,7 @@ class Client:
                 raise Unavailable(f"no permission to use {self.path} (are you in the agent's group? "
                                   "try sudo)", EXIT_PERM) from None
             if e.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
-                raise Unavailable(f"the agent is not running (no one listens on {self.path})") from None
+                raise Unavailable(f"nothing listens on {self.path}") from None
             raise Unavailable(f"cannot reach the agent at {self.path}: {e.strerror}") from None
         self.sock = s
 
@@ -130,7 +133,10 @@ class Client:
         i = self._buf.index(b"\n")
         line = bytes(self._buf[:i])
         del self._buf[: i + 1]
-        msg: dict[str, Any] = json.loads(line)
+        try:
+            msg: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise Unavailable(f"not an icvq control socket: {self.path} answered {line[:60]!r}") from None
         if msg.get("ok") is False:
             if msg.get("error") == "forbidden":
                 raise Unavailable(f"the agent refused us: {msg.get('message')}", EXIT_PERM)

@@ -19,8 +19,8 @@ MAX_LOG_LINES = 5000
 MAX_LOG_BYTES = 4 * 2**20
 KERNEL_LINE = re.compile(r"\b(drm|i915|amdgpu|nouveau|radeon|msm|vc4|v3d|imx-?drm|etnaviv|panfrost|mali|"
                          r"fbcon|fb\d+|framebuffer|hdmi|dsi|edid|vblank|flip_done|"
-                         r"v?can\d*|slcan|gs_usb|peak_usb|mcp251xfd?|flexcan|m_can|rcar_can|sja1000|"
-                         r"bus-off|error-passive|error-warning)\b", re.I)
+                         r"v?can\d+|vx?can|can:|can_raw|can_bcm|can_gw|can_dev|slcan|gs_usb|peak_usb|mcp251xfd?|"
+                         r"flexcan|m_can|rcar_can|sja1000|bus-off|error-passive|error-warning)(?=\W|$)", re.I)
 CAN_KINDS = {"can", "vcan", "vxcan"}
 
 
@@ -56,8 +56,8 @@ def agent_log(log_file: str | None) -> tuple[bytes | None, str]:
             n = data.count(b"\n")
             return data, f"log file {log_file} (last {n} lines); journal: {why}"
         except OSError as e:
-            return None, f"not included: journal: {why}; log file {log_file}: {e.strerror}"
-    return None, f"not included: journal: {why}; no log file given (--log-file or ICVQ_LOG_FILE)"
+            return None, f"journal: {why}; log file {log_file}: {e.strerror}"
+    return None, f"journal: {why}; no log file given (--log-file or ICVQ_LOG_FILE)"
 
 
 def kernel_log() -> tuple[bytes | None, str]:
@@ -65,20 +65,20 @@ def kernel_log() -> tuple[bytes | None, str]:
     if rc != 0:
         rc, out, err = run(["dmesg"])
     if rc != 0:
-        return None, f"not included: dmesg: {err or f'exit {rc}'} (kernel.dmesg_restrict? try sudo)"
+        return None, f"dmesg: {err or f'exit {rc}'} (kernel.dmesg_restrict? try sudo)"
     lines = [ln for ln in out.decode(errors="replace").splitlines() if KERNEL_LINE.search(ln)]
     lines = lines[-MAX_LOG_LINES:]
-    return ("\n".join(lines) + "\n").encode(), f"dmesg, {len(lines)} DRM/display/CAN lines"
+    return "".join(ln + "\n" for ln in lines).encode(), f"dmesg, {len(lines)} DRM/display/CAN lines"
 
 
 def can_links() -> tuple[Any, str]:
     rc, out, err = run(["ip", "-j", "-d", "-s", "link"])
     if rc != 0:
-        return None, f"not included: ip -j -d -s link: {err or f'exit {rc}'}"
+        return None, f"ip -j -d -s link: {err or f'exit {rc}'}"
     try:
         links = json.loads(out)
     except ValueError:
-        return None, "not included: ip printed no JSON"
+        return None, "ip printed no JSON"
     can = [lk for lk in links if lk.get("link_type") == "can"
            or (lk.get("linkinfo") or {}).get("info_kind") in CAN_KINDS]
     return can, f"ip -j -d -s link: {len(can)} CAN interfaces of {len(links)}"

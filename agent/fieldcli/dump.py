@@ -16,7 +16,7 @@ from ..control import json_default
 from ..inventory import inventory
 from . import collect, events
 from . import status as status_cmd
-from .client import EXIT_USAGE, Context, Unavailable, context
+from .client import EXIT_USAGE, Context, context
 from .fmt import isatty, size
 from .redact import Scrubber, effective_config
 
@@ -49,7 +49,8 @@ def write(ctx: Context, out: BinaryIO, log_file: str | None, say: Callable[[str]
     say("status")
     st, _ = status_cmd.fetch(ctx)
     v = st.get("vehicle") or {}
-    prefix = f"icvq-{v.get('id', 'unknown')}-{v.get('device', 'unknown')}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    prefix = f"icvq-{v.get('id', 'unknown')}-{v.get('device', 'unknown')}-{stamp}"
     scrub = Scrubber()
     cfg = ctx.cfg
     conf: dict[str, Any] | None = effective_config(cfg, scrub) if cfg else None

@@ -6,12 +6,13 @@ import argparse
 import json
 import sqlite3
 import sys
+import time
 from typing import Any
 
 from .. import history
 from ..control import json_default
 from .client import EXIT_DOWN, EXIT_OK, Context, RequestError, Unavailable, context
-from .fmt import fields, table, ts
+from .fmt import fields, parse_since, table, ts
 
 
 def fetch(ctx: Context, q: history.Query) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def fetch(ctx: Context, q: history.Query) -> dict[str, Any]:
         rows, more, note = history.query_file(path, q)
     except FileNotFoundError:
         rows, more, note = [], False, "no history file yet"
-    except sqlite3.Error as e:
+    except (OSError, sqlite3.Error) as e:
         raise Unavailable(f"{down}; and {path} cannot be read: {e}", down.code) from None
     return {"running": False, "reason": str(down), "source": path, "events": rows, "more": more, "note": note}
 
@@ -45,11 +46,11 @@ def _s(ms: int | None) -> float | None:
 def cmd_events(args: argparse.Namespace) -> int:
     ctx = context(args)
     q = history.Query(since_ms=int(args.since * 1000) if args.since is not None else None,
-                      names=tuple(args.name or ()), limit=args.limit)
+                      names=tuple(args.name or ()), limit=max(1, min(args.limit, history.MAX_QUERY)))
     try:
         res = fetch(ctx, q)
     except Unavailable as e:
-        print(f"icvq: {e}", file=sys.stderr)
+        print(f"icvq: {e.explain()}", file=sys.stderr)
         return e.code
     except RequestError as e:
         print(f"icvq: {e}", file=sys.stderr)
@@ -63,10 +64,12 @@ def cmd_events(args: argparse.Namespace) -> int:
     if not rows:
         print("no events" + (f" ({res['note']})" if res.get("note") else ""))
         return EXIT_OK
-    print(table(["TIME", "TYPE", "NAME", "EPISODE", "FIELDS"],
+    print(table([f"TIME ({time.strftime('%Z')})", "TYPE", "NAME", "EPISODE", "FIELDS"],
                 [(ts(e["t"]) + ("" if e.get("synced", True) else "~"), e["type"], e["name"],
                   f"{e['episode']:016x}" if e.get("episode") is not None else "",
                   fields(e.get("fields"), e.get("value"))) for e in rows]))
+    if not all(e.get("synced", True) for e in rows):
+        print("(~: stamped before the wall clock was synchronised; the time may be off)")
     if res["more"]:
         print(f"(newest {len(rows)} shown; older ones match too: raise --limit or narrow --since)")
     if res.get("note"):
@@ -99,7 +102,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     print(f"icvq: stream ended: {msg['end']}", file=sys.stderr)
                     return EXIT_DOWN
     except Unavailable as e:
-        print(f"icvq: {e}", file=sys.stderr)
+        print(f"icvq: {e.explain()}", file=sys.stderr)
         return e.code
     except RequestError as e:
         print(f"icvq: {e}", file=sys.stderr)
@@ -110,8 +113,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _since(text: str) -> float:
-    from .fmt import parse_since
-
     try:
         return parse_since(text)
     except ValueError as e:

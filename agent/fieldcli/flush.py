@@ -46,7 +46,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.5)
     except Unavailable as e:
-        print(f"icvq: {e}", file=sys.stderr)
+        print(f"icvq: {e.explain()}", file=sys.stderr)
         return e.code
     except RequestError as e:
         print(f"icvq: {e}", file=sys.stderr)

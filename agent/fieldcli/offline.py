@@ -27,7 +27,7 @@ def spool_summary(path: str) -> dict[str, Any]:
         db, note = history.open_ro(path)
     except FileNotFoundError:
         return {**out, "error": "no spool file"}
-    except sqlite3.Error as e:
+    except (OSError, sqlite3.Error) as e:
         return {**out, "error": f"cannot open: {e}"}
     try:
         n, b, oldest, newest = db.execute(
@@ -51,7 +51,7 @@ def history_summary(path: str) -> dict[str, Any]:
         db, note = history.open_ro(path)
     except FileNotFoundError:
         return {"path": path, "error": "no history file"}
-    except sqlite3.Error as e:
+    except (OSError, sqlite3.Error) as e:
         return {"path": path, "error": f"cannot open: {e}"}
     try:
         return {"path": path, **history.summary(db), "note": note}
@@ -76,8 +76,10 @@ def agent_processes() -> list[dict[str, Any]]:
     return [x for x in out if x["pid"] != os.getpid()]
 
 
-def status(ctx: Context, reason: str) -> dict[str, Any]:
-    st: dict[str, Any] = {"running": False, "reason": reason, "now": time.time(), "cli_version": __version__,
+def status(ctx: Context, reason: str, denied: bool = False) -> dict[str, Any]:
+    """`running` is None when we may not ask (permission): we do not know, and must not say "down"."""
+    st: dict[str, Any] = {"running": None if denied else False, "reason": reason, "now": time.time(),
+                          "cli_version": __version__,
                           "config": {"path": ctx.config_path}, "socket": ctx.socket,
                           "processes": agent_processes()}
     cfg = ctx.cfg

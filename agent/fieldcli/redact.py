@@ -47,7 +47,7 @@ def _leaves(a: Any, b: Any) -> Iterable[str]:
         for k in a:
             yield from _leaves(a[k], b.get(k))
     elif isinstance(a, list) and isinstance(b, list):
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=False):
             yield from _leaves(x, y)
     elif b == REDACTED and a not in (None, ""):
         yield str(a)

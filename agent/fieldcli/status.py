@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..control import json_default
 from . import offline
-from .client import EXIT_OK, EXIT_UNHEALTHY, Context, Unavailable, ask, context
+from .client import EXIT_OK, EXIT_PERM, EXIT_UNHEALTHY, Context, Unavailable, ask, context
 from .fmt import age, fields, kv, size, table, ts
 
 SPOOL_FULL_WARN = 0.8
@@ -20,7 +21,7 @@ def fetch(ctx: Context) -> tuple[dict[str, Any], int]:
     try:
         return ask(ctx, {"cmd": "status"})["status"], EXIT_OK
     except Unavailable as e:
-        return offline.status(ctx, str(e)), e.code
+        return offline.status(ctx, str(e), denied=e.code == EXIT_PERM), e.code
 
 
 def assess(st: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -28,7 +29,9 @@ def assess(st: dict[str, Any]) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     warnings: list[str] = []
     now = st.get("now") or 0
-    if not st.get("running"):
+    if st.get("running") is None:
+        problems.append(f"cannot ask the agent: {st.get('reason', '?')}")
+    elif not st.get("running"):
         problems.append(f"agent not running: {st.get('reason', '?')}")
         procs = st.get("processes") or []
         if procs:
@@ -67,14 +70,22 @@ def assess(st: dict[str, Any]) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
-def render(st: dict[str, Any]) -> str:
+def render(st: dict[str, Any], *, utc: bool = False) -> str:
+    """Human status; ages are relative to the status's own `now` (the car's clock when it was taken), times
+    in local time on the car, in UTC when read elsewhere (`icvq inspect`)."""
     now = st.get("now") or 0
+
+    def t(x: float | None) -> str:
+        return ts(x, utc=utc)
+
     problems, warnings = assess(st)
     out: list[str] = []
     if st.get("running"):
         state = "healthy" if not problems else "UNHEALTHY"
         out.append(f"icvq-agent {st.get('version')} is RUNNING, {state} (pid {st.get('pid')}, "
                    f"up {age(st.get('uptime_s'))})")
+    elif st.get("running") is None:
+        out.append(f"icvq-agent: NO PERMISSION to ask it ({st.get('reason')}); what the disk says, read-only")
     else:
         out.append(f"icvq-agent is NOT RUNNING ({st.get('reason')}); read from disk, read-only")
     out.append("")
@@ -96,16 +107,20 @@ def render(st: dict[str, Any]) -> str:
         rows.append(("clock", f"{'synced' if clock.get('synced') else 'NOT synced'}   boot {clock.get('boot_id')}"))
     up = st.get("uplink")
     if up:
-        rows.append(("uplink", _uplink(up, now)))
+        rows.append(("uplink", _uplink(up, now, t)))
     sp = st.get("spool") or {}
-    rows.append(("spool", _spool(sp, now, st.get("inflight"))))
+    if sp:
+        rows.append(("spool", _spool(sp, now, st.get("inflight"), t)))
     if sp.get("drops"):
         rows.append(("drops", ", ".join(f"{k} {n}" for k, n in sorted(sp["drops"].items()))))
-    h = st.get("history") or {}
-    if not h.get("enabled"):
+    h = st.get("history")
+    if h is None:
+        pass
+    elif not h.get("enabled"):
         rows.append(("history", "off"))
     elif "events" in h:
-        rows.append(("history", f"{h['events']} events, oldest {ts(h.get('oldest'))}, newest {ts(h.get('newest'))}"))
+        rows.append(("history", f"{h['events']} events, oldest {t(h.get('oldest'))}, newest {t(h.get('newest'))}"
+                     + (f"; {h['last_error']}" if h.get("last_error") else "")))
     else:
         rows.append(("history", f"{h.get('written', 0)} events written since start" +
                      (f"; {h['error']}" if h.get("error") else "")))
@@ -117,30 +132,31 @@ def render(st: dict[str, Any]) -> str:
     eps = st.get("episodes")
     if eps:
         out += ["", table(["ACTIVE EPISODE", "SINCE", "FOR", "FIELDS"],
-                          [(e.get("name"), ts(e.get("since")), age(now - (e.get("since") or now)),
+                          [(e.get("name"), t(e.get("since")), age(now - (e.get("since") or now)),
                             fields(e.get("fields"))) for e in eps])]
     elif st.get("running"):
         out += ["", "no active episodes"]
     return "\n".join(out)
 
 
-def _uplink(up: dict[str, Any], now: float) -> str:
+def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) -> str:
     if up.get("connected"):
         s = f"connected to {up.get('broker')}"
         if up.get("protocol"):
             s += f" (MQTT {up['protocol']})"
         if up.get("connected_since"):
-            s += f" since {ts(up['connected_since'])} ({age(now - up['connected_since'])})"
+            s += f" since {t(up['connected_since'])} ({age(now - up['connected_since'])})"
     else:
         s = f"OFFLINE ({up.get('broker')}): {up.get('last_error') or 'not connected yet'}"
     last = up.get("last_ack_wall")
     s += f"; last ack {age(now - last)} ago" if last else "; nothing acknowledged yet"
-    if up.get("reconnects"):
-        s += f"; {up['reconnects']} reconnects"
+    # The uplink counts every successful connect, the first one included.
+    if (up.get("reconnects") or 0) > 1:
+        s += f"; {up['reconnects'] - 1} reconnects"
     return s
 
 
-def _spool(sp: dict[str, Any], now: float, inflight: Any) -> str:
+def _spool(sp: dict[str, Any], now: float, inflight: Any, t: Callable[[float | None], str]) -> str:
     if sp.get("error"):
         return f"{sp.get('path')}: {sp['error']}"
     s = f"{sp.get('records', 0)} records, {sp.get('batches', 0)} batches, {size(sp.get('bytes'))}"
@@ -151,7 +167,7 @@ def _spool(sp: dict[str, Any], now: float, inflight: Any) -> str:
     if inflight:
         s += f"; {inflight} in flight"
     if sp.get("newest_wall_ms"):
-        s += f"; last record written {ts(sp['newest_wall_ms'] / 1000)}"
+        s += f"; last record written {t(sp['newest_wall_ms'] / 1000)}"
     return s
 
 

@@ -251,3 +251,14 @@ def test_sqlite_settings(spool: Spool) -> None:
     db = sqlite3.connect(spool.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert spool._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_open_reports_how_the_previous_run_ended(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.db", 1 << 20)
+    assert sp.open() == "first"
+    sp.close()
+    assert sp.open() == "clean"
+    # no close(): as after a power cut
+    sp2 = Spool(tmp_path / "s.db", 1 << 20)
+    assert sp2.open() == "unclean"
+    sp2.close()
