@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from agentproc import AgentProc, base_config, to_toml, write_config
 
 from agent.sdnotify import Notifier
-from agentproc import AgentProc, base_config, to_toml, write_config
 
 
 class NotifySocket:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from pathlib import Path
 
 from agentproc import AgentProc, base_config, write_config
 from broker import Mosquitto
-from ingest_helper import Ingest
 from recorder import Recorder
 
 
@@ -34,7 +34,7 @@ def test_broker_outage_then_everything_arrives_in_order(tmp_path: Path, broker: 
     seqs = [b.id.seq for b in batches]
     assert _contiguous(seqs), f"gap in batch sequence: {seqs}"
     cpu = sorted(r.wall_ms for b in batches for r in b.records if r.name == "system.cpu_pct")
-    gaps = [b - a for a, b in zip(cpu, cpu[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(cpu)]
     assert max(gaps) < 2000, "samples taken during the outage must arrive too"
     log = (tmp_path / "agent.log").read_text()
     assert "connection lost" in log and "MQTT 5" in log

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import os, sys
-sys.path.insert(0, %r)
+sys.path.insert(0, REPO_PATH)
 from agent import inherited
 print(inherited.adopt_stdin_kmsg())
 fd = inherited.kmsg_fd()
@@ -22,7 +22,7 @@ if fd is not None:
     except BlockingIOError:
         print(True)
     print(inherited.is_kmsg(0))
-""" % str(REPO)
+""".replace("REPO_PATH", repr(str(REPO)))
 
 
 def test_adopts_kmsg_on_stdin() -> None:

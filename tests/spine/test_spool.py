@@ -126,12 +126,13 @@ def test_batches_never_mix_boots_or_sync_states(spool: Spool) -> None:
 
 def _commit_in_child(path: Path, n: int) -> None:
     """A writer that dies with SIGKILL after its commits (no close, no checkpoint)."""
-    code = ("import os, sys; sys.path.insert(0, %r)\n"
+    repo = str(Path(__file__).resolve().parents[2])
+    code = (f"import os, sys; sys.path.insert(0, {repo!r})\n"
             "from agent.spool import Spool\nfrom agent.records import Kind, Record\n"
-            "sp = Spool(%r, 1 << 24); sp.open()\n"
-            "for k in range(%d):\n"
+            f"sp = Spool({str(path)!r}, 1 << 24); sp.open()\n"
+            f"for k in range({n}):\n"
             "    sp.put([Record(Kind.EVENT, 'e', k, k, 'ab'*16, True, {'k': k, 'p': 'x'*500})])\n"
-            "os.kill(os.getpid(), 9)\n") % (str(Path(__file__).resolve().parents[2]), str(path), n)
+            "os.kill(os.getpid(), 9)\n")
     r = subprocess.run(["python3", "-c", code], check=False)
     assert r.returncode == -9
 

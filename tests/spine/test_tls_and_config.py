@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from agentproc import REPO, AgentProc, base_config, to_toml, write_config
 from broker import Mosquitto, free_port
 from recorder import Recorder

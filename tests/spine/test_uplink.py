@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agent.uplink import NO_CONNACK, UNSUPPORTED_PROTOCOL, backoff_s, next_protocol
 from agentproc import AgentProc, base_config, write_config
 from broker import Mosquitto, free_port
 from recorder import Recorder
+
+from agent.uplink import NO_CONNACK, UNSUPPORTED_PROTOCOL, backoff_s, next_protocol
 
 
 @pytest.mark.parametrize(("current", "configured", "code", "in_row", "expected"), [
