@@ -195,7 +195,7 @@ def _longest_silence(ep: Sequence[Sample], horizon: float) -> float:
 
 
 def terminal_evidence(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float) -> list[str]:
-    lost, ref = signal_back(ep, r)
+    _, ref = signal_back(ep, r)
     out = []
     if any(s.modem for s in pre) and _longest_silence(ep, horizon) > r.defect_after_s:
         out.append("modem_silent")
@@ -213,7 +213,8 @@ def terminal_evidence(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, hor
 
 
 def is_network(ep: Sequence[Sample], r: Rules) -> bool:
-    modem_known = any(s.modem for s in ep)
+    # "The radio was fine" needs the modem to say so; a missed poll or two is not a silence.
+    modem_known = any(s.modem for s in ep) and _longest_silence(ep, ep[-1].t) <= r.defect_after_s
     radio_lost = any(radio_down(s, r) or s.attached is False for s in ep)
     return modem_known and not radio_lost and any(s.datapath is False for s in ep)
 
@@ -234,8 +235,8 @@ def is_tunnel(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules) -> bool:
     sig_lost, cell_back = signal_back(ep, r)
     if not sig_lost:
         cell_back = back_at(ep, lambda s: not radio_down(s, r))
-    g_back = back_at(ep, _field_not_false("fix"))
-    if cell_back is None or g_back is None or not any(s.fix is True for s in ep if s.t >= g_back):
+    g_back = first_at(ep, lambda s: s.t > g_lost and s.fix is True)
+    if cell_back is None or g_back is None:
         return False
     return abs(g_back - cell_back) <= r.together_s
 
@@ -296,7 +297,8 @@ def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, d
     gnss: dict[str, Any] = {}
     if fixes:
         g_lost = first_at(ep, _field_is("fix", False))
-        g_back = back_at(ep, _field_not_false("fix")) if g_lost is not None else None
+        # The first return, not the last: a receiver flickers at a tunnel exit and in street canyons.
+        g_back = first_at(ep, lambda s: g_lost is not None and s.t > g_lost and s.fix is True)
         gnss = {"fix_ratio": round(sum(fixes) / len(fixes), 2), "lost": g_lost is not None,
                 "lost_at_s": _r2(g_lost - start) if g_lost is not None else None,
                 "back_at_s": _r2(g_back - start) if g_back is not None else None}
@@ -309,5 +311,6 @@ def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, d
         "gnss": gnss,
         "trend": trend(both, cell_lost if cell_lost is not None else start, r),
         "recovery": recovery,
-        "iface_down": any(s.iface_up is False for s in ep),
+        # Only an interface that was there before can go down (a unit without wwan0 has nothing to lose).
+        "iface_down": any(s.iface_up is True for s in pre) and any(s.iface_up is False for s in ep),
     }

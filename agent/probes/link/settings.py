@@ -118,10 +118,10 @@ class RulesConfig:
 
     # Shorter outages are counted as blips, not episodes (a cell handover can drop registration for ~1 s).
     loss_min_s: float = opt(3.0, min=0.0, max=3600.0)
-    # Below these the signal is not usable: LTE loses the cell around −120…−124 dBm RSRP; CSQ ≤ 4 (−105 dBm).
+    # Below these the signal is not usable: LTE loses the cell around -120…-124 dBm RSRP; CSQ ≤ 4 (-105 dBm).
     usable_rsrp_dbm: float = opt(-120.0, min=-160.0, max=-40.0)
     usable_rssi_dbm: float = opt(-105.0, min=-130.0, max=-20.0)
-    # "Weak" before a coverage hole: RSRP below −110 dBm; RSSI below −95 dBm (CSQ ≤ 9, "marginal").
+    # "Weak" before a coverage hole: RSRP below -110 dBm; RSSI below -95 dBm (CSQ ≤ 9, "marginal").
     weak_rsrp_dbm: float = opt(-110.0, min=-160.0, max=-40.0)
     weak_rssi_dbm: float = opt(-95.0, min=-130.0, max=-20.0)
     # A decay is a drop of at least this much inside the trend window.
@@ -148,7 +148,8 @@ class Config:
     metrics_interval_s: float = opt(30.0, min=0.05, max=86400.0)
     # Positions in episodes are rounded: 4 decimals ≈ 11 m, enough to find the tunnel, not the driveway.
     position_decimals: int = opt(4, min=0, max=7)
-    # Samples kept per episode (run-length compressed); a longer episode keeps its beginning and its end.
+    # Samples kept per episode (run-length compressed): a flapping link cannot grow memory without bound;
+    # past it the first samples stay and only the newest is updated (counted as timeline_full).
     max_timeline: int = opt(5000, min=100, max=1_000_000)
     iface: IfaceConfig = opt(factory=IfaceConfig)
     modem: ModemConfig = opt(factory=ModemConfig)
