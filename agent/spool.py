@@ -91,6 +91,7 @@ class Spool:
         self._drops_dirty = False
         self.sid = 0
         self.n_records = 0
+        self.record_body_bytes = 0
         self.n_batches = 0
         self.bytes = 0
         self.recovered_from_corruption = False
@@ -151,6 +152,7 @@ class Spool:
         n, b = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records").fetchone()
         nb, bb = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM batches").fetchone()
         self.n_records, self.n_batches = n, nb
+        self.record_body_bytes = b
         self.bytes = b + bb + (n + nb) * ROW_OVERHEAD
 
     def close(self) -> None:
@@ -244,6 +246,7 @@ class Spool:
             self._recount()
         else:
             self._add(len(rows), 0, need)
+            self.record_body_bytes += sum(len(row[-1]) for row in rows)
         self._last_disk_try = time.monotonic()
 
     def _add(self, n: int, nb: int, b: int) -> None:
@@ -331,10 +334,11 @@ class Spool:
 
     # ----------------------------------------------------------------------------------------- batches
     def unsealed_summary(self) -> tuple[int, int, int | None]:
-        """(records, body bytes, wall_ms of the oldest) waiting to be sealed."""
-        n, b, oldest = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(wall_ms) FROM records").fetchone()
-        return n, b, oldest
+        """(records, body bytes, wall_ms of the oldest) waiting to be sealed; O(1), asked on every step."""
+        if not self.n_records:
+            return 0, 0, None
+        row = self._conn.execute("SELECT wall_ms FROM records ORDER BY id LIMIT 1").fetchone()
+        return self.n_records, self.record_body_bytes, row[0] if row else None
 
     def seal(self, make_id: Callable[[str, int], wire.BatchId], max_bytes: int, *,
              max_records: int = 5000, compress: str = "auto") -> SealedBatch | None:
@@ -380,6 +384,7 @@ class Spool:
             raise
         freed = sum(len(row[5]) for row in take) + len(take) * ROW_OVERHEAD
         self._add(-len(take), 1, len(payload) + ROW_OVERHEAD - freed)
+        self.record_body_bytes -= sum(len(row[5]) for row in take)
         return SealedBatch(seq, payload, len(records), self._now_ms())
 
     def _drop_rows(self, ids: list[int], reason: str) -> None:
@@ -440,15 +445,17 @@ class Spool:
 
     def sealed(self, exclude: Iterable[int] = (), limit: int = 100) -> list[SealedBatch]:
         """Sealed batches not yet acknowledged, oldest first, skipping those already in flight."""
+        if limit <= 0 or not self.n_batches:
+            return []
         skip = set(exclude)
+        # Sequence numbers first: payloads are read only for the batches about to be sent.
+        want = [seq for (seq,) in self._conn.execute("SELECT seq FROM batches ORDER BY seq") if seq not in skip]
         out = []
-        for seq, created, n, payload in self._conn.execute(
-                "SELECT seq, created_ms, n_records, payload FROM batches ORDER BY seq"):
-            if seq in skip:
-                continue
-            out.append(SealedBatch(seq, payload, n, created))
-            if len(out) >= limit:
-                break
+        for seq in want[:limit]:
+            row = self._conn.execute("SELECT created_ms, n_records, payload FROM batches WHERE seq = ?",
+                                     (seq,)).fetchone()
+            if row is not None:
+                out.append(SealedBatch(seq, row[2], row[1], row[0]))
         return out
 
     def ack(self, seqs: Iterable[int]) -> int:

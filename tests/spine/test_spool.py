@@ -263,3 +263,14 @@ def test_open_reports_how_the_previous_run_ended(tmp_path: Path) -> None:
     sp2 = Spool(tmp_path / "s.db", 1 << 20)
     assert sp2.open() == "unclean"
     sp2.close()
+
+
+def test_tracked_sizes_match_the_database(spool: Spool) -> None:
+    spool.put([rec(i, Kind.EVENT, size=i) for i in range(50)])
+    spool.seal(bid, 2048)
+    spool.put([rec(100 + i) for i in range(10)])
+    tracked = (spool.n_records, spool.n_batches, spool.bytes, spool.record_body_bytes)
+    spool._recount()
+    assert tracked == (spool.n_records, spool.n_batches, spool.bytes, spool.record_body_bytes)
+    n, b, oldest = spool.unsealed_summary()
+    assert (n, b) == (spool.n_records, spool.record_body_bytes) and oldest is not None
