@@ -24,5 +24,9 @@ test: lint types unit
 bench: deps
 	$(PYTHON) -m tools.bench
 
+# The agent end to end on an emulated arm64 Debian userland (tools/arm64/README.md): ~55 s cold, ~20 s warm.
+test-arm64: deps
+	$(PYTHON) -m tools.arm64 test
+
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info .deps-stamp

@@ -70,6 +70,9 @@ class Pipeline:
         self._inflight: dict[int, float] = {}          # seq -> publish time
         self._mids: dict[tuple[int, int], int] = {}    # (generation, mid) -> seq
         self._rejections: dict[int, int] = {}
+        # The connection generation whose Up event we processed: publishing waits for it, because paho
+        # reports "connected" (CONNACK) before our Up event arrives, and that event resets the window.
+        self._live_gen: int | None = None
         self._flush_requested = False
         self._last_commit = time.monotonic()
         self._last_health = time.monotonic()
@@ -171,12 +174,15 @@ class Pipeline:
             if isinstance(ev, Up):
                 self._inflight.clear()
                 self._mids.clear()
+                self._live_gen = ev.gen
                 if ev.max_packet:
                     # Room for the fixed header, topic and MQTT 5 properties (< 512 bytes with our topics).
                     self._max_batch = min(self.cfg.uplink.max_batch_kib * 1024, max(256, ev.max_packet - 512))
             elif isinstance(ev, Down):
                 self._inflight.clear()
                 self._mids.clear()
+                if ev.gen == self._live_gen:
+                    self._live_gen = None
             elif isinstance(ev, Acked):
                 seq = self._mids.pop((ev.gen, ev.mid), None)
                 if seq is None:
@@ -204,7 +210,7 @@ class Pipeline:
 
     def _send(self) -> None:
         up = self.uplink
-        if up is None or not up.connected:
+        if up is None or not up.connected or self._live_gen is None:
             return
         window = self.cfg.uplink.max_inflight
         for b in self.spool.sealed(exclude=self._inflight, limit=window - len(self._inflight)):
@@ -223,6 +229,10 @@ class Pipeline:
         assert self.uplink is not None
         res = self.uplink.publish(payload)
         if res is None:
+            return False
+        if res[0] != self._live_gen:
+            # Published on a connection whose Up we have not seen yet: its Up will reset the window and
+            # the batch goes out again; counting it in flight now would only send it twice.
             return False
         self._mids[res] = seq
         self._inflight[seq] = time.monotonic()

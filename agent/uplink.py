@@ -8,6 +8,7 @@ queue the pipeline thread drains.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import random
@@ -31,6 +32,8 @@ from .probe import UplinkView
 log = logging.getLogger("icvq.uplink")
 
 UNSUPPORTED_PROTOCOL = 0x84
+# Process-wide, so the connections of an Uplink rebuilt by a reload never reuse a generation number.
+_GENERATIONS = itertools.count(1)
 NO_CONNACK = -1  # TCP (and TLS) connected, but the broker closed or stayed silent instead of answering CONNECT
 PACKET_TOO_LARGE = 0x95
 
@@ -234,8 +237,7 @@ class Uplink:
         """Connect, run until the connection dies. Returns 0 after a successful session, the CONNACK failure
         code, NO_CONNACK when the broker never answered CONNECT, or None when TCP/TLS did not connect."""
         with self._lock:
-            self._gen += 1
-            gen = self._gen
+            self._gen = gen = next(_GENERATIONS)
         self._connected.clear()
         self._dead.clear()
         self._connack = None

@@ -58,8 +58,8 @@ fi
 
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || die "cannot mount /tmp"
 mount -t tmpfs -o mode=755 tmpfs /newroot/run || die "cannot mount /run"
-mkdir -p /newroot/run/icvq
-mount -o bind /icvq /newroot/run/icvq || die "cannot bind the run share"
+mkdir -p /newroot/run/vmjob
+mount -o bind /icvq /newroot/run/vmjob || die "cannot bind the run share"
 # Writable host directories, mounted over the same path as on the host. cache=mmap because SQLite's
 # WAL mode maps its -shm file shared-writable, which plain 9p refuses ("disk I/O error").
 n=0
@@ -85,6 +85,6 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
-chroot /newroot /bin/sh /run/icvq/wrap.sh
+chroot /newroot /bin/sh /run/vmjob/wrap.sh
 sync
 poweroff -f

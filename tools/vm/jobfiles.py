@@ -1,4 +1,4 @@
-"""Per-run control files the guest /init reads from the `icvqrun` share (mounted at /run/icvq)."""
+"""Per-run control files the guest /init reads from the `icvqrun` share (mounted at /run/vmjob; /run/icvq belongs to the agent under test)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # Runs inside the guest root in both modes; `env -i` so the command sees only what job.sh exports.
 WRAP_SH = """\
-read -r up _ </proc/uptime && echo "$up" >/run/icvq/started
-env -i /bin/sh /run/icvq/job.sh </dev/null >/run/icvq/output 2>&1
-echo $? >/run/icvq/rc
+read -r up _ </proc/uptime && echo "$up" >/run/vmjob/started
+env -i /bin/sh /run/vmjob/job.sh </dev/null >/run/vmjob/output 2>&1
+echo $? >/run/vmjob/rc
 sync
 """
 
@@ -46,7 +46,7 @@ FailureAction=poweroff-force
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh /run/icvq/wrap.sh
+ExecStart=/bin/sh /run/vmjob/wrap.sh
 """
 
 # Units and generators that cost seconds under TCG and that a unit test does not need (tmpfiles-setup

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import stat
 import struct
 import sys
@@ -113,6 +114,18 @@ def parse_xwd(head: bytes, file_size: int) -> Layout:
     return layout
 
 
+def make_xwd_header(width: int, height: int, *, bits_per_pixel: int = 32, ncolors: int = 256,
+                    name: bytes = b"icvq\0") -> bytes:
+    """For tests, simulators and benchmarks: the header and colour map Xvfb writes for a TrueColor screen
+    (pixels, width * height * bits_per_pixel / 8 bytes in little-endian order, go right after)."""
+    masks = (0xFF0000, 0x00FF00, 0x0000FF) if bits_per_pixel >= 24 else (0xF800, 0x07E0, 0x001F)
+    depth = 24 if bits_per_pixel >= 24 else 16
+    fields = (XWD_HEADER.size + len(name), XWD_FILE_VERSION, XWD_ZPIXMAP, depth, width, height, 0,
+              0, 32, 0, 32, bits_per_pixel, width * bits_per_pixel // 8, 4, *masks, 8, 256, ncolors,
+              width, height, 0, 0, 0)
+    return XWD_HEADER.pack(*fields) + name + bytes(12 * ncolors)
+
+
 def _read_attr(path: str) -> str:
     with open(path, "rb") as f:
         return f.read(256).decode("ascii", "replace").strip()
@@ -121,6 +134,7 @@ def _read_attr(path: str) -> str:
 # fbdev does not export its channel layout in sysfs; these are the layouts drivers use for each depth.
 _FBDEV_MASKS = {32: (0xFF0000, 0x00FF00, 0x0000FF), 24: (0xFF0000, 0x00FF00, 0x0000FF),
                 16: (0xF800, 0x07E0, 0x001F)}
+_MODE = re.compile(r":(\d+)x(\d+)")
 
 
 def fbdev_layout(sysfs_root: str, name: str) -> Layout:
@@ -136,11 +150,10 @@ def fbdev_layout(sysfs_root: str, name: str) -> Layout:
     width, height, pan = vw, vh, ""
     try:
         # "U:1280x720p-60": the visible mode, smaller than the virtual size when the driver double-buffers.
-        mode = _read_attr(f"{d}/modes").splitlines()[0].split(":", 1)[1]
-        mw, mh = (int("".join(c for c in v if c.isdigit())) for v in mode.split("x", 1)[:2])
-        if 0 < mw <= vw and 0 < mh <= vh:
-            width, height = mw, mh
-    except (OSError, ValueError, IndexError):
+        m = _MODE.search(_read_attr(f"{d}/modes").splitlines()[0])
+        if m and 0 < int(m[1]) <= vw and 0 < int(m[2]) <= vh:
+            width, height = int(m[1]), int(m[2])
+    except (OSError, IndexError):
         pass
     if height < vh and os.path.exists(f"{d}/pan"):
         pan = f"{d}/pan"
@@ -158,7 +171,10 @@ class FrameSample:
 @dataclass
 class _Plan:
     yoff: int
-    streams: list[list[slice]]        # one list of row slices per sampled byte position
+    # One list of row slices per sampled byte position: grid points outside the regions (hashed), and the
+    # grid points inside them (only counted for the black test, which must see the whole screen).
+    outside: list[list[slice]]
+    inside: list[list[slice]]
     regions: list[list[slice] | None]
     n_pixels: int
 
@@ -272,31 +288,28 @@ class FrameReader:
         x0, sx, nx = _grid_positions(layout.width, self.grid_cols)
         y0, sy, ny = _grid_positions(layout.height, self.grid_rows)
         clipped = [self._clip(r, layout) for r in self.regions]
-        streams: list[list[slice]] = [[] for _ in byte_positions]
-        n_pixels = 0
+        outside: list[list[slice]] = [[] for _ in byte_positions]
+        inside: list[list[slice]] = [[] for _ in byte_positions]
         for j in range(ny):
             y = y0 + j * sy
             base = layout.offset + (y + yoff) * layout.stride
-            # Grid points inside an expected-change region are left out: a ticking clock must not count as
+            # Grid points inside an expected-change region are hashed apart: a ticking clock must not count as
             # "the screen changed" when we ask whether a touch got an answer.
-            inside = [False] * nx
+            flags = [False] * nx
             for r in clipped:
                 if r and r.y <= y < r.y + r.height:
                     for i in range(nx):
                         if r.x <= x0 + i * sx < r.x + r.width:
-                            inside[i] = True
+                            flags[i] = True
             i = 0
             while i < nx:
-                if inside[i]:
-                    i += 1
-                    continue
                 k = i
-                while k < nx and not inside[k]:
+                while k < nx and flags[k] == flags[i]:
                     k += 1
                 first, last = x0 + i * sx, x0 + (k - 1) * sx
-                for s, c in zip(streams, byte_positions, strict=True):
+                target = inside if flags[i] else outside
+                for s, c in zip(target, byte_positions, strict=True):
                     s.append(slice(base + first * bpp + c, base + last * bpp + c + 1, sx * bpp))
-                n_pixels += k - i
                 i = k
         regions: list[list[slice] | None] = []
         for r in clipped:
@@ -307,7 +320,7 @@ class FrameReader:
             regions.append([slice(layout.offset + (y + yoff) * layout.stride + r.x * bpp,
                                   layout.offset + (y + yoff) * layout.stride + (r.x + r.width) * bpp)
                             for y in range(r.y, r.y + r.height, step)])
-        return _Plan(yoff, streams, regions, n_pixels)
+        return _Plan(yoff, outside, inside, regions, nx * ny)
 
     @staticmethod
     def _clip(r: Rect, layout: Layout) -> Rect | None:
@@ -324,10 +337,13 @@ class FrameReader:
         if self._plan is None or self._plan.yoff != yoff:
             self._plan = self._make_plan(layout, yoff)
         plan = self._plan
-        streams = [b"".join([mm[s] for s in row_slices]) for row_slices in plan.streams]
+        streams = [b"".join([mm[s] for s in row_slices]) for row_slices in plan.outside]
         crc = 0
         for data in streams:
             crc = zlib.crc32(data, crc)
+        if plan.inside[0]:
+            streams = [out + b"".join([mm[s] for s in row_slices])
+                       for out, row_slices in zip(streams, plan.inside, strict=True)]
         region_crcs: list[int | None] = []
         for slices in plan.regions:
             if slices is None:

@@ -80,8 +80,11 @@ class ProcessWatch:
         for p in psutil.process_iter(["name", "cmdline"]):
             for n in missing:
                 if self._tracked[n].proc is None and name_matches(n, p.info["name"] or "", p.info["cmdline"]):
+                    try:
+                        p.cpu_percent(None)  # prime: the next call measures from here
+                    except psutil.Error:
+                        continue  # exited while we looked (a zombie reaped meanwhile)
                     self._tracked[n].proc = p
-                    p.cpu_percent(None)  # prime: the next call measures from here
         for n in missing:
             if self._tracked[n].proc is not None:
                 self._tracked[n].d_since = self._tracked[n].busy_since = None
@@ -105,7 +108,7 @@ class ProcessWatch:
                                      d_state_s=self.d_state_s, cpu_pegged_s=self.cpu_pegged_s)
                 except psutil.ZombieProcess:
                     state, pid = EXITED, t.proc.pid
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                except (psutil.Error, OSError):
                     t.proc = None  # gone (or replaced): look it up again on the next scan
                     self._last_scan = -1e18
             if state != t.state:

@@ -13,7 +13,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ... import inherited
 from .streams import Stream, open_stream
+
+KMSG_DEVICE = "/dev/kmsg"
 
 _PREFIX = re.compile(rb"^(\d+),(\d+),(\d+),([^;]*);")
 READ_SIZE = 8192          # /dev/kmsg fails with EINVAL when the buffer is shorter than the record
@@ -63,7 +66,10 @@ class KmsgReader:
 
     def open(self) -> None:
         self.close()
-        self.stream = open_stream(self.path)
+        # Under the shipped unit /dev/kmsg cannot be opened by path (no CAP_SYSLOG, ProtectKernelLogs);
+        # systemd hands it to us on stdin instead (agent/inherited.py).
+        fd = inherited.kmsg_fd() if self.path == KMSG_DEVICE else None
+        self.stream = Stream(fd, selectable=True, is_fifo=False) if fd is not None else open_stream(self.path)
         self._buf = b""
         if not self.from_start and not self.stream.is_fifo:
             try:

@@ -13,13 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from ...probe import ProbeContext, StreamProbe
 from ...records import Record
 from .episodes import EpisodeMachine, Transition
 from .evdev import EvdevReader, is_press
-from .framebuffer import FrameReader, FrameSample, FrameUnavailable, Rect
+from .frame_state import FrameTracker
+from .framebuffer import FrameReader, Rect
 from .heartbeat import HeartbeatSocket, HeartbeatState, parse_heartbeat
-from .hmi_process import NOT_RUNNING, OK, ProcessWatch
+from .hmi_process import NOT_RUNNING, ProcessWatch
 from .kmsg import KmsgReader, KmsgRecord
 from .patterns import HangMatch, compile_patterns, match_line
 from .rules import (
@@ -28,13 +31,13 @@ from .rules import (
     GpuHangSignal,
     InputTracker,
     ProcessSignal,
-    RegionSignal,
     Signals,
     Thresholds,
     Verdict,
     black_explanation,
     black_verdict,
     freeze_verdict,
+    problems,
 )
 from .settings import Config
 from .sysfs import SysfsReader
@@ -68,6 +71,7 @@ class DisplayProbe(StreamProbe):
             cfg.fb_path, fmt=cfg.fb_format, sysfs_root=cfg.sysfs_root, grid_cols=cfg.grid_cols,
             grid_rows=cfg.grid_rows, black_level=cfg.black_level, black_fraction=cfg.black_fraction,
             regions=[Rect(r.x, r.y, r.width, r.height) for r in cfg.regions]) if cfg.fb_path else None
+        self.fb = FrameTracker(self.frames, cfg.regions, cfg.fb_interval_s) if self.frames else None
         self.kmsg = KmsgReader(cfg.kmsg_path, from_start=cfg.kmsg_from_start) if cfg.kmsg_path else None
         self.hb_sock = HeartbeatSocket(cfg.heartbeat_socket, cfg.heartbeat_socket_mode) \
             if cfg.heartbeat_socket else None
@@ -92,14 +96,6 @@ class DisplayProbe(StreamProbe):
         self.black = EpisodeMachine("display.black", black_explanation)
         self.hb = HeartbeatState()
         self.input = InputTracker()
-        # Framebuffer state.
-        self._fb_opens = -1
-        self._grid: int | None = None
-        self._frame_changed_at: float | None = None
-        self._black_since: float | None = None
-        self._region_crc: list[int | None] = []
-        self._region_changed: list[float] = []
-        self._stale_after = [r.expected_period_s * r.missed_periods + cfg.fb_interval_s for r in cfg.regions]
         # sysfs, process and kernel state.
         self._bl_state: dict[str, tuple[str, float]] = {}
         self._conn_state: dict[str, tuple[bool, float]] = {}
@@ -107,6 +103,7 @@ class DisplayProbe(StreamProbe):
         self._connectors: tuple[ConnectorSignal, ...] = ()
         self._processes: tuple[ProcessSignal, ...] = ()
         self._proc_seen: set[str] = set()
+        self._proc_state: dict[str, str] = {}
         self._gpu_hang: GpuHangSignal | None = None
         self._hang_last: dict[tuple[str, str], float] = {}
         self._hang_repeats: dict[tuple[str, str], int] = {}
@@ -116,7 +113,8 @@ class DisplayProbe(StreamProbe):
         # Schedule and the metrics window.
         now = self.clock.mono()
         self._next = {"fb": now, "sysfs": now, "proc": now, "metrics": now + cfg.metrics_interval_s}
-        self._win = {"start": now, "samples": 0, "black": 0, "changes": 0, "frames": 0}
+        self._win_start = now
+        self._win_frames = 0
 
     # -- StreamProbe ----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -156,7 +154,8 @@ class DisplayProbe(StreamProbe):
         layout = self.frames.layout if self.frames else None
         return {"sources": {n: ("up" if s.up else f"down: {s.error}") for n, s in self.sources.items()},
                 "framebuffer": f"{layout.kind} {layout.width}x{layout.height} {layout.bits_per_pixel}bpp"
-                if layout else ""}
+                if layout else "",
+                "hmi": dict(self._proc_state)}
 
     # -- one turn of the loop -------------------------------------------------------------------------
     def tick(self) -> list[Record]:
@@ -308,14 +307,14 @@ class DisplayProbe(StreamProbe):
             self.log.info("first HMI heartbeat received (frame %d)", hb.frames)
         moved = self.hb.update(hb, now)
         if moved and before is not None:
-            self._win["frames"] += hb.frames - before if hb.frames > before else hb.frames
+            self._win_frames += hb.frames - before if hb.frames > before else hb.frames
         if moved and not hb.animating:
             # A static HMI drew a frame: that answers a pending touch. An animating one draws anyway.
             self.input.redraw(now)
 
     def _press(self, now: float) -> None:
         self.counters.inc("input_presses")
-        measurable = (self.frames is not None and self._grid is not None) or \
+        measurable = (self.fb is not None and self.fb.ok) or \
             (self.hb.last_rx is not None and not self.hb.animating)
         if measurable:
             self.input.press(now)
@@ -324,51 +323,25 @@ class DisplayProbe(StreamProbe):
 
     # -- periodic readers -----------------------------------------------------------------------------
     def _sample_fb(self, now: float) -> None:
-        assert self.frames
-        try:
-            s = self.frames.sample()
-        except FrameUnavailable as e:
-            if self._grid is not None:
-                self.log.info("framebuffer lost; frame signals unknown until it is back")
-            self._grid, self._black_since = None, None
-            self._source_down("framebuffer", now, str(e), f"fb_{e.reason}")
+        assert self.fb and self.frames
+        u = self.fb.update(now)
+        if u.error:
+            if u.lost and not (self.hb.last_rx is not None and not self.hb.animating):
+                self.input.clear()  # nothing can answer a pending touch now; do not blame the HMI for it
+            self._source_down("framebuffer", now, str(u.error), f"fb_{u.error.reason}")
             return
         self._source_up("framebuffer")
-        self._win["samples"] += 1
-        if self._grid is None or self.frames.opens != self._fb_opens:
-            self._fb_reset(s, now)
-        else:
-            changed = s.grid != self._grid
-            for i, crc in enumerate(s.regions):
-                if crc != self._region_crc[i]:
-                    self._region_crc[i], self._region_changed[i] = crc, now
-                    changed = True
-            if s.grid != self._grid:
-                self._grid, self._frame_changed_at = s.grid, now
-                self.input.redraw(now)
-            if changed:
-                self._win["changes"] += 1
-        if s.black:
-            self._win["black"] += 1
-            if self._black_since is None:
-                self._black_since = now
-        else:
-            self._black_since = None
-
-    def _fb_reset(self, s: FrameSample, now: float) -> None:
-        """A new framebuffer (first open or after a restart): its history starts now."""
-        assert self.frames and self.frames.layout
-        lay = self.frames.layout
-        self._fb_opens = self.frames.opens
-        self._grid, self._frame_changed_at = s.grid, now
-        self._region_crc = list(s.regions)
-        self._region_changed = [now] * len(s.regions)
-        for rc, crc in zip(self.cfg.regions, s.regions, strict=True):
-            if crc is None:
+        if u.reopened:
+            self.input.redraw(now)  # a new framebuffer is a new picture
+            lay = self.frames.layout
+            assert lay
+            self.log.info("framebuffer %s: %s %dx%d, %d bpp", self.cfg.fb_path, lay.kind, lay.width, lay.height,
+                          lay.bits_per_pixel)
+            for name in u.out_of_frame:
                 self.counters.inc("region_out_of_frame")
-                self.log.warning("region %s lies outside the %dx%d frame; ignored", rc.name, lay.width, lay.height)
-        self.log.info("framebuffer %s: %s %dx%d, %d bpp", self.cfg.fb_path, lay.kind, lay.width, lay.height,
-                      lay.bits_per_pixel)
+                self.log.warning("region %s lies outside the %dx%d frame; ignored", name, lay.width, lay.height)
+        elif u.grid_changed:
+            self.input.redraw(now)
 
     def _read_sysfs(self, now: float) -> None:
         assert self.sysfs
@@ -396,7 +369,16 @@ class DisplayProbe(StreamProbe):
     def _poll_procs(self, now: float) -> None:
         assert self.procs
         out = []
-        for p in self.procs.poll(now):
+        try:
+            states = self.procs.poll(now)
+        except (psutil.Error, OSError) as e:  # the process table changed under us: next poll
+            self.counters.inc("process_poll_failed")
+            self.log.debug("process poll failed: %s", e)
+            return
+        for p in states:
+            if self._proc_state.get(p.name) != p.state:
+                self.log.info("HMI process %s (pid %s): %s", p.name, p.pid, p.state)
+                self._proc_state[p.name] = p.state
             if p.state != NOT_RUNNING:
                 self._proc_seen.add(p.name)
             elif p.name not in self._proc_seen:
@@ -406,14 +388,11 @@ class DisplayProbe(StreamProbe):
 
     # -- rules ----------------------------------------------------------------------------------------
     def signals(self, now: float) -> Signals:
-        fb_ok = self._grid is not None
-        regions = tuple(RegionSignal(rc.name, changed, stale)
-                        for rc, crc, changed, stale in zip(self.cfg.regions, self._region_crc,
-                                                           self._region_changed, self._stale_after, strict=True)
-                        if crc is not None) if fb_ok else ()
+        fb = self.fb
+        fb_ok = fb is not None and fb.ok
         return Signals(
-            now=now, fb_ok=fb_ok, frame_changed_at=self._frame_changed_at if fb_ok else None,
-            black_since=self._black_since, regions=regions,
+            now=now, fb_ok=fb_ok, frame_changed_at=fb.frame_changed_at if fb and fb_ok else None,
+            black_since=fb.black_since if fb else None, regions=fb.region_signals() if fb else (),
             hb_last_rx=self.hb.last_rx, hb_last_advance=self.hb.last_advance, hb_animating=self.hb.animating,
             hb_screen_on=self.hb.screen_on, input_pending_since=self.input.pending_since,
             input_pending_count=self.input.count, backlights=self._backlights, connectors=self._connectors,
@@ -444,34 +423,26 @@ class DisplayProbe(StreamProbe):
 
     def _onset_events(self, sig: Signals, bv: Verdict, now: float, out: list[Record]) -> None:
         """One event when an HMI or backlight problem starts; nothing while it lasts."""
-        current: dict[str, tuple[str, dict[str, Any]]] = {}
-        for p in sig.processes:
-            if p.state != OK:
-                current[f"proc:{p.name}:{p.state}"] = ("display.hmi_unresponsive", {
-                    "reason": p.state, **p.fields, "for_s": round(now - p.since, 2)})
-        if sig.hb_last_rx is not None and now - sig.hb_last_rx > self.th.heartbeat_timeout_s:
-            current["hb:missing"] = ("display.hmi_unresponsive", {
-                "reason": "heartbeat_missing", "for_s": round(now - sig.hb_last_rx, 2),
-                "last_frame": self.hb.frames})
-        for e in bv.evidence:
-            if e.signal == "backlight":
-                current[f"bl:{e.detail.get('device')}:{e.kind}"] = ("display.backlight_fault", {
-                    "reason": e.kind, **e.detail, "for_s": round(now - e.since, 2),
-                    "black_episode": self.black.open.episode if self.black.open else None})
+        current = problems(sig, bv, self.th)
         for key in current.keys() - self._onsets:
             name, fields = current[key]
+            if key == "hb:missing":
+                fields["last_frame"] = self.hb.frames
+            if name == "display.backlight_fault":
+                fields["black_episode"] = self.black.open.episode if self.black.open else None
             self.log.warning("%s: %s", name, fields.get("reason"))
             out.append(self.rec.event(name, fields))
         self._onsets = set(current)
 
     def _metrics(self, now: float) -> list[Record]:
-        w = self._win
-        span = max(1e-6, now - w["start"])
+        span = max(1e-6, now - self._win_start)
         out = []
-        if self.frames and w["samples"]:
-            out.append(self.rec.metric("display.changes_per_min", round(w["changes"] * 60 / span, 2)))
-            out.append(self.rec.metric("display.black_pct", round(100 * w["black"] / w["samples"], 1)))
+        if self.fb:
+            w = self.fb.take_window()
+            if w.samples:
+                out.append(self.rec.metric("display.changes_per_min", round(w.changes * 60 / span, 2)))
+                out.append(self.rec.metric("display.black_pct", round(100 * w.black / w.samples, 1)))
         if self.hb.last_rx is not None:
-            out.append(self.rec.metric("display.fps_estimate", round(w["frames"] / span, 2)))
-        self._win = {"start": now, "samples": 0, "black": 0, "changes": 0, "frames": 0}
+            out.append(self.rec.metric("display.fps_estimate", round(self._win_frames / span, 2)))
+        self._win_start, self._win_frames = now, 0
         return out

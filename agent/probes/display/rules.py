@@ -39,7 +39,7 @@ class Thresholds:
     input_presses: int = 1
     black_min_s: float = 2.0
     gpu_hang_window_s: float = 30.0
-    screen_expected_on: str = "always"   # or "heartbeat": only while the HMI's last heartbeat said screen=1
+    screen_expected_on: str = "always"   # unless the HMI says screen=0; "heartbeat": only while it says screen=1
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,10 @@ INACTIVE = Verdict(False)
 
 
 def screen_expected_on(s: Signals, th: Thresholds) -> bool:
+    """An HMI that says screen=0 switched it off on purpose; in "heartbeat" mode only screen=1 counts as on."""
     if th.screen_expected_on == "heartbeat":
         return s.hb_screen_on is True
-    return True
+    return s.hb_screen_on is not False
 
 
 def _heartbeat_missing(s: Signals, th: Thresholds) -> bool:
@@ -239,6 +240,25 @@ def black_explanation(v: Verdict) -> str:
     return explain(v.evidence) if v.cause == BLACK_FRAME else v.cause
 
 
+def problems(s: Signals, black: Verdict, th: Thresholds) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The HMI and backlight problems present now, keyed so that each one's start can be reported once:
+    key -> (event name, fields)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for p in s.processes:
+        if p.state != OK:
+            out[f"proc:{p.name}:{p.state}"] = ("display.hmi_unresponsive", {
+                "reason": p.state, **p.fields, "for_s": round(s.now - p.since, 2)})
+    if _heartbeat_missing(s, th):
+        assert s.hb_last_rx is not None
+        out["hb:missing"] = ("display.hmi_unresponsive", {
+            "reason": "heartbeat_missing", "for_s": round(s.now - s.hb_last_rx, 2)})
+    for e in black.evidence:
+        if e.signal == "backlight":  # only present while the screen should be on, held for black_min_s
+            out[f"bl:{e.detail.get('device')}:{e.kind}"] = ("display.backlight_fault", {
+                "reason": e.kind, **e.detail, "for_s": round(s.now - e.since, 2)})
+    return out
+
+
 @dataclass
 class InputTracker:
     """Presses waiting for a redraw. A redraw observed after the first pending press answers all of them."""
@@ -253,4 +273,8 @@ class InputTracker:
 
     def redraw(self, at: float) -> None:
         if self.pending_since is not None and at >= self.pending_since:
-            self.pending_since, self.count = None, 0
+            self.clear()
+
+    def clear(self) -> None:
+        """Forget pending presses (the screen they were waiting on went away)."""
+        self.pending_since, self.count = None, 0

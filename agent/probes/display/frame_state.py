@@ -1,0 +1,91 @@
+"""What the rules need from the framebuffer over time: when the grid and each region last changed, since when the
+frame is black, and the counts behind the changes_per_min / black_pct metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .framebuffer import FrameReader, FrameUnavailable
+from .rules import RegionSignal
+from .settings import RegionConfig
+
+
+@dataclass(frozen=True)
+class FrameUpdate:
+    error: FrameUnavailable | None = None
+    lost: bool = False                 # the frame was readable until this sample
+    reopened: bool = False             # a new framebuffer (first open, or after a restart): history restarted
+    grid_changed: bool = False         # the grid outside the regions changed since the last sample
+    out_of_frame: tuple[str, ...] = ()  # regions that lie outside a newly opened frame
+
+
+@dataclass
+class Window:
+    samples: int = 0
+    black: int = 0
+    changes: int = 0                   # samples in which the grid or any region changed
+
+
+@dataclass
+class FrameTracker:
+    reader: FrameReader
+    regions: Sequence[RegionConfig]
+    fb_interval_s: float
+    grid: int | None = None
+    frame_changed_at: float | None = None
+    black_since: float | None = None
+    window: Window = field(default_factory=Window)
+    _opens: int = -1
+    _region_crc: list[int | None] = field(default_factory=list)
+    _region_changed: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.grid is not None
+
+    def update(self, now: float) -> FrameUpdate:
+        try:
+            s = self.reader.sample()
+        except FrameUnavailable as e:
+            lost = self.grid is not None
+            self.grid, self.black_since = None, None
+            return FrameUpdate(error=e, lost=lost)
+        self.window.samples += 1
+        if s.black:
+            self.window.black += 1
+            if self.black_since is None:
+                self.black_since = now
+        else:
+            self.black_since = None
+        if self.grid is None or self.reader.opens != self._opens:
+            self._opens = self.reader.opens
+            self.grid, self.frame_changed_at = s.grid, now
+            self._region_crc = list(s.regions)
+            self._region_changed = [now] * len(s.regions)
+            return FrameUpdate(reopened=True, out_of_frame=tuple(
+                r.name for r, crc in zip(self.regions, s.regions, strict=True) if crc is None))
+        changed = False
+        for i, crc in enumerate(s.regions):
+            if crc != self._region_crc[i]:
+                self._region_crc[i], self._region_changed[i] = crc, now
+                changed = True
+        grid_changed = s.grid != self.grid
+        if grid_changed:
+            self.grid, self.frame_changed_at = s.grid, now
+        if changed or grid_changed:
+            self.window.changes += 1
+        return FrameUpdate(grid_changed=grid_changed)
+
+    def region_signals(self) -> tuple[RegionSignal, ...]:
+        """Regions inside the current frame; a region is stale after expected_period_s * missed_periods plus one
+        sampling interval (the sampler's own phase)."""
+        if not self.ok:
+            return ()
+        return tuple(RegionSignal(r.name, changed, r.expected_period_s * r.missed_periods + self.fb_interval_s)
+                     for r, crc, changed in zip(self.regions, self._region_crc, self._region_changed, strict=True)
+                     if crc is not None)
+
+    def take_window(self) -> Window:
+        w, self.window = self.window, Window()
+        return w
