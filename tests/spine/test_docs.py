@@ -50,3 +50,10 @@ def test_sample_config_documents_every_key() -> None:
             if not re.search(rf"^#?\s*{re.escape(leaf)}\s*=", text, re.M):
                 missing.append(key)
     assert not missing, f"config/agent.toml does not document: {missing}"
+
+
+def test_sample_config_includes_every_probe_sample() -> None:
+    from tools import config_sample
+
+    assert (REPO / "config" / "agent.toml").read_text() == config_sample.render(), \
+        "config/agent.toml is stale: run `python -m tools.config_sample`"
