@@ -74,9 +74,13 @@ def report(db: Path, expected: dict[str, list[str]]) -> bool:
             f = json.loads(fields or "{}")
             brief = {k: f[k] for k in ("duration_s", "cause", "signal", "sensor", "evidence") if k in f}
             print(f"    {name:<22} {json.dumps(brief)[:110]}")
-    for kind, fields in q("SELECT kind, fields FROM status ORDER BY received DESC LIMIT 1"):
+    for (fields,) in q("SELECT fields FROM status WHERE kind = 'birth' ORDER BY received DESC LIMIT 1"):
         f = json.loads(fields)
-        say(f"last status message: {kind} (agent {f.get('agent', '?')}, config {f.get('config', '?')})")
+        inv = f.get("inventory", {})
+        say(f"birth: agent {f.get('agent')}, config {f.get('config')}, {inv.get('os')}, kernel {inv.get('kernel')}, "
+            f"components {inv.get('components')}")
+    for (fields,) in q("SELECT fields FROM status WHERE kind = 'death' ORDER BY received DESC LIMIT 1"):
+        say(f"death: clean={json.loads(fields).get('clean')} (retained; the Last Will says clean=false)")
     ok = True
     names = {n for (n,) in q("SELECT DISTINCT name FROM records")}
     for part, want in expected.items():
