@@ -69,6 +69,7 @@ class UplinkConfig:
     batch_linger_s: float = opt(2.0, min=0.0, max=3600.0)
     compress: str = opt("auto", choices=("auto", "never", "always"))
     message_expiry_s: int = opt(0, min=0, max=2**32 - 1)
+    retry_no_subscribers: bool = True
     connect_timeout_s: float = opt(10.0, min=1.0, max=300.0)
     backoff_min_s: float = opt(1.0, min=0.1, max=600.0)
     backoff_max_s: float = opt(120.0, min=1.0, max=3600.0)

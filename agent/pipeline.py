@@ -26,6 +26,8 @@ log = logging.getLogger("icvq.pipeline")
 
 Observer = Callable[[list[Record]], None]
 MAX_REJECTIONS = 5
+NO_MATCHING_SUBSCRIBERS = 0x10
+HOLD_MIN_S, HOLD_MAX_S = 1.0, 60.0
 
 
 class EpisodeTracker:
@@ -73,6 +75,11 @@ class Pipeline:
         # The connection generation whose Up event we processed: publishing waits for it, because paho
         # reports "connected" (CONNACK) before our Up event arrives, and that event resets the window.
         self._live_gen: int | None = None
+        # PUBACK 0x10 "no matching subscribers": the broker took the batch and threw it away because no
+        # backend worker listens (e.g. mosquitto lost the shared subscriptions in a restart). Keep it and
+        # hold all sending for a growing while, then resend.
+        self._hold_until = 0.0
+        self._hold_s = 0.0
         self._flush_requested = False
         self._last_commit = time.monotonic()
         self._last_health = time.monotonic()
@@ -188,12 +195,22 @@ class Pipeline:
                 if seq is None:
                     continue
                 self._inflight.pop(seq, None)
-                if ev.reason_code < 0x80:
+                if ev.reason_code == NO_MATCHING_SUBSCRIBERS and self.cfg.uplink.retry_no_subscribers:
+                    self._no_subscribers()
+                elif ev.reason_code < 0x80:
+                    self._hold_s = 0.0
                     acked.append(seq)
                     self.last_ack_seq = seq
                     self._rejections.pop(seq, None)
                 else:
                     self._rejected(seq, ev.reason_code)
+
+    def _no_subscribers(self) -> None:
+        self.counters.inc("no_subscribers")
+        if self._hold_s == 0.0:
+            log.warning("broker has no subscriber for our batches (PUBACK 0x10); holding them and retrying")
+        self._hold_s = min(HOLD_MAX_S, max(HOLD_MIN_S, self._hold_s * 2))
+        self._hold_until = time.monotonic() + self._hold_s
 
     def _rejected(self, seq: int, code: int) -> None:
         self.counters.inc(f"rejected.{code:#x}")
@@ -210,7 +227,7 @@ class Pipeline:
 
     def _send(self) -> None:
         up = self.uplink
-        if up is None or not up.connected or self._live_gen is None:
+        if up is None or not up.connected or self._live_gen is None or time.monotonic() < self._hold_until:
             return
         window = self.cfg.uplink.max_inflight
         for b in self.spool.sealed(exclude=self._inflight, limit=window - len(self._inflight)):

@@ -32,6 +32,7 @@ from .probe import UplinkView
 log = logging.getLogger("icvq.uplink")
 
 UNSUPPORTED_PROTOCOL = 0x84
+V3_UNACCEPTABLE_PROTOCOL = 0x01
 # Process-wide, so the connections of an Uplink rebuilt by a reload never reuse a generation number.
 _GENERATIONS = itertools.count(1)
 NO_CONNACK = -1  # TCP (and TLS) connected, but the broker closed or stayed silent instead of answering CONNECT
@@ -65,13 +66,14 @@ def topics(cfg: UplinkConfig, v: VehicleConfig) -> tuple[str, str]:
     return f"{base}/batch", f"{base}/status"
 
 
-def next_protocol(current: str, configured: str, failure_code: int | None, failures_in_row: int) -> str:
-    """v5 first; fall back to 3.1.1 only when configured "auto" and the broker rejects v5 (or drops the
-    connection before any CONNACK twice in a row, which is what some v3-only brokers do)."""
+def next_protocol(current: str, configured: str, failure_code: int | None) -> str:
+    """v5 first; fall back to 3.1.1 only when configured "auto" and the broker says it does not speak v5:
+    CONNACK 0x84 (v5 Unsupported Protocol Version) or 0x01 (a 3.1.1 broker's "unacceptable protocol level").
+    A broker that merely vanishes mid-handshake (a restart under load) is no reason: a fleet must not get
+    stuck on 3.1.1, which has no PUBACK reason codes, after one bad minute."""
     if configured != "auto":
         return configured
-    if current == "5" and (failure_code == UNSUPPORTED_PROTOCOL or (failure_code == NO_CONNACK
-                                                                  and failures_in_row >= 2)):
+    if current == "5" and failure_code in (UNSUPPORTED_PROTOCOL, V3_UNACCEPTABLE_PROTOCOL):
         return "3.1.1"
     return current
 
@@ -214,7 +216,6 @@ class Uplink:
     # ------------------------------------------------------------------------------------ connect loop
     def _run(self) -> None:
         attempt = 0
-        failures_in_row = 0
         while not self._stop.is_set():
             started = time.monotonic()
             code = self._one_connection()
@@ -223,8 +224,7 @@ class Uplink:
             lasted = time.monotonic() - started
             if code == 0 and lasted > 30:
                 attempt = 0
-            failures_in_row = 0 if code == 0 else failures_in_row + 1 if code == NO_CONNACK else failures_in_row
-            new = next_protocol(self.protocol, self.cfg.protocol, code, failures_in_row)
+            new = next_protocol(self.protocol, self.cfg.protocol, code)
             if new != self.protocol:
                 log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
                 self.protocol = new

@@ -13,17 +13,18 @@ from recorder import Recorder
 from agent.uplink import NO_CONNACK, UNSUPPORTED_PROTOCOL, backoff_s, next_protocol
 
 
-@pytest.mark.parametrize(("current", "configured", "code", "in_row", "expected"), [
-    ("5", "auto", UNSUPPORTED_PROTOCOL, 1, "3.1.1"),
-    ("5", "auto", NO_CONNACK, 1, "5"),          # one silent close could be anything
-    ("5", "auto", NO_CONNACK, 2, "3.1.1"),      # twice: a v3-only broker dropping our v5 CONNECT
-    ("5", "auto", None, 9, "5"),                # TCP refused says nothing about the protocol
-    ("5", "auto", 0x87, 3, "5"),                # not authorised: v5 understood
-    ("5", "5", UNSUPPORTED_PROTOCOL, 1, "5"),   # pinned by config
-    ("3.1.1", "auto", None, 0, "3.1.1"),
+@pytest.mark.parametrize(("current", "configured", "code", "expected"), [
+    ("5", "auto", UNSUPPORTED_PROTOCOL, "3.1.1"),
+    ("5", "auto", 0x01, "3.1.1"),            # a 3.1.1 broker's "unacceptable protocol level"
+    ("5", "auto", NO_CONNACK, "5"),          # a silent close could be anything
+    ("5", "auto", NO_CONNACK, "5"),          # even many: a restarting broker under fleet load
+    ("5", "auto", None, "5"),                # TCP refused says nothing about the protocol
+    ("5", "auto", 0x87, "5"),                # not authorised: v5 understood
+    ("5", "5", UNSUPPORTED_PROTOCOL, "5"),   # pinned by config
+    ("3.1.1", "auto", None, "3.1.1"),
 ])
-def test_protocol_fallback(current: str, configured: str, code: int | None, in_row: int, expected: str) -> None:
-    assert next_protocol(current, configured, code, in_row) == expected
+def test_protocol_fallback(current: str, configured: str, code: int | None, expected: str) -> None:
+    assert next_protocol(current, configured, code) == expected
 
 
 def test_backoff_is_jittered_and_bounded() -> None:
@@ -55,3 +56,20 @@ def test_broker_maximum_packet_size_is_honoured(tmp_path: Path) -> None:
         assert seqs == list(range(1, len(seqs) + 1))
     finally:
         b.kill()
+
+
+def test_no_matching_subscribers_keeps_batches_until_the_backend_listens(tmp_path: Path, broker: Mosquitto) -> None:
+    """mosquitto answers PUBACK 0x10 when nobody subscribes (e.g. ingest workers not back after a broker
+    restart): the broker drops the message, so the agent must keep the batch and send it again."""
+    agent = AgentProc(write_config(tmp_path, base_config(tmp_path, broker.port)), tmp_path / "agent.log").start()
+    try:
+        agent.wait_log("no subscriber for our batches", 20)
+        time.sleep(2)
+        rec = Recorder(broker.port).start()
+        rec.wait(lambda r: len(r.batches()) >= 3, 90)
+    finally:
+        assert agent.stop() == 0
+    time.sleep(0.5)
+    rec.stop()
+    seqs = sorted(b.id.seq for b in rec.unique().values())
+    assert seqs[0] == 1 and seqs == list(range(1, len(seqs) + 1)), seqs
