@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tools.ingest.consumer import Consumer
 from tools.ingest.store import SqliteStore
 
 
 class Ingest:
-    def __init__(self, db: Path, port: int) -> None:
+    def __init__(self, db: Path, port: int, **consumer_options: Any) -> None:
+        self.db_path = Path(db)
         self.store = SqliteStore(db)
-        self.consumer = Consumer(self.store, "127.0.0.1", port)
+        self.consumer = Consumer(self.store, "127.0.0.1", port, **consumer_options)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        # The broker may be killed under us: reconnecting is the consumer's job in production; here the
-        # test restarts the consumer's loop until told to stop.
-        while not self.consumer.stop_ev.is_set():
-            try:
-                self.consumer.run()
-            except OSError:
-                time.sleep(0.2)
+        # The consumer reconnects by itself when the broker goes away; run() returns only when stopped.
+        self.consumer.run()
 
     def start(self) -> Ingest:
         self.thread.start()
@@ -33,20 +32,18 @@ class Ingest:
         self.consumer.stop_ev.set()
         self.thread.join(10)
 
-    def query(self, sql: str, *args: object) -> list[tuple]:
-        with self.consumer.q.mutex:
-            pass
-        import sqlite3
-
-        db = sqlite3.connect(self.store.db.execute("PRAGMA database_list").fetchone()[2])
+    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        # A connection of its own: the consumer's thread owns the store's.
+        db = sqlite3.connect(self.db_path, timeout=10)
         try:
             return db.execute(sql, args).fetchall()
         finally:
             db.close()
 
-    def wait_for(self, sql: str, predicate, timeout_s: float = 20.0, *args: object) -> list[tuple]:
+    def wait_for(self, sql: str, predicate: Callable[[list[tuple[Any, ...]]], bool], timeout_s: float = 20.0,
+                 *args: object) -> list[tuple[Any, ...]]:
         deadline = time.monotonic() + timeout_s
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline:
             rows = self.query(sql, *args)
             if predicate(rows):
