@@ -15,6 +15,7 @@ full or read-only, new records wait in memory (bounded, same eviction order) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import secrets
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,9 +216,7 @@ class Spool:
     def _write(self, records: Sequence[Record]) -> None:
         rows = [(r.priority, r.boot, int(r.synced), r.wall_ms, r.mono_ms, _body(r)) for r in records]
         need = sum(len(b) + ROW_OVERHEAD for *_, b in rows)
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn() as db:
             dropped = self._evict(self.bytes + need - self.max_bytes) if self.bytes + need > self.max_bytes \
                 else {}
             if need > self.max_bytes:
@@ -233,13 +232,7 @@ class Spool:
                 need = sum(len(b) + ROW_OVERHEAD for *_, b in rows)
             db.executemany("INSERT INTO records (prio, boot, synced, wall_ms, mono_ms, body) "
                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            pending = self._merge_drops(dropped)
-            if dropped or self._drops_dirty:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('drops', ?)", (json.dumps(pending),))
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+            pending = self._persist_drops(db, dropped) if dropped or self._drops_dirty else self.drops
         self.drops = pending
         self._drops_dirty = False
         if dropped:
@@ -259,6 +252,23 @@ class Spool:
             self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole, or rolled back whole."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _persist_drops(self, db: sqlite3.Connection, dropped: dict[str, int]) -> dict[str, int]:
+        drops = self._merge_drops(dropped)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('drops', ?)", (json.dumps(drops),))
+        return drops
 
     def _evict(self, excess: int) -> dict[str, int]:
         """Free at least `excess` bytes (plus 5 % headroom so we do not evict on every put)."""
@@ -370,35 +380,22 @@ class Spool:
             return self.seal(make_id, max_bytes, max_records=max_records, compress=compress)
         n_events = sum(1 for r in records if not r.kind.evictable_first)
         ids = [row[0] for row in take]
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn():
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
                        (seq, self._now_ms(), len(records), n_events, payload))
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             db.execute("UPDATE meta SET v = ? WHERE k = 'next_seq'", (str(seq + 1),))
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         freed = sum(len(row[5]) for row in take) + len(take) * ROW_OVERHEAD
         self._add(-len(take), 1, len(payload) + ROW_OVERHEAD - freed)
         self.record_body_bytes -= sum(len(row[5]) for row in take)
         return SealedBatch(seq, payload, len(records), self._now_ms())
 
     def _drop_rows(self, ids: list[int], reason: str) -> None:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn() as db:
             db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(ids))})", ids)
-            drops = self._merge_drops({reason: len(ids)})
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('drops', ?)", (json.dumps(drops),))
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        self.drops = drops
+            self.drops = self._persist_drops(db, {reason: len(ids)})
         self._recount()
 
     def unseal(self, seq: int) -> None:
@@ -409,9 +406,7 @@ class Spool:
             return
         batch = wire.decode(row[0], wire.Limits(max_payload=1 << 30, max_inflated=1 << 30))
         assert isinstance(batch, wire.Batch)
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn() as db:
             db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             # Negative ids sort first, so the re-queued records keep their place ahead of newer ones.
             low = db.execute("SELECT MIN(id) FROM records").fetchone()[0] or 1
@@ -420,27 +415,15 @@ class Spool:
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(start + i, r.priority, r.boot, int(r.synced), r.wall_ms, r.mono_ms, _body(r))
                             for i, r in enumerate(batch.records)])
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         self._recount()
 
     def drop_batch(self, seq: int, reason: str) -> None:
-        db = self._conn
-        row = db.execute("SELECT n_records FROM batches WHERE seq = ?", (seq,)).fetchone()
+        row = self._conn.execute("SELECT n_records FROM batches WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn() as db:
             db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-            drops = self._merge_drops({reason: row[0]})
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('drops', ?)", (json.dumps(drops),))
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        self.drops = drops
+            self.drops = self._persist_drops(db, {reason: row[0]})
         self._recount()
 
     def sealed(self, exclude: Iterable[int] = (), limit: int = 100) -> list[SealedBatch]:
@@ -462,16 +445,10 @@ class Spool:
         seqs = list(seqs)
         if not seqs:
             return 0
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn() as db:
             freed = db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM batches "
                                f"WHERE seq IN ({','.join('?' * len(seqs))})", seqs).fetchone()
             db.execute(f"DELETE FROM batches WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         self._add(0, -freed[0], -(freed[1] + freed[0] * ROW_OVERHEAD))
         return int(freed[0])
 

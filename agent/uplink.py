@@ -255,10 +255,17 @@ class Uplink:
             while not (self._connected.is_set() or self._dead.is_set() or self._stop.is_set()):
                 if time.monotonic() > deadline:
                     self._note_error("no CONNACK from broker")
-                    break
+                    return NO_CONNACK
                 self._connected.wait(0.1)
             if not self._connected.is_set():
-                return self._connack[0] if self._connack else NO_CONNACK
+                if self._stop.is_set():
+                    return NO_CONNACK
+                if self._connack:
+                    self._note_error(f"broker refused the connection: CONNACK reason {self._connack[0]:#x}")
+                    return self._connack[0]
+                self._note_error("broker closed the connection before CONNACK (client certificate, "
+                                 "credentials or protocol refused?)")
+                return NO_CONNACK
             max_packet = self._connack[1] if self._connack else None
             self.connected_since = time.time()
             self.reconnects += 1

@@ -10,30 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.tomlw import to_toml, toml_value
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def to_toml(tables: dict[str, dict[str, Any]]) -> str:
-    out = []
-    for name, table in tables.items():
-        out.append(f"[{name}]")
-        out += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-        out.append("")
-    return "\n".join(out)
+__all__ = ["REPO", "AgentProc", "base_config", "to_toml", "toml_value", "write_config"]
 
 
 def base_config(tmp: Path, port: int, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:

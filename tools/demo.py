@@ -23,34 +23,9 @@ from typing import Any
 
 from tools import demo_parts
 from tools.localbroker import Mosquitto
+from tools.tomlw import to_toml
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def to_toml(sections: dict[str, Any]) -> str:
-    """Tables, plus arrays of tables given as lists of dicts (e.g. "probes.can.bus": [{...}, {...}])."""
-    out: list[str] = []
-    for name, body in sections.items():
-        tables = body if isinstance(body, list) else [body]
-        for t in tables:
-            out.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
-            out += [f"{k} = {toml_value(v)}" for k, v in t.items()]
-            out.append("")
-    return "\n".join(out)
 
 
 def say(msg: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from tools.vm.cache import read_stamp, write_stamp
+
+__all__ = ["ArmError", "cache_root", "digest", "locked", "prune", "read_stamp", "write_stamp"]
 
 
 class ArmError(RuntimeError):
@@ -40,21 +42,6 @@ def digest(*parts: str) -> str:
     for part in parts:
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:12]
-
-
-def read_stamp(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_stamp(path: Path, data: dict[str, Any]) -> None:
-    # Written last and atomically: the stamp says the thing it describes is complete.
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
 
 
 def prune(prefix: str, keep: Path) -> None:

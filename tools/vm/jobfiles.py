@@ -1,4 +1,5 @@
-"""Per-run control files the guest /init reads from the `icvqrun` share (mounted at /run/vmjob; /run/icvq belongs to the agent under test)."""
+"""Per-run control files the guest /init reads from the `icvqrun` share (mounted at /run/vmjob;
+/run/icvq belongs to the agent under test)."""
 
 from __future__ import annotations
 
