@@ -227,7 +227,15 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
         table = probes_data.get(name, {})
         if not isinstance(table, Mapping):
             raise ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}"))
-        probes[name] = build(probe_module(name).Config, table, path=f"probes.{name}", origin=org)
+        mod = probe_module(name)
+        probes[name] = build(mod.Config, table, path=f"probes.{name}", origin=org)
+        # Checks beyond structure (a CAN map against its DBC), so --check-config catches what start would.
+        check = getattr(mod, "check", None)
+        if callable(check):
+            try:
+                check(probes[name])
+            except ConfigError as e:
+                raise ConfigError(e.message, key=e.key, source=e.source or org(e.key)) from None
 
     def section(name: str, cls: type) -> Any:
         table = data.get(name, {})

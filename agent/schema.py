@@ -53,12 +53,13 @@ def _convert(tp: Any, value: Any, path: str, origin: Origin) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if value is None and len(non_none) < len(args):
             return None
-        errors = []
+        if len(non_none) == 1:
+            return _convert(non_none[0], value, path, origin)  # keeps the inner key path in errors
         for a in non_none:
             try:
                 return _convert(a, value, path, origin)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise fail(f"expected {' or '.join(_type_name(a) for a in non_none)}, got {type(value).__name__}")
     if tp is Any:
         return value

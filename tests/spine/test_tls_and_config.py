@@ -133,3 +133,18 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 def test_shipped_default_config_is_valid() -> None:
     r = run_agent("--config", str(REPO / "config" / "agent.toml"), "--check-config")
     assert r.returncode == 0, r.stderr
+
+
+def test_check_config_validates_the_can_map_against_its_dbc(tmp_path: Path) -> None:
+    """What would stop the daemon at start (exit 78) is caught by --check-config too, naming the key."""
+    import opendbc
+
+    dbc = Path(opendbc.__file__).parent / "dbc" / "FORD_CADS.dbc"
+    p = tmp_path / "agent.toml"
+    p.write_text(to_toml({"vehicle": {"id": "V", "device": "d", "fleet": "f"}, "probes.can": {"enabled": True}})
+                 + to_toml({"probes.can.bus": [{"name": "cads", "interface": "virtual", "channel": "x",
+                                                "dbc": str(dbc)}],
+                            "probes.can.sensor": [{"name": "radar", "bus": "cads", "message": "MRR_Status_Radr"}]}))
+    r = run_agent("--config", str(p), "--check-config")
+    assert r.returncode == 78, r.stderr
+    assert "probes.can.sensor[0].message" in r.stderr and "MRR_Status_Radr" in r.stderr

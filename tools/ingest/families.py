@@ -44,9 +44,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("black_screen", "Black screens", ("display.black", "hmi.black_screen"), "hmi", _const("display")),
     Family("link_terminal", "Link losses (terminal defect)", ("link.loss", "connectivity.loss"), "modem",
            _const("modem"), lambda f: f.get("cause") == "terminal"),
-    Family("sensor", "Sensor timeouts/faults", ("sensor.timeout", "sensor.fault"), "adas",
+    Family("sensor", "Sensor timeouts/faults", ("can.timeout", "sensor.fault"), "adas",
            _field("sensor", "sensor"), lambda f: f.get("cause") not in ENVIRONMENTAL),
-    Family("can_errors", "CAN error bursts", ("can.error_burst", "can.errors"), "gateway",
+    Family("can_errors", "CAN error bursts", ("can.error", "can.bus_off", "can.error_passive"), "gateway",
            lambda f: "can:" + _field("bus", "?")(f)),
 )
 BY_KEY = {f.key: f for f in FAMILIES}

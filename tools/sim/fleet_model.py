@@ -235,10 +235,10 @@ class Car:
         elif fam == "sensor":
             sensor = "radar.front" if self.degradation and self.degradation.family == "sensor" \
                 else r.choice(("radar.front", "camera.front", "radar.rear"))
-            episode(r.choice(("sensor.timeout", "sensor.fault")), at, r.lognormvariate(math.log(2.0), 0.8),
+            episode(r.choice(("can.timeout", "sensor.fault")), at, r.lognormvariate(math.log(2.0), 0.8),
                     {"sensor": sensor, "cause": "timeout"})
         else:
-            episode("can.error_burst", at, r.lognormvariate(math.log(1.0), 0.6),
+            episode("can.error", at, r.lognormvariate(math.log(1.0), 0.6),
                     {"bus": "can0", "frames": r.randint(5, 200)})
 
 
