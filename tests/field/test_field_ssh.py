@@ -13,6 +13,7 @@ import pytest
 from agentproc import AgentProc, base_config, write_config
 from broker import Mosquitto
 from fieldkit import Sshd, cli, seed_history
+from recorder import Recorder
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Car:
 def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     tmp = tmp_path_factory.mktemp("car")
     broker = Mosquitto(tmp / "broker").start()
+    backend = Recorder(broker.port).start()  # without a subscriber the broker answers 0x10 and we hold data
     seed_history(tmp / "history.db")
     config = write_config(tmp, base_config(tmp, broker.port))
     agent = AgentProc(config, tmp / "agent.log").start()
@@ -37,6 +39,7 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
         yield Car(tmp, config, agent)
     finally:
         agent.stop()
+        backend.stop()
         broker.kill()
 
 

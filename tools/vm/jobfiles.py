@@ -113,6 +113,22 @@ def default_rw_dirs(cwd: Path) -> list[Path]:
     return [] if str(top) in _NOT_SHARED else [top]
 
 
+# The guest mounts fresh tmpfs on these, hiding the host's copies that the read-only root share carries.
+GUEST_TMPFS = ("/tmp", "/run")
+
+
+def hidden_dirs_to_share(needed: list[Path], shares: list[Path]) -> list[Path]:
+    """Directories the guest must see (the repository, the working directory) that lie under a guest tmpfs
+    and no share covers: a CI clone in /tmp must still be importable inside the guest."""
+    out: list[Path] = []
+    for d in needed:
+        if len(d.parts) < 3 or f"/{d.parts[1]}" not in GUEST_TMPFS:
+            continue
+        if not any(d == s or s in d.parents for s in [*shares, *out]):
+            out.append(d)
+    return out
+
+
 def validate(spec: JobSpec) -> None:
     """Reject a bad spec on the host, before anything boots."""
     if not spec.cmd and not spec.systemd:

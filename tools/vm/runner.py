@@ -18,6 +18,7 @@ from .errors import VmError, VmTimeout
 from .initramfs import ensure_initramfs
 from .kernel import Kernel, ensure_kernel
 
+REPO = Path(__file__).resolve().parents[2]  # guests import the agent and the tests from here
 QEMU = "qemu-system-x86_64"
 # qboot hands over to the kernel in ~0.1 s where SeaBIOS takes ~0.5 s under TCG.
 QBOOT = Path("/usr/share/qemu/qboot.rom")
@@ -84,6 +85,7 @@ def run_in_vm(
     """
     work_dir = Path(cwd if cwd is not None else os.getcwd()).resolve()
     shares = [Path(p).resolve() for p in rw_dirs] if rw_dirs is not None else jobfiles.default_rw_dirs(work_dir)
+    shares += jobfiles.hidden_dirs_to_share([work_dir, REPO], shares)
     spec = jobfiles.JobSpec(
         cmd=list(cmd),
         cwd=work_dir,
