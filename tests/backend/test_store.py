@@ -79,3 +79,16 @@ def test_opens_a_database_of_the_minimal_ingest(tmp_path: Path) -> None:
     assert s.query("SELECT COUNT(*) FROM status") == [(1,)]
     assert s.write([msg(batch(1, [rec(Kind.METRIC, "cpu", 1000.0, 1.0)])), msg(b"junk")]).stored == 1
     assert s.query("SELECT t_first FROM batches") == [(1000.0,)]
+
+
+def test_workers_racing_to_create_one_sqlite_file_all_start(tmp_path: Path) -> None:
+    """Two workers started together on a new file used to die with "database is locked" (WAL switch race)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from tools.ingest.store import SqliteStore; "
+            f"SqliteStore({str(tmp_path / 'race.db')!r})")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(8)]
+    results = [(p.wait(60), p.stderr.read() if p.stderr else b"") for p in procs]
+    assert all(rc == 0 for rc, _ in results), results

@@ -9,6 +9,7 @@ power cut of the backend too.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -108,10 +109,22 @@ class SqliteStore:
         self.path = str(path)
         # timeout = busy_timeout: other workers on the same file wait for the write lock.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.executescript(SCHEMA)
-        self._migrate()
+        # Two workers starting on a new file race to switch it to WAL and create the schema; SQLite answers
+        # the loser "database is locked" at once (the busy handler is skipped to avoid a lock deadlock).
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute(f"PRAGMA synchronous={synchronous}")
+                self.db.executescript(SCHEMA)
+                self._migrate()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                time.sleep(0.05 + random.random() * 0.2)
 
     def _migrate(self) -> None:
         db = self.db
