@@ -275,7 +275,7 @@ class Pipeline:
         c = self.counters.snapshot()
         up = self.uplink
         out = [self.rec.health("agent.spool", {"records": s.n_records, "batches": s.n_batches, "bytes": s.bytes,
-                                               "memory_records": s.stats()["memory_records"],
+                                               "memory_records": s.memory_records,
                                                "degraded": s.degraded}),
                self.rec.health("agent.uplink", {"connected": bool(up and up.connected),
                                                 "reconnects": up.reconnects if up else 0,

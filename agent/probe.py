@@ -44,10 +44,6 @@ class ProbeContext:
     spool_dir: str = "/var/lib/icvq"
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("icvq.probe"))
 
-    @property
-    def records(self) -> RecordFactory:
-        return RecordFactory(self.clock)
-
 
 class Probe(ABC):
     """A running source of records. Subclasses pick PeriodicProbe or StreamProbe."""

@@ -174,6 +174,11 @@ class Spool:
 
     # ------------------------------------------------------------------------------------------ write
     @property
+    def memory_records(self) -> int:
+        """Records waiting in memory while the disk is full or read-only."""
+        return len(self._mem)
+
+    @property
     def degraded(self) -> bool:
         return self._degraded_since is not None
 
@@ -463,5 +468,5 @@ class Spool:
             oldest = min(cands) if cands else None
         return {"path": str(self.path), "records": self.n_records, "batches": self.n_batches,
                 "bytes": self.bytes, "max_bytes": self.max_bytes, "oldest_wall_ms": oldest,
-                "memory_records": len(self._mem), "degraded": self.degraded,
+                "memory_records": self.memory_records, "degraded": self.degraded,
                 "last_disk_error": self.last_disk_error, "drops": dict(self.drops), "sid": self.sid}
