@@ -42,6 +42,8 @@ class ProbeContext:
     emit: Callable[[Record], None]
     uplink: Callable[[], UplinkView] = field(default=lambda: UplinkView())
     spool_dir: str = "/var/lib/icvq"
+    # "The way to the broker may be back" (modem registered, TCP target answers): the uplink retries at once.
+    way_back: Callable[[str], None] = field(default=lambda reason: None)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("icvq.probe"))
 
 
