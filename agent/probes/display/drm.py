@@ -89,9 +89,10 @@ def _addr(a: array.array[int]) -> int:
 
 
 def open_card(path: str) -> int:
-    """Open a card node read/write (DRM ioctls need no more) and ask for universal planes and atomic state."""
+    """Open a card node read-only (the mode-object ioctls and a PROT_READ map need no more, so a device cgroup
+    rule `char-drm r` suffices) and ask for universal planes and atomic state."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise DrmError("open_failed", f"{path}: {e.strerror or e}") from None
     for cap in (CLIENT_CAP_UNIVERSAL_PLANES, CLIENT_CAP_ATOMIC):
