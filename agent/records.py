@@ -25,6 +25,7 @@ class Kind(IntEnum):
     END = 2
     METRIC = 3
     HEALTH = 4
+    SNAPSHOT = 5  # black-box context around a trigger (agent/blackbox): kept before metrics, shed before events
 
     @property
     def label(self) -> str:
@@ -50,7 +51,10 @@ class Record:
 
     @property
     def priority(self) -> int:
-        return 0 if self.kind.evictable_first else 1
+        """Spool eviction class, lowest first: metrics/health 0, snapshots 1, events and episodes 2."""
+        if self.kind.evictable_first:
+            return 0
+        return 1 if self.kind is Kind.SNAPSHOT else 2
 
 
 def new_episode_id() -> int:
