@@ -86,5 +86,11 @@ class RecordFactory:
               episode: int | None = None) -> Record:
         return self.make(Kind.BEGIN, name, dict(fields or {}), episode or new_episode_id())
 
+    def snapshot(self, name: str, data: Mapping[str, Any], *, of: Record, mono_ms: int) -> Record:
+        """A black-box snapshot about record `of`, stamped at mono_ms on `of`'s boot and clock state (the
+        trigger's onset, which lies before `of` was made)."""
+        return Record(Kind.SNAPSHOT, name, of.wall_ms - (of.mono_ms - mono_ms), mono_ms, of.boot, of.synced,
+                      dict(data), of.episode)
+
     def end(self, name: str, episode: int, fields: Mapping[str, Any] | None = None) -> Record:
         return self.make(Kind.END, name, dict(fields or {}), episode)

@@ -176,8 +176,7 @@ class BlackBox:
             data["trigger_fields"] = {k: v[:200] if isinstance(v, str) else v for k, v in items
                                       if isinstance(v, (int, float, str, bool))}
         self.counters.inc("snapshots")
-        return Record(Kind.SNAPSHOT, SNAPSHOT, r.wall_ms - (r.mono_ms - t_ms), t_ms, r.boot, r.synced, data,
-                      r.episode)
+        return self.rec.snapshot(SNAPSHOT, data, of=r, mono_ms=t_ms)
 
     def health(self) -> list[Record]:
         c = self.counters.snapshot()
