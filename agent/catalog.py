@@ -198,6 +198,8 @@ RECORDS: tuple[RecordDef, ...] = (
               value="% of samples black"),
     RecordDef("display.fps_estimate", (M,), "agent/probes/display/probe.py", "HMI rendering rate", DISP,
               value="frames/s from the HMI heartbeat"),
+    RecordDef("display.flips_per_min", (M,), "agent/probes/display/probe.py", "screen activity seen by DRM/KMS",
+              "probes.display.drm_card = \"\"", value="page flips (new fb_id on a CRTC) per minute"),
     # -- link -----------------------------------------------------------------------------------------
     RecordDef("link.loss", (B, N), "agent/probes/link/monitor.py",
               "connectivity losses: which tunnel or coverage hole, and whether the terminal recovered", LINK,

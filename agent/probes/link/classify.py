@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .privacy import Place, fix_fields
+from .privacy import DEFAULT_PLACE, Place, fix_fields
 from .sample import Sample
 from .settings import RulesConfig as Rules
 
@@ -247,7 +247,7 @@ def is_coverage(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules) -> bool:
 
 # ---------------------------------------------------------------------------------------------- verdict
 def classify(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float | None = None,
-             place: Place = Place()) -> Verdict:
+             place: Place = DEFAULT_PLACE) -> Verdict:
     """`horizon` is "now" for an episode still open; by default the last sample."""
     if not ep:
         return Verdict("unknown", None, {})

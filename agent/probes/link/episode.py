@@ -18,7 +18,7 @@ from typing import Any
 from ...counters import Counters
 from ...records import new_episode_id
 from . import classify as c
-from .privacy import Place
+from .privacy import DEFAULT_PLACE, Place
 from .sample import Sample
 from .settings import RulesConfig
 
@@ -32,7 +32,7 @@ class Action:
 
 
 class LossTracker:
-    def __init__(self, rules: RulesConfig, *, wait_ack: bool, max_timeline: int = 5000, place: Place = Place(),
+    def __init__(self, rules: RulesConfig, *, wait_ack: bool, max_timeline: int = 5000, place: Place = DEFAULT_PLACE,
                  new_id: Callable[[], int] = new_episode_id, counters: Counters | None = None) -> None:
         self.rules = rules
         self.wait_ack = wait_ack

@@ -1,7 +1,7 @@
 """Location precision fitted to purpose: the only place a GNSS position is turned into record fields.
 
 Positions leave the car only on `link.loss` BEGIN (entry) and END (entry, exit) — never as a track — and
-only snapped to a grid: the reported point is the centre of the `grid_m` × `grid_m` cell the fix fell in.
+only snapped to a grid: the reported point is the centre of the `grid_m` x `grid_m` cell the fix fell in.
 With the default 500 m grid the point is at most 354 m (half the cell's diagonal) from the fix: enough to
 say which tunnel or coverage hole (entry and exit cells, direction, duration), not which house. Altitude is
 rounded to 10 m (about three storeys: the level of a road, not of a flat), speed to 10 km/h (moving or
@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-M_PER_DEG_LAT = 111_320.0  # metres per degree of latitude (mean); a longitude degree is this × cos(lat)
+M_PER_DEG_LAT = 111_320.0  # metres per degree of latitude (mean); a longitude degree is this x cos(lat)
 DEFAULT_GRID_M = 500.0
 
 
@@ -27,6 +27,9 @@ class Place:
     @property
     def max_error_m(self) -> float:
         return self.grid_m * math.sqrt(2) / 2
+
+
+DEFAULT_PLACE = Place()
 
 
 def snap(lat: float, lon: float, grid_m: float) -> tuple[float, float]:

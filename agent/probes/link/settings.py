@@ -148,7 +148,7 @@ class Config:
     interval_s: float = opt(1.0, min=0.01, max=60.0)
     metrics_interval_s: float = opt(30.0, min=0.05, max=86400.0)
     # Positions go only into link.loss BEGIN/END (never a track), snapped to a grid of this many metres (the
-    # point sent is ≤ grid × 0.71 from the fix: 354 m at 500 m): which tunnel, not which house (privacy.py).
+    # point sent is ≤ grid x 0.71 from the fix: 354 m at 500 m): which tunnel, not which house (privacy.py).
     position_grid_m: float = opt(DEFAULT_GRID_M, min=10.0, max=100_000.0)
     # false: no position, altitude or speed at all (entry{}/exit{} stay empty); causes are still classified
     # in the car from the full-precision fix.
