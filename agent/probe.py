@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,9 @@ class ProbeContext:
     # "The way to the broker may be back" (modem registered, TCP target answers): the uplink retries at once.
     way_back: Callable[[str], None] = field(default=lambda reason: None)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("icvq.probe"))
+    # High-rate context for the black box's ring (agent/blackbox): channel, flat fields. A no-op unless the
+    # black box runs; probes call it at their own sampling rate and the ring rate-limits.
+    context: Callable[[str, Mapping[str, Any]], None] = field(default=lambda _c, _f: None)
 
 
 class Probe(ABC):
