@@ -105,6 +105,7 @@ class Uplink:
         self._dead = threading.Event()
         self._connack: tuple[int, int | None] | None = None
         self.connected_since: float | None = None
+        self.offline_since: float | None = time.time()  # wall clock; None while connected
         self.last_ack_wall: float | None = None
         self.last_ack_mono: float | None = None
         self.last_error = ""
@@ -268,6 +269,7 @@ class Uplink:
                 return NO_CONNACK
             max_packet = self._connack[1] if self._connack else None
             self.connected_since = time.time()
+            self.offline_since = None
             self.reconnects += 1
             if self.last_error:
                 log.info("connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.protocol)
@@ -281,6 +283,8 @@ class Uplink:
             return 0
         finally:
             self._connected.clear()
+            if self.connected_since is not None:
+                self.offline_since = time.time()
             self.connected_since = None
             self.events.put(Down(gen, self.last_error))
             if not self._stop.is_set():
