@@ -19,8 +19,9 @@ from typing import Any
 
 from . import svg
 from .families import BY_KEY, FAMILIES
-from .predict import Params, analyse, params_args, params_from, quantile, rates_over_time, recovery
+from .predict import analyse, quantile, rates_over_time, recovery
 from .predict_data import FleetData, load
+from .predict_params import Params, params_args, params_from
 from .store import Store, open_store
 
 CSS = """

@@ -31,6 +31,25 @@ BACKLIGHT_OFF = "backlight_off"
 CONNECTOR_OFF = "connector_off"
 BLACK_FRAME = "black_frame"
 
+# Every cause, most specific first. Defined once: explain() and black_verdict() pick the first one the evidence
+# supports, and an open episode only ever moves up this order (episodes.EpisodeMachine), so an HMI deadlock
+# whose event loop resumes (frames_stalled for a moment) stays a deadlock, never becomes a render stall.
+FREEZE_CAUSE_ORDER = (GPU_HANG, *HMI_CAUSES.values(), HMI_DEADLOCK, RENDER_STALL, UNKNOWN)
+BLACK_CAUSE_ORDER = (BACKLIGHT_FAULT, BACKLIGHT_OFF, CONNECTOR_OFF, BLACK_FRAME)
+
+
+def specificity(cause: str) -> int:
+    """Rank of a cause: lower is more specific; a cause outside both orders ranks last."""
+    for order in (FREEZE_CAUSE_ORDER, BLACK_CAUSE_ORDER):
+        if cause in order:
+            return order.index(cause)
+    return len(FREEZE_CAUSE_ORDER)
+
+
+def more_specific(new: str, old: str) -> bool:
+    """Whether `new` may replace `old` as an open episode's cause (never sideways, never down)."""
+    return bool(new) and specificity(new) < specificity(old)
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -180,18 +199,18 @@ def freeze_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
 
 
 def explain(evidence: Sequence[Evidence]) -> str:
-    """The most specific cause the evidence supports."""
-    kinds = {e.kind for e in evidence}
-    if "gpu_hang" in kinds:
-        return GPU_HANG
+    """The most specific cause the evidence supports (FREEZE_CAUSE_ORDER)."""
+    supported = {UNKNOWN}
     for e in evidence:
-        if e.signal == "process":
-            return HMI_CAUSES.get(e.kind.removeprefix("process_"), UNKNOWN)
-    if "heartbeat_missing" in kinds:
-        return HMI_DEADLOCK
-    if "frames_stalled" in kinds:
-        return RENDER_STALL
-    return UNKNOWN
+        if e.kind == "gpu_hang":
+            supported.add(GPU_HANG)
+        elif e.signal == "process":
+            supported.add(HMI_CAUSES.get(e.kind.removeprefix("process_"), UNKNOWN))
+        elif e.kind == "heartbeat_missing":
+            supported.add(HMI_DEADLOCK)
+        elif e.kind == "frames_stalled":
+            supported.add(RENDER_STALL)
+    return min(supported, key=specificity)
 
 
 def freeze_verdict(s: Signals, th: Thresholds) -> Verdict:
@@ -229,8 +248,7 @@ def black_verdict(s: Signals, th: Thresholds) -> Verdict:
     ev = black_evidence(s, th)
     if not ev:
         return INACTIVE
-    kinds = {e.kind for e in ev}
-    cause = next(c for c in (BACKLIGHT_FAULT, BACKLIGHT_OFF, CONNECTOR_OFF, BLACK_FRAME) if c in kinds)
+    cause = min((e.kind for e in ev), key=specificity)
     since = min(e.since for e in ev)
     return Verdict(True, since, cause, tuple(ev + _supporting(s, th, since)))
 
