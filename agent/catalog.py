@@ -96,7 +96,7 @@ def F(name: str, meaning: str, category: str = VEHICLE, switch: str = "") -> Fie
 SYS, DISP, LINK, CAN = "probes.system.enabled", "probes.display.enabled", "probes.link.enabled", \
     "probes.can.enabled"
 ALWAYS = "always on (the agent's own health: needed to prove nothing was lost)"
-POSITION = "probes.link.position_decimals (coarsens)"
+POSITION = "probes.link.position_grid_m (coarsens), probes.link.send_position = false (removes)"
 
 _BUS = F("bus", "CAN interface name")
 _SENSOR = (F("bus", "CAN interface name"), F("sensor", "configured sensor name"), F("id", "CAN id (hex)"))
@@ -107,10 +107,10 @@ _DUR = F("duration_s", "episode length, s")
 def _position(prefix: str, when: str) -> tuple[Field, ...]:
     return (
         F(prefix, f"last GNSS fix {when} (empty without GNSS)", SENSITIVE, POSITION),
-        F(f"{prefix}.lat", "latitude, rounded", SENSITIVE, POSITION),
-        F(f"{prefix}.lon", "longitude, rounded", SENSITIVE, POSITION),
-        F(f"{prefix}.alt_m", "altitude, rounded to 0.1 m", SENSITIVE, POSITION),
-        F(f"{prefix}.speed_kmh", "speed at that fix, km/h", PERSONAL, POSITION),
+        F(f"{prefix}.lat", "latitude: centre of the grid cell (500 m: ≤ 354 m off)", SENSITIVE, POSITION),
+        F(f"{prefix}.lon", "longitude: centre of the grid cell", SENSITIVE, POSITION),
+        F(f"{prefix}.alt_m", "altitude, rounded to 10 m", SENSITIVE, POSITION),
+        F(f"{prefix}.speed_kmh", "speed at that fix, rounded to 10 km/h", PERSONAL, POSITION),
         F(f"{prefix}.age_s", "how old the fix was", VEHICLE, POSITION),
     )
 
@@ -200,6 +200,8 @@ RECORDS: tuple[RecordDef, ...] = (
               value="% of samples black"),
     RecordDef("display.fps_estimate", (M,), "agent/probes/display/probe.py", "HMI rendering rate", DISP,
               value="frames/s from the HMI heartbeat"),
+    RecordDef("display.flips_per_min", (M,), "agent/probes/display/probe.py", "screen activity seen by DRM/KMS",
+              "probes.display.drm_card = \"\"", value="page flips (new fb_id on a CRTC) per minute"),
     # -- link -----------------------------------------------------------------------------------------
     RecordDef("link.loss", (B, N), "agent/probes/link/monitor.py",
               "connectivity losses: which tunnel or coverage hole, and whether the terminal recovered", LINK,
