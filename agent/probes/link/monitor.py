@@ -22,7 +22,7 @@ from .iface import read_iface
 from .mmcli import Mmcli
 from .modem_at import AtModem
 from .poller import Poller
-from .sample import IfaceReading, ModemReading, Sample, compose
+from .sample import IfaceReading, ModemReading, Sample, compose, context_fields
 from .settings import Config, gpsd_address, split_host_port
 
 EPISODE = "link.loss"
@@ -74,7 +74,7 @@ class LinkProbe(PeriodicProbe):
         else:
             return None
         return Poller("modem", src.read, m.interval_s, m.episode_interval_s, counters=self.counters, log=self.log,
-                      close=src.close)
+                      close=src.close, now=self.ctx.clock.mono)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -114,7 +114,8 @@ class LinkProbe(PeriodicProbe):
                 iface = read_iface(self.cfg.iface.name)
             except (OSError, psutil.Error):
                 self.counters.inc("iface_errors")
-        s = compose(now, self.modem.latest if self.modem else None, self.gnss.snapshot() if self.gnss else None,
+        reading, read_t = self.modem.snapshot() if self.modem else (None, None)
+        s = compose(now, reading, self.gnss.snapshot() if self.gnss else None, modem_t=read_t,
                     datapath=_all_true(up, tcp.ok if tcp else None), reach=tcp.ok if tcp else None,
                     rtt_ms=tcp.rtt_ms if tcp else None, last_ack_t=ack_time(view, now, self.mono_now()),
                     iface=iface)
@@ -122,6 +123,7 @@ class LinkProbe(PeriodicProbe):
 
     def sample(self) -> Iterable[Record]:
         s, iface = self.take_sample()
+        self.ctx.context("link", context_fields(s))
         out = self._records(self.tracker.feed(s))
         self._log_changes(s)
         self._last = s
