@@ -161,6 +161,9 @@ RECORDS: tuple[RecordDef, ...] = (
     RecordDef("agent.probe", (H,), "agent/daemon.py", "a hung or failing probe is visible", ALWAYS,
               (F("probe", "probe name"), F("state", "ok / degraded / error / starting")),
               open_fields="the probe's counters (malformed input, errors, ...), named in each probe's doc"),
+    RecordDef("agent.health", (H,), "agent/daemon.py", "the agent's own health verdict (agent/health.py), as "
+              "`icvq status` shows it", ALWAYS, (F("verdict", "healthy / degraded / failing"),
+                                                  F("reasons", "reason codes, worst first (docs/field-guide.md)"))),
     RecordDef("agent.cpu_pct", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
               value="CPU % of one core"),
     RecordDef("agent.rss_mib", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
