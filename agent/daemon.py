@@ -46,7 +46,8 @@ class Daemon:
         self.rec = RecordFactory(self.clock)
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
                            memory_max_records=cfg.spool.memory_max_records,
-                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512))
+                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512),
+                           min_free_bytes=int(cfg.spool.min_free_mib * 2**20))
         self.uplink = Uplink(cfg.uplink, cfg.vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000))
         self.pipeline = Pipeline(cfg, self.spool, self.uplink, self.rec)
@@ -65,6 +66,8 @@ class Daemon:
         previous = self.spool.open()
         if previous == "unclean":
             log.warning("the previous run did not stop cleanly (power cut, crash or kill -9)")
+        elif previous == "unknown":
+            log.error("running without a writable spool: records are held in memory and still sent")
         start_event = self.rec.event("agent.start", {
             "version": __version__, "config": self.cfg.digest, "previous_shutdown": previous,
             "spool_records": self.spool.n_records, "spool_batches": self.spool.n_batches})
@@ -165,7 +168,10 @@ class Daemon:
     def status_line(self) -> str:
         s = self.spool
         up = "connected" if self.uplink.connected else "offline"
-        return f"uplink {up}; spool {s.n_records} records, {s.n_batches} batches; {len(self.probes)} probes"
+        t = s.trouble
+        trouble = f"SPOOL {t.state.upper().replace('_', ' ')} ({s.memory_records} in memory); " if t else ""
+        return (f"{trouble}uplink {up}; spool {s.n_records} records, {s.n_batches} batches; "
+                f"{len(self.probes)} probes")
 
     # ------------------------------------------------------------------------------------------ main
     def run_forever(self, notifier: Notifier) -> None:
