@@ -200,7 +200,10 @@ class Spool:
                   n)
         self.recovered_from_corruption = True
         self._connect()
-        self._count_drop("spool_corrupt" if exact else "spool_corrupt.estimated", n)
+        if exact:
+            self._count_drop("spool_corrupt", n)
+        else:
+            self._count_drop("spool_corrupt.estimated", n)
         return "unclean"
 
     def _connect(self) -> str:
@@ -476,7 +479,10 @@ class Spool:
                     if size > cap:
                         break
                     keep.append(row)
-                dropped = self._merge(dropped, {f"{self._evict_reason}.incoming": len(rows) - len(keep)})
+                if self._evict_reason == "headroom":
+                    dropped["headroom.incoming"] = dropped.get("headroom.incoming", 0) + len(rows) - len(keep)
+                else:
+                    dropped["spool_full.incoming"] = dropped.get("spool_full.incoming", 0) + len(rows) - len(keep)
                 rows = keep[::-1]
             db.executemany("INSERT INTO records (prio, boot, synced, wall_ms, mono_ms, body) "
                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -600,11 +606,13 @@ class Spool:
     def _evict(self, excess: int) -> dict[str, int]:
         """Free at least `excess` bytes (plus 5 % headroom so we do not evict on every put)."""
         target = excess + self._db_cap // 20
-        reason = self._evict_reason
         db = self._conn
         freed = 0
         dropped: dict[str, int] = {}
-        for prio, kind in ((0, "metric"), (1, "event")):
+        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.event"),
+                             (0, "headroom.metric"), (1, "headroom.event")):
+            if not reason.startswith(self._evict_reason + "."):
+                continue
             while freed < target:
                 rows = db.execute("SELECT id, LENGTH(body) FROM records WHERE prio = ? ORDER BY id LIMIT 256",
                                   (prio,)).fetchall()
@@ -617,14 +625,17 @@ class Spool:
                     if freed >= target:
                         break
                 db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(ids))})", ids)
-                dropped[f"{reason}.{kind}"] = dropped.get(f"{reason}.{kind}", 0) + len(ids)
+                dropped[reason] = dropped.get(reason, 0) + len(ids)
         while freed < target:
             row = db.execute("SELECT seq, n_records, LENGTH(payload) FROM batches ORDER BY seq LIMIT 1").fetchone()
             if row is None:
                 break
             db.execute("DELETE FROM batches WHERE seq = ?", (row[0],))
             freed += row[2] + ROW_OVERHEAD
-            dropped[f"{reason}.batch_records"] = dropped.get(f"{reason}.batch_records", 0) + row[1]
+            if self._evict_reason == "headroom":
+                dropped["headroom.batch_records"] = dropped.get("headroom.batch_records", 0) + row[1]
+            else:
+                dropped["spool_full.batch_records"] = dropped.get("spool_full.batch_records", 0) + row[1]
         # The loops above work on estimates; the caller recounts from the database afterwards.
         self.bytes -= freed
         return dropped
