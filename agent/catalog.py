@@ -33,7 +33,7 @@ PERSONAL = "personal information"
 SENSITIVE = "sensitive personal information"
 CATEGORIES = (VEHICLE, PERSONAL, SENSITIVE)
 
-E, B, N, M, H = Kind.EVENT, Kind.BEGIN, Kind.END, Kind.METRIC, Kind.HEALTH
+E, B, N, M, H, S = Kind.EVENT, Kind.BEGIN, Kind.END, Kind.METRIC, Kind.HEALTH, Kind.SNAPSHOT
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def F(name: str, meaning: str, category: str = VEHICLE, switch: str = "") -> Fie
 SYS, DISP, LINK, CAN = "probes.system.enabled", "probes.display.enabled", "probes.link.enabled", \
     "probes.can.enabled"
 ALWAYS = "always on (the agent's own health: needed to prove nothing was lost)"
-POSITION = "probes.link.position_decimals (coarsens)"
+POSITION = "probes.link.position_grid_m (coarsens), probes.link.send_position = false (removes)"
 
 _BUS = F("bus", "CAN interface name")
 _SENSOR = (F("bus", "CAN interface name"), F("sensor", "configured sensor name"), F("id", "CAN id (hex)"))
@@ -107,10 +107,10 @@ _DUR = F("duration_s", "episode length, s")
 def _position(prefix: str, when: str) -> tuple[Field, ...]:
     return (
         F(prefix, f"last GNSS fix {when} (empty without GNSS)", SENSITIVE, POSITION),
-        F(f"{prefix}.lat", "latitude, rounded", SENSITIVE, POSITION),
-        F(f"{prefix}.lon", "longitude, rounded", SENSITIVE, POSITION),
-        F(f"{prefix}.alt_m", "altitude, rounded to 0.1 m", SENSITIVE, POSITION),
-        F(f"{prefix}.speed_kmh", "speed at that fix, km/h", PERSONAL, POSITION),
+        F(f"{prefix}.lat", "latitude: centre of the grid cell (500 m: ≤ 354 m off)", SENSITIVE, POSITION),
+        F(f"{prefix}.lon", "longitude: centre of the grid cell", SENSITIVE, POSITION),
+        F(f"{prefix}.alt_m", "altitude, rounded to 10 m", SENSITIVE, POSITION),
+        F(f"{prefix}.speed_kmh", "speed at that fix, rounded to 10 km/h", PERSONAL, POSITION),
         F(f"{prefix}.age_s", "how old the fix was", VEHICLE, POSITION),
     )
 
@@ -166,6 +166,28 @@ RECORDS: tuple[RecordDef, ...] = (
               value="CPU % of one core"),
     RecordDef("agent.rss_mib", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
               value="resident memory, MiB"),
+    RecordDef("agent.blackbox", (H,), "agent/blackbox/recorder.py", "the black box's own bounds and limits",
+              "blackbox.enabled", (
+                  F("ring_bytes", "ring buffer size (estimate of its objects)"), F("snapshots", "sent since start"),
+                  F("suppressed", "snapshots refused by the per-family/campaign rate limits"),
+                  F("kmsg_suppressed", "kernel lines over the ring's rate limit"),
+                  F("errors", "failed sampling turns"))),
+    # -- black box ------------------------------------------------------------------------------------
+    RecordDef("blackbox.snapshot", (S,), "agent/blackbox/recorder.py",
+              "what the unit was doing in the seconds around an episode (CPU, memory, kernel log, radio, CAN, "
+              "screen); campaigns choose among these channels only", "blackbox.enabled (channels: blackbox.capture)",
+              (F("trigger", "triggering record name"), F("trigger_kind", "begin / event / end"),
+               F("family", "trigger's family"), F("base_ms", "Unix ms of T - pre_s: the columns' time base"),
+               F("pre_s", "seconds before T"), F("post_s", "seconds after T"),
+               F("complete", "false when the agent stopped inside the post window"),
+               F("campaigns", "campaign ids that asked for it"), F("truncated", "channels or lines shed for size"),
+               F("trigger_fields", "an event trigger's scalar fields"),
+               F("system", "columns: CPU % total and per core, I/O wait, memory, load, thermal zones"),
+               F("procs", "columns: top processes by CPU (command name, % of a core)", switch="blackbox.top_procs = 0"),
+               F("kmsg", "columns: kernel log level and line (rate-limited, cut to kmsg_max_chars)"),
+               F("link", "columns: radio signal, technology, registration, data path (never a position)"),
+               F("can", "columns: bus state, load, error frames, drops"),
+               F("display", "columns: picture age, freeze/black open, heartbeat age"))),
     # -- system ---------------------------------------------------------------------------------------
     *(RecordDef(n, (M,), "agent/probes/system.py", "system load behind freezes and lag", SYS, value=v)
       for n, v in (("system.cpu_pct", "CPU %"), ("system.load1", "1-min load"), ("system.load5", "5-min load"),
@@ -201,6 +223,8 @@ RECORDS: tuple[RecordDef, ...] = (
               value="% of samples black"),
     RecordDef("display.fps_estimate", (M,), "agent/probes/display/probe.py", "HMI rendering rate", DISP,
               value="frames/s from the HMI heartbeat"),
+    RecordDef("display.flips_per_min", (M,), "agent/probes/display/probe.py", "screen activity seen by DRM/KMS",
+              "probes.display.drm_card = \"\"", value="page flips (new fb_id on a CRTC) per minute"),
     # -- link -----------------------------------------------------------------------------------------
     RecordDef("link.loss", (B, N), "agent/probes/link/monitor.py",
               "connectivity losses: which tunnel or coverage hole, and whether the terminal recovered", LINK,
@@ -260,6 +284,8 @@ RECORDS: tuple[RecordDef, ...] = (
 
 DROPS: tuple[DropReason, ...] = (
     DropReason("spool_full.metric", "the spool's max_mib cap: oldest periodic samples (metrics, health) first"),
+    DropReason("spool_full.snapshot", "the spool's max_mib cap, after every periodic sample: oldest black-box "
+               "snapshots (and, in spools written before they existed, oldest events)"),
     DropReason("spool_full.event", "the spool's max_mib cap, after every periodic sample is gone: oldest events"),
     DropReason("spool_full.batch_records", "the spool's max_mib cap, after every unsealed record is gone: the "
                                            "records of the oldest sealed batches"),
@@ -267,7 +293,10 @@ DROPS: tuple[DropReason, ...] = (
                                       "newest that fit"),
     DropReason("headroom.metric", "spool.min_free_mib: the file system ran short, the cap shrank; oldest "
                                   "periodic samples first"),
-    DropReason("headroom.event", "spool.min_free_mib, after every periodic sample is gone: oldest events"),
+    DropReason("headroom.snapshot", "spool.min_free_mib, after every periodic sample is gone: oldest "
+                                    "black-box snapshots"),
+    DropReason("headroom.event", "spool.min_free_mib, after every periodic sample and snapshot is gone: "
+                                 "oldest events"),
     DropReason("headroom.batch_records", "spool.min_free_mib, after every unsealed record is gone: the records "
                                          "of the oldest sealed batches"),
     DropReason("headroom.incoming", "one write larger than what the headroom leaves: its oldest records"),
@@ -299,6 +328,9 @@ WIRE: tuple[WireItem, ...] = (
              "software identity for OTA consistency: versions per component, OS, kernel", VEHICLE,
              "agent.components (what is reported)"),
     WireItem("birth: inventory.hostname", "status message (retained)", "the unit's host name", VEHICLE, "-"),
+    WireItem("birth: campaigns; campaign acknowledgements", "status message (retained); .../campaign topic",
+             "which backend collection campaigns the unit runs, and why one was refused", VEHICLE,
+             "blackbox.campaigns"),
 )
 
 _BY_NAME = {r.name: r for r in RECORDS}

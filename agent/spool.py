@@ -609,8 +609,10 @@ class Spool:
         db = self._conn
         freed = 0
         dropped: dict[str, int] = {}
-        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.event"),
-                             (0, "headroom.metric"), (1, "headroom.event")):
+        # Spools written before snapshots existed hold events at prio 1: they go with the snapshots, still
+        # after every metric.
+        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.snapshot"), (2, "spool_full.event"),
+                             (0, "headroom.metric"), (1, "headroom.snapshot"), (2, "headroom.event")):
             if not reason.startswith(self._evict_reason + "."):
                 continue
             while freed < target:

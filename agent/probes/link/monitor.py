@@ -22,7 +22,7 @@ from .iface import read_iface
 from .mmcli import Mmcli
 from .modem_at import AtModem
 from .poller import Poller
-from .sample import IfaceReading, ModemReading, Sample, compose
+from .sample import IfaceReading, ModemReading, Sample, compose, context_fields
 from .settings import Config, gpsd_address, split_host_port
 
 EPISODE = "link.loss"
@@ -46,7 +46,7 @@ class LinkProbe(PeriodicProbe):
         self.cfg = cfg
         self.mono_now = mono_now
         self.tracker = LossTracker(cfg.rules, wait_ack=cfg.datapath.uplink, max_timeline=cfg.max_timeline,
-                                   decimals=cfg.position_decimals, new_id=new_id, counters=self.counters)
+                                   place=cfg.place, new_id=new_id, counters=self.counters)
         self.modem = self._modem_poller()
         self.gnss: GpsdClient | None = None
         if cfg.gnss.url:
@@ -122,6 +122,7 @@ class LinkProbe(PeriodicProbe):
 
     def sample(self) -> Iterable[Record]:
         s, iface = self.take_sample()
+        self.ctx.context("link", context_fields(s))
         out = self._records(self.tracker.feed(s))
         self._log_changes(s)
         self._last = s
