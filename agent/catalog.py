@@ -322,7 +322,9 @@ DROPS: tuple[DropReason, ...] = (
 
 WIRE: tuple[WireItem, ...] = (
     WireItem("vehicle", "topic segment, batch identity, status messages, MQTT client id",
-             "the VIN or fleet asset id (vehicle.id)", PERSONAL, "-"),
+             "the VIN or fleet asset id (vehicle.id) — or its keyed pseudonym \"ps-\" + HMAC-SHA256(fleet key, "
+             "VIN)[:128 bits], which only the holder of the fleet key and the VIN register can map back", PERSONAL,
+             "vehicle.pseudonym_key_file (pseudonym instead of the VIN)"),
     WireItem("device", "topic segment, batch identity", "which computer in the vehicle (hu, adas, ...)",
              VEHICLE, "-"),
     WireItem("boot, sid, seq", "batch identity", "random boot id, spool id, batch sequence (dedup)", VEHICLE,
