@@ -135,7 +135,8 @@ class Pipeline:
         if self.uplink and self.uplink.connected and drain_s > 0:
             deadline = time.monotonic() + drain_s
             self._flush_requested = True
-            while time.monotonic() < deadline and (self.spool.n_records or self.spool.n_batches):
+            while time.monotonic() < deadline and (self.spool.n_records or self.spool.n_batches
+                                                   or self.spool.memory_records):
                 self.step()
                 time.sleep(0.05)
         self._commit()
@@ -319,9 +320,12 @@ class Pipeline:
         s = self.spool
         c = self.counters.snapshot()
         up = self.uplink
+        trouble = s.trouble
         out = [self.rec.health("agent.spool", {"records": s.n_records, "batches": s.n_batches, "bytes": s.bytes,
-                                               "memory_records": s.memory_records,
-                                               "degraded": s.degraded}),
+                                               "disk_bytes": s.disk_bytes(), "memory_records": s.memory_records,
+                                               "degraded": s.degraded,
+                                               "trouble": trouble.state if trouble else None,
+                                               "trouble_since": trouble.since if trouble else None}),
                self.rec.health("agent.uplink", {"connected": bool(up and up.connected),
                                                 "reconnects": up.reconnects if up else 0,
                                                 "published": c.get("published", 0),
