@@ -10,11 +10,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import __version__, inherited
+from . import __version__, health, inherited
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
@@ -26,6 +26,9 @@ from .records import RecordFactory
 from .sdnotify import Notifier
 from .spool import Spool
 from .uplink import Uplink
+
+if TYPE_CHECKING:
+    from .extensions import Extensions
 
 log = logging.getLogger("icvq.agent")
 
@@ -56,8 +59,10 @@ class Daemon:
         self.pipeline = Pipeline(cfg, self.spool, self.uplink, self.rec)
         self.blackbox.attach(self.pipeline)
         self.pipeline.health_sources.append(self._probe_health)
+        self.pipeline.health_sources.append(self._verdict_health)
         self.probes: list[Probe] = []
-        self.control: Any = None
+        self.control: Extensions | None = None
+        self.onsets = health.Onsets()
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -153,6 +158,18 @@ class Daemon:
         return [self.rec.health("agent.probe", {"probe": p.name, "state": st["state"], **st["counters"]})
                 for p in self.probes for st in [p.status()]]
 
+    def _verdict_health(self) -> list[Any]:
+        v = self.verdict()
+        return [self.rec.health("agent.health", {"verdict": v.state, "reasons": [r.code for r in v.problems]})]
+
+    def verdict(self) -> health.Verdict:
+        """The one health verdict (agent/health.py): control status, STATUS=, the agent.health record."""
+        return health.verdict(health.gather(self, time.time(), time.monotonic()))
+
+    def history_error(self) -> str:
+        hist = self.control.history if self.control is not None else None
+        return hist.last_error if hist is not None else ""
+
     def status(self) -> dict[str, Any]:
         pl = self.pipeline.status()
         episodes = pl.pop("episodes")
@@ -170,12 +187,12 @@ class Daemon:
         }
 
     def healthy(self) -> bool:
-        return time.monotonic() - self.pipeline.alive_mono < 30
+        return time.monotonic() - self.pipeline.alive_mono < health.PIPELINE_STALL_S
 
     def status_line(self) -> str:
+        """systemd's STATUS=: the verdict's own line (the same words `icvq status` shows), then the spool."""
         s = self.spool
-        up = "connected" if self.uplink.connected else "offline"
-        return f"uplink {up}; spool {s.n_records} records, {s.n_batches} batches; {len(self.probes)} probes"
+        return f"{self.verdict().line()} | spool {s.n_records} records, {s.n_batches} batches"
 
     # ------------------------------------------------------------------------------------------ main
     def run_forever(self, notifier: Notifier) -> None:
