@@ -94,7 +94,7 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
                      (f"; {h['error']}" if h.get("error") else "")))
     bb = st.get("blackbox")
     if bb:
-        rows.append(("black box", _blackbox(bb, t)))
+        rows.append(("context", _blackbox(bb, t)))  # the black box (<= 7 chars: keeps the column)
     out.append(kv(rows))
     probes = st.get("probes")
     if probes:
