@@ -84,7 +84,8 @@ def _status(cfg_path: Path) -> dict[str, Any]:
 def test_campaign_lifecycle(tmp_path: Path, broker: Mosquitto) -> None:
     fifo = tmp_path / "kmsg"
     os.mkfifo(fifo)
-    cfg = base_config(tmp_path, broker.port, probes__display={"enabled": True, "kmsg_path": str(fifo)},
+    display = {"enabled": True, "kmsg_path": str(fifo), "gpu_hang_dedupe_s": 0.0}  # every hang line an event
+    cfg = base_config(tmp_path, broker.port, probes__display=display,
                       blackbox={"window_s": 10.0, "pre_s": 2.0, "post_s": 1.0, "families": [], "interval_s": 0.5})
     cfg_path = write_config(tmp_path, cfg)
     ing = Ingest(tmp_path / "ingest.db", broker.port).start()
