@@ -279,7 +279,9 @@ RECORDS: tuple[RecordDef, ...] = (
         F("frames_s", "frames/s"), F("load_pct", "bus load %"), F("tec", "transmit error counter"),
         F("rec", "receive error counter"), F("other_frames", "frames of unwatched ids"))),
     RecordDef("can.sensor", (M,), "agent/probes/can/monitor.py", "sensor message timing baseline", CAN, (
-        *_SENSOR, F("mode", "raw / bcm"), F("frames", "frames in window"), F("missed", "missed cycles"),
+        *_SENSOR, F("mode", "raw / bcm"), F("frames", "frames in window (null: not knowable)"),
+        F("frames_source", "what frames counts: read (raw) / kernel_bcm (the kernel's BCM count) / unknown"),
+        F("missed", "missed cycles"),
         F("bad_length", "frames of wrong length"), F("fd_frames", "FD frames on classic"),
         F("timeouts", "timeouts so far"), F("silent", "timed out now"), F("cycle_ms", "configured cycle"),
         F("changes", "bcm: content changes"), F("period_p50_ms", "median period"),

@@ -74,7 +74,8 @@ class Daemon:
     # ------------------------------------------------------------------------------------- lifecycle
     def _ctx(self) -> ProbeContext:
         return ProbeContext(clock=self.clock, emit=self.pipeline.intake, uplink=self.uplink.view,
-                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap)
+                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap,
+                            way_back=lambda reason: self.uplink.way_back(reason))
 
     def start(self) -> None:
         previous = self.spool.open()
