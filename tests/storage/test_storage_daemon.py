@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentproc import REPO, AgentProc, base_config, write_config
+from broker import Mosquitto
 from conftest import Mount, fill, remount
 from recorder import Recorder
 
 from agent.spool_memory import MEMORY_SID_BIT
-from agentproc import REPO, AgentProc, base_config, write_config
-from broker import Mosquitto
 
 
 def config(tmp: Path, fs: Path, port: int) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker import Mosquitto
 from conftest import Mount, fill
 from recorder import Recorder
 
@@ -23,7 +24,6 @@ from agent.records import Kind, Record, RecordFactory
 from agent.spool import Spool
 from agent.spool_memory import MEMORY_SID_BIT
 from agent.uplink import Uplink
-from broker import Mosquitto
 
 
 class Rig:
