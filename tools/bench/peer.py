@@ -168,7 +168,7 @@ def run(minutes: float, settle_s: float) -> dict[str, Any]:
             time.sleep(settle_s)
             for p in procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"{p.args[0]} exited with {p.returncode} (see {tmp})")
+                    raise RuntimeError(f"{p.args!r} exited with {p.returncode} (see {tmp})")
             ports = [b_icvq.port, b_cd.port]
             t0 = time.monotonic()
             s0 = [procstat.sample(p.pid) for p in procs]
