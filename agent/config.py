@@ -21,6 +21,7 @@ from typing import Any
 from .blackbox.settings import BlackboxConfig
 from .errors import ConfigError
 from .schema import Origin, build, opt, to_plain
+from .software import SoftwareSource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,6 +113,8 @@ class AgentSection:
     io_idle: bool = True
     health_interval_s: float = opt(60.0, min=1.0, max=86400.0)
     components: Mapping[str, str] = opt(factory=dict)
+    # Where to read a component's version and SWIN (GB 44496) at start: [agent.software.<name>] (software.py).
+    software: Mapping[str, SoftwareSource] = opt(factory=dict)
 
 
 @dataclass(frozen=True)

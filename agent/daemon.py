@@ -26,6 +26,7 @@ from .probe import Probe, ProbeContext
 from .pseudonym import wire_vehicle
 from .records import RecordFactory
 from .sdnotify import Notifier
+from .software import read as read_software
 from .spool import Spool
 from .uplink import Uplink
 
@@ -55,6 +56,7 @@ class Daemon:
                            max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512),
                            min_free_bytes=int(cfg.spool.min_free_mib * 2**20))
         self.wire_vehicle = wire_vehicle(cfg.vehicle)  # the VIN or its pseudonym, fixed until restart
+        self.software = read_software(cfg.agent.components, cfg.agent.software)  # (versions, SWINs) for births
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
                                       send=lambda topic, payload: self.uplink.send(topic, payload))
@@ -132,6 +134,7 @@ class Daemon:
             p.stop()
         uplink_changed = new.uplink != self.cfg.uplink
         self.cfg = new
+        self.software = read_software(new.agent.components, new.agent.software)
         self.pipeline.cfg = replace(new, vehicle=self.wire_vehicle)
         if uplink_changed:
             self.uplink.stop()
@@ -159,7 +162,7 @@ class Daemon:
     # ------------------------------------------------------------------------------------------ views
     def birth_fields(self) -> dict[str, Any]:
         return {"agent": __version__, "config": self.cfg.digest,
-                "inventory": inventory(self.cfg.agent.components), "started": int(self.started_wall),
+                "inventory": inventory(*self.software), "started": int(self.started_wall),
                 "campaigns": self.blackbox.campaign_ids()}
 
     def _probe_health(self) -> list[Any]:
