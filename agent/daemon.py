@@ -119,7 +119,9 @@ class Daemon:
         extensions.stop(self)
         self.uplink.stop()
         self.spool.close()
-        log.info("icvq-agent stopped")
+        # The run's tally, for the field and for tests that account for every record (docs/field-guide.md).
+        log.info("icvq-agent stopped: %d records accepted this run",
+                 self.pipeline.counters.snapshot().get("accepted", 0))
 
     def reload(self) -> None:
         """SIGHUP: re-read config; restart probes (and the uplink when its settings changed)."""
