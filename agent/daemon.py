@@ -215,7 +215,9 @@ class Daemon:
         last_ping = 0.0
         last_status = ""
         while True:
-            self._stop.wait(min(ping_every, 2.0))
+            # Signals set _stop; otherwise only the watchdog ping and the STATUS line need a turn (issue 13:
+            # this was a wake-up every 2 s; 5 s keeps `systemctl status` current enough).
+            self._stop.wait(min(ping_every, 5.0))
             if self._reload.is_set():
                 self._reload.clear()
                 self._stop.clear()
