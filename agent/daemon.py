@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from . import __version__, inherited
+from . import __version__, inherited, tls
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
 from .errors import EX_CONFIG, ConfigError
@@ -232,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        try:
+            tls.check(cfg)
+        except ConfigError as e:
+            print(f"icvq-agent: config error: {e}", file=sys.stderr)
+            return EX_CONFIG
         print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
         return 0
     setup_logging(args.log_level or cfg.agent.log_level)

@@ -32,6 +32,7 @@ import msgpack
 
 from . import wire
 from .errors import WireError
+from .private import private_db, private_dir
 from .records import Kind, Record
 
 log = logging.getLogger("icvq.spool")
@@ -101,7 +102,7 @@ class Spool:
     def open(self) -> str:
         """Open (creating, or recovering from corruption). Returns how the previous run ended: "clean",
         "unclean" (power cut, crash, kill -9: a quality signal in itself) or "first" for a new spool."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         try:
             return self._connect()
         except sqlite3.DatabaseError as e:
@@ -120,6 +121,7 @@ class Spool:
             return "unclean"
 
     def _connect(self) -> str:
+        private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")

@@ -46,8 +46,12 @@ def assess(st: dict[str, Any]) -> tuple[list[str], list[str]]:
             elif p.get("state") == "degraded":
                 warnings.append(f"probe {name} degraded: {p.get('last_error') or '?'}")
         up = st.get("uplink") or {}
-        if not up.get("connected"):
+        if (up.get("last_connect_error") or {}).get("code") == "plaintext_refused":
+            problems.append(f"uplink held: {up['last_connect_error']['text']}")
+        elif not up.get("connected"):
             warnings.append(f"uplink offline: {up.get('last_error') or 'not connected yet'}")
+        if up.get("transport") == "plaintext-allowed":
+            warnings.append("uplink WITHOUT TLS to a non-loopback broker (uplink.allow_plaintext = true)")
         elif up.get("last_ack_wall") and st.get("inflight") and now - up["last_ack_wall"] > 120:
             warnings.append(f"uplink connected but nothing acknowledged for {age(now - up['last_ack_wall'])}")
         if not (st.get("clock") or {}).get("synced", True):
@@ -143,7 +147,7 @@ def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) ->
     if up.get("connected"):
         s = f"connected to {up.get('broker')}"
         if up.get("protocol"):
-            s += f" (MQTT {up['protocol']})"
+            s += f" (MQTT {up['protocol']}{', ' + up['transport'] if up.get('transport') else ''})"
         if up.get("connected_since"):
             s += f" since {t(up['connected_since'])} ({age(now - up['connected_since'])})"
     else:
