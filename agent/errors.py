@@ -1,7 +1,9 @@
 """The agent's small exception tree.
 
 ConfigError is fatal at start (exit 78, EX_CONFIG); ProbeError degrades one probe while the others go on;
-UplinkError is transient and retried with back-off; WireError marks an untrusted payload as rejected.
+UplinkError is transient and retried with back-off; WireError marks an untrusted payload as rejected;
+Malformed is one unusable piece of input from a source (an AT line, mmcli JSON, a gpsd report): the probe
+counts it per source and skips it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ class ConfigError(IcvqError):
 
 class ProbeError(IcvqError):
     """A probe cannot read its source right now; the probe is degraded and retried."""
+
+
+class Malformed(IcvqError, ValueError):
+    """Input that does not follow its source's format. Parsers are pure and raise it; the caller counts it
+    (`malformed_at`, `malformed_mmcli`, `malformed_gnss`, ...) and goes on. A ValueError, so a parser may let
+    int()/float() failures of its own checks read the same way."""
 
 
 class UplinkError(IcvqError):

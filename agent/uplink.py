@@ -37,6 +37,7 @@ V3_UNACCEPTABLE_PROTOCOL = 0x01
 _GENERATIONS = itertools.count(1)
 NO_CONNACK = -1  # TCP (and TLS) connected, but the broker closed or stayed silent instead of answering CONNECT
 PACKET_TOO_LARGE = 0x95
+BATCH_TOPIC_ALIAS = 1
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,14 @@ class Uplink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pub_lock = threading.Lock()  # publishers (pipeline, stop) vs the topic-alias state
         self._client: mqtt.Client | None = None
         self._gen = 0
         self._connected = threading.Event()
         self._dead = threading.Event()
         self._connack: tuple[int, int | None] | None = None
+        self._alias_ok = False    # the broker's CONNACK allows at least one topic alias (per connection)
+        self._alias_sent = False  # this connection's first batch has named the topic for the alias
         self.connected_since: float | None = None
         self.last_ack_wall: float | None = None
         self.last_ack_mono: float | None = None
@@ -147,9 +151,18 @@ class Uplink:
             client, gen = self._client, self._gen
         if client is None or not self._connected.is_set():
             return None
-        info = client.publish(self.batch_topic, payload, qos=1, properties=self._props())
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return None
+        with self._pub_lock:
+            if gen != self._gen:  # a new connection began: its alias state is not this client's
+                return None
+            # Topic Alias (MQTT 5): the first batch of a connection names the 47-byte topic and alias 1, the
+            # rest send an empty topic. Under the same lock as the decision, so two publishers cannot both
+            # think they established it.
+            alias = self._alias_ok
+            topic = "" if alias and self._alias_sent else self.batch_topic
+            info = client.publish(topic, payload, qos=1, properties=self._batch_props(alias))
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return None
+            self._alias_sent = self._alias_sent or alias
         self.published += 1
         return gen, info.mid
 
@@ -159,11 +172,24 @@ class Uplink:
 
     # ----------------------------------------------------------------------------------------- helpers
     def _props(self) -> Properties | None:
+        """Status messages (birth, death, will): say once per connection what the payloads are."""
         if self.protocol != "5":
             return None
         p = Properties(PacketTypes.PUBLISH)
         p.ContentType = wire.CONTENT_TYPE
         p.UserProperty = [("icvq-wire", str(wire.VERSION))]
+        if self.cfg.message_expiry_s:
+            p.MessageExpiryInterval = self.cfg.message_expiry_s
+        return p
+
+    def _batch_props(self, alias: bool) -> Properties | None:
+        """Batches: only what is new per message. Content type and wire version were ~50 B of every PUBLISH
+        (issue 13) and are in the birth and in the payload's own `v` anyway."""
+        if self.protocol != "5" or not (alias or self.cfg.message_expiry_s):
+            return None
+        p = Properties(PacketTypes.PUBLISH)
+        if alias:
+            p.TopicAlias = BATCH_TOPIC_ALIAS
         if self.cfg.message_expiry_s:
             p.MessageExpiryInterval = self.cfg.message_expiry_s
         return p
@@ -193,6 +219,9 @@ class Uplink:
         def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
             max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
             self._connack = (int(rc.value if hasattr(rc, "value") else rc), max_packet)
+            # No lock here (paho's thread): nothing publishes on this connection before _connected is set below.
+            self._alias_ok = v5 and (getattr(props, "TopicAliasMaximum", 0) or 0) >= BATCH_TOPIC_ALIAS
+            self._alias_sent = False
             if not rc.is_failure:
                 self._connected.set()
             else:
@@ -240,6 +269,8 @@ class Uplink:
         code, NO_CONNACK when the broker never answered CONNECT, or None when TCP/TLS did not connect."""
         with self._lock:
             self._gen = gen = next(_GENERATIONS)
+        with self._pub_lock:
+            self._alias_ok = self._alias_sent = False
         self._connected.clear()
         self._dead.clear()
         self._connack = None

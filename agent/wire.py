@@ -1,12 +1,19 @@
-"""The wire contract, version 1: one msgpack map per MQTT message. Specified in docs/wire-format.md.
+"""The wire contract, version 2 (decodes 1 too): one msgpack map per MQTT message. Specified in
+docs/wire-format.md.
 
-Batch:  {"v":1, "k":"b", "veh", "dev", "sid", "boot", "seq", "sync", "t0", "m0", "n":[names], "r":[records]}
+Batch:  {"v":2, "k":"b", "veh", "dev", "sid", "boot", "seq", "sync", "t0", "m0", "n":[names], "r":[records]}
 Record: [kind, name_index, dm, data] or [kind, name_index, dm, data, episode]
   dm    monotonic ms: the first record's relative to m0, each next one relative to the previous record.
   data  a number (a metric value) or a flat list [key_index, value, key_index, value, ...].
 Wall time of a record = t0 + (mono - m0): one anchor per batch, so a backend can re-anchor a whole batch
 that was stamped before the clock was synchronised ("sync": false) once a synced batch of the same boot
-arrives. Compressed: {"v":1, "k":"z", "z": zlib(batch)}. Status: {"v":1, "k":"birth"|"death", ...}.
+arrives. Compressed: {"v":2, "k":"z", "d":1, "z": zlib(batch)}. Status: {"v":2, "k":"birth"|"death", ...}.
+
+Version 2 changes one thing: a compressed batch names a zlib *preset dictionary* ("d") that is part of this
+contract (PRESET_DICTIONARIES, frozen per id). A live 10 s metric batch re-sent its whole name table every
+time (42 % of a ~400 B body, issue 13); with the dictionary those names cost back-references of 2-3 bytes,
+and every batch still decodes on its own. Dedup is untouched: the identity keys are the same. Version 1
+payloads (still in spools written by older agents, resent byte-identical) decode as before.
 
 Everything decoded here is untrusted: every size is bounded and every shape checked; failures raise
 WireError with a short reason code that consumers count.
@@ -24,16 +31,51 @@ import msgpack
 from .errors import WireError
 from .records import Kind, Record
 
-VERSION = 1
-CONTENT_TYPE = "application/vnd.icvq.v1+msgpack"
+VERSION = 2
+VERSIONS = (1, 2)
+CONTENT_TYPE = "application/vnd.icvq.v2+msgpack"
 KIND_BATCH = "b"
 KIND_ZLIB = "z"
 KIND_BIRTH = "birth"
 KIND_DEATH = "death"
 STATUS_KINDS = (KIND_BIRTH, KIND_DEATH)
 MAX_NAME = 256
-# Below this size zlib's own header and the envelope eat the gain (docs/performance.md).
+# v1 only: below this size zlib's own header and the envelope eat the gain (docs/performance.md). With a
+# preset dictionary (v2) even a one-event batch shrinks, so v2 only asks for the 10 % saving.
 COMPRESS_MIN_BYTES = 256
+DICTIONARY_ID = 1
+
+
+def _preset(strings: Sequence[str]) -> bytes:
+    """A zlib preset dictionary: a batch skeleton, then the strings msgpack-packed exactly as a batch's name
+    table holds them. zlib finds matches more cheaply near the end, so the most frequent names come last."""
+    skeleton = msgpack.packb({"v": 2, "k": "b", "veh": "", "dev": "", "sid": 0, "boot": b"", "seq": 0,
+                              "sync": True, "t0": 0, "m0": 0, "n": [], "r": []})
+    return skeleton + b"".join(msgpack.packb(x) for x in strings)
+
+
+# FROZEN: a dictionary id names these exact bytes forever (tests/spine/test_wire.py pins the digest). New
+# record names go into a new id; the encoder then uses the newest, decoders keep every old one.
+_DICTIONARY_1 = (
+    # field keys of events, episodes and health records
+    "ended_by", "duration_s", "cause", "signal", "sensor", "evidence", "since_s", "state", "bus", "lost",
+    "frames", "reason", "version", "config", "previous_shutdown", "spool_records", "spool_batches", "driver",
+    "line", "probe", "errors", "records", "batches", "bytes", "memory_records", "degraded", "connected",
+    "reconnects", "published", "intake_overflow", "spool_full.metric", "spool_full.event", "v",
+    # event and episode names
+    "agent.start", "agent.stop", "agent.log", "display.freeze", "display.black", "display.gpu_hang",
+    "display.hmi_unresponsive", "display.backlight_fault", "link.loss", "link.recovery_overdue",
+    "can.timeout", "can.sensor", "can.error", "can.error_passive", "can.bus_off", "can.crc", "can.counter",
+    "can.bus",
+    # periodic metrics and health, most frequent last
+    "display.changes_per_min", "display.black_pct", "display.fps_estimate", "link.rssi_dbm", "link.rsrp_dbm",
+    "link.rsrq_db", "link.snr_db", "link.nr_rsrp_dbm", "link.nr_rsrq_db", "link.nr_snr_db", "link.rtt_ms",
+    "link.registration", "link.connected", "link.iface", "link.gnss", "link.datapath", "agent.drops",
+    "agent.probe", "agent.uplink", "agent.spool", "system.temp_c", "sensor", "agent.cpu_pct", "agent.rss_mib",
+    "system.disk_used_pct", "system.disk_free_mib", "system.procs", "system.mem_available_mib",
+    "system.mem_used_pct", "system.load5", "system.load1", "system.cpu_pct",
+)
+PRESET_DICTIONARIES: Mapping[int, bytes] = {DICTIONARY_ID: _preset(_DICTIONARY_1)}
 
 
 @dataclass(frozen=True)
@@ -66,6 +108,7 @@ class Batch:
     id: BatchId
     synced: bool
     records: tuple[Record, ...]
+    version: int = VERSION
 
 
 @dataclass(frozen=True)
@@ -76,6 +119,7 @@ class Status:
     boot: str
     t_ms: int
     fields: Mapping[str, Any] = field(default_factory=dict)
+    version: int = VERSION
 
 
 # ---------------------------------------------------------------------------------------------- encode
@@ -105,10 +149,14 @@ def _boot_bytes(boot: str) -> bytes:
     return b if len(b) == 16 else boot.encode()[:16].ljust(16, b"\0")
 
 
-def encode_batch(bid: BatchId, records: Sequence[Record], *, compress: str = "auto") -> bytes:
-    """Encode records of one boot and one sync state into a batch payload."""
+def encode_batch(bid: BatchId, records: Sequence[Record], *, compress: str = "auto",
+                 version: int = VERSION) -> bytes:
+    """Encode records of one boot and one sync state into a batch payload (`version` 1 only for tests and
+    tools that must talk to a v1-only backend)."""
     if not records:
         raise ValueError("a batch needs at least one record")
+    if version not in VERSIONS:
+        raise ValueError(f"unknown wire version {version}")
     names: dict[str, int] = {}
 
     def idx(s: str) -> int:
@@ -137,24 +185,28 @@ def encode_batch(bid: BatchId, records: Sequence[Record], *, compress: str = "au
         if r.episode is not None:
             row.append(r.episode)
         rows.append(row)
-    body = msgpack.packb({"v": VERSION, "k": KIND_BATCH, "veh": bid.vehicle, "dev": bid.device,
+    body = msgpack.packb({"v": version, "k": KIND_BATCH, "veh": bid.vehicle, "dev": bid.device,
                           "sid": bid.sid, "boot": _boot_bytes(bid.boot), "seq": bid.seq,
                           "sync": last.synced, "t0": t0, "m0": m0, "n": list(names), "r": rows})
-    return maybe_compress(body, compress)
+    return maybe_compress(body, compress, version=version)
 
 
-def maybe_compress(body: bytes, mode: str = "auto") -> bytes:
-    if mode == "never" or (mode == "auto" and len(body) < COMPRESS_MIN_BYTES):
+def maybe_compress(body: bytes, mode: str = "auto", *, version: int = VERSION) -> bytes:
+    if mode == "never" or (mode == "auto" and version == 1 and len(body) < COMPRESS_MIN_BYTES):
         return body
-    z = msgpack.packb({"v": VERSION, "k": KIND_ZLIB, "z": zlib.compress(body, 6)})
+    if version == 1:
+        z = msgpack.packb({"v": 1, "k": KIND_ZLIB, "z": zlib.compress(body, 6)})
+    else:
+        c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, PRESET_DICTIONARIES[DICTIONARY_ID])
+        z = msgpack.packb({"v": version, "k": KIND_ZLIB, "d": DICTIONARY_ID, "z": c.compress(body) + c.flush()})
     return z if mode == "always" or len(z) < len(body) * 0.9 else body
 
 
 def encode_status(kind: str, vehicle: str, device: str, boot: str, t_ms: int,
-                  fields: Mapping[str, Any] | None = None) -> bytes:
+                  fields: Mapping[str, Any] | None = None, *, version: int = VERSION) -> bytes:
     if kind not in STATUS_KINDS:
         raise ValueError(f"unknown status kind {kind!r}")
-    return msgpack.packb({"v": VERSION, "k": kind, "veh": vehicle, "dev": device,
+    return msgpack.packb({"v": version, "k": kind, "veh": vehicle, "dev": device,
                           "boot": _boot_bytes(boot), "t": t_ms, "f": dict(fields or {})})
 
 
@@ -229,29 +281,35 @@ def decode(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Batch | Status:
     top = _unpack(bytes(payload), limits)
     if not isinstance(top, dict):
         raise WireError("not_a_map")
-    if _get(top, "v", int) != VERSION:
+    version = _get(top, "v", int)
+    if version not in VERSIONS:
         raise WireError("version", str(top.get("v")))
     kind = _get(top, "k", str)
     if kind == KIND_ZLIB:
-        inner = _inflate(_get(top, "z", bytes), limits)
+        zdict = b""
+        if version >= 2:
+            zdict = PRESET_DICTIONARIES.get(_int(top, "d", 0), b"")
+            if not zdict:
+                raise WireError("bad_value", "d: unknown dictionary")
+        inner = _inflate(_get(top, "z", bytes), limits, zdict)
         top = _unpack(inner, limits)
-        if not isinstance(top, dict) or top.get("v") != VERSION or top.get("k") != KIND_BATCH:
-            raise WireError("bad_inner", "a compressed payload must hold a v1 batch")
+        if not isinstance(top, dict) or top.get("v") != version or top.get("k") != KIND_BATCH:
+            raise WireError("bad_inner", "a compressed payload must hold a batch of its own version")
         kind = KIND_BATCH
     if kind == KIND_BATCH:
-        return _decode_batch(top, limits)
+        return _decode_batch(top, limits, version)
     if kind in STATUS_KINDS:
         f = top.get("f", {})
         if not isinstance(f, dict):
             raise WireError("bad_type", "f")
         _check_value(f, limits)
         return Status(kind, _text(top, "veh", limits), _text(top, "dev", limits), _boot(top),
-                      _int(top, "t", 0), f)
+                      _int(top, "t", 0), f, version)
     raise WireError("unknown_kind", kind[:32])
 
 
-def _inflate(z: bytes, lim: Limits) -> bytes:
-    d = zlib.decompressobj()
+def _inflate(z: bytes, lim: Limits, zdict: bytes = b"") -> bytes:
+    d = zlib.decompressobj(zdict=zdict) if zdict else zlib.decompressobj()
     try:
         out = d.decompress(z, lim.max_inflated)
     except zlib.error as e:
@@ -263,7 +321,7 @@ def _inflate(z: bytes, lim: Limits) -> bytes:
     return out
 
 
-def _decode_batch(top: Mapping[str, Any], lim: Limits) -> Batch:
+def _decode_batch(top: Mapping[str, Any], lim: Limits, version: int) -> Batch:
     bid = BatchId(_text(top, "veh", lim), _text(top, "dev", lim), _int(top, "sid", 0),
                   _boot(top), _int(top, "seq", 0))
     synced = _get(top, "sync", bool)
@@ -316,7 +374,7 @@ def _decode_batch(top: Mapping[str, Any], lim: Limits) -> Batch:
         if kind in (Kind.BEGIN, Kind.END) and episode is None:
             raise WireError("bad_record", f"#{i} episode missing")
         out.append(Record(kind, names[ni], t0 + (mono - m0), mono, bid.boot, synced, value, episode))
-    return Batch(bid, synced, tuple(out))
+    return Batch(bid, synced, tuple(out), version)
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -346,8 +404,8 @@ def to_json(obj: Batch | Status) -> dict[str, Any]:
     """The JSON view `icvq decode` prints."""
     if isinstance(obj, Batch):
         b = obj.id
-        return {"v": VERSION, "kind": "batch", "vehicle": b.vehicle, "device": b.device, "sid": b.sid,
+        return {"v": obj.version, "kind": "batch", "vehicle": b.vehicle, "device": b.device, "sid": b.sid,
                 "boot": b.boot, "seq": b.seq, "synced": obj.synced,
                 "records": [record_json(r) for r in obj.records]}
-    return {"v": VERSION, "kind": obj.kind, "vehicle": obj.vehicle, "device": obj.device, "boot": obj.boot,
+    return {"v": obj.version, "kind": obj.kind, "vehicle": obj.vehicle, "device": obj.device, "boot": obj.boot,
             "t": obj.t_ms / 1000, "fields": _jsonable(dict(obj.fields))}

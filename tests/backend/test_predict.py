@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.ingest.predict import Params, analyse
+from tools.ingest.predict import analyse
 from tools.ingest.predict_data import load
 from tools.ingest.predict_eval import score
+from tools.ingest.predict_params import Params
 from tools.ingest.predict_stats import (
     arl,
     binom_sf,

@@ -46,11 +46,12 @@ def test_hostile_payloads_become_dead_letters(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "i.db")
     good = batch(1, [rec(Kind.METRIC, "cpu", 1000.0, 1.0)])
     bomb = msgpack.packb({"v": 1, "k": "z", "z": zlib.compress(b"\0" * (8 << 20))})
-    huge_sid = msgpack.unpackb(good, raw=False)
+    huge_sid = msgpack.unpackb(wire.encode_batch(wire.BatchId("VIN1", "hu", 7, BOOT, 1),
+                                                 [rec(Kind.METRIC, "cpu", 1000.0, 1.0)], compress="never"), raw=False)
     huge_sid["sid"] = 2**64 - 1
     cases = {
         b"": "msgpack", b"\xc1": "msgpack", msgpack.packb([1, 2]): "not_a_map",
-        msgpack.packb({"v": 2, "k": "b"}): "version", bomb: "too_large",
+        msgpack.packb({"v": 3, "k": "b"}): "version", bomb: "too_large",
         b"\0" * (2 << 20): "too_large", msgpack.packb(huge_sid): "out_of_range",
         msgpack.packb({"v": 1, "k": "b", "veh": "VIN1"}): "missing_key",
     }

@@ -169,7 +169,7 @@ def test_black_frame_explained_by_gpu_hang_and_backlight_detail() -> None:
     v = black_verdict(sig, TH)
     assert v.active and v.cause == "black_frame" and black_explanation(v) == "gpu_hang"
     frame = next(e for e in v.evidence if e.kind == "black_frame")
-    assert frame.detail == {"backlight": "on", "connector": "ok"}
+    assert frame.detail == {"backlight": "on", "connector": "ok", "lit_pct": 0.0, "lit_limit_pct": 2.0}
 
 
 def test_episode_fields_have_evidence_signals_and_back_dated_start() -> None:

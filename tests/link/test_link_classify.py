@@ -9,6 +9,7 @@ import pytest
 from link_timelines import CELL_BACK, CELL_GONE, GNSS_BACK, GNSS_GONE, GOOD, run, timeline
 
 from agent.probes.link import classify as c
+from agent.probes.link.privacy import DEFAULT_GRID_M, snap
 from agent.probes.link.sample import Sample
 from agent.probes.link.settings import RulesConfig
 
@@ -77,19 +78,21 @@ def test_begin_carries_entry_position_speed_and_trend() -> None:
     actions, _ = run(timeline((95, CELL_GONE), (150, CELL_BACK | BACK), until=170, ramp=(40, 100, -90, -126)))
     begin = actions[0]
     assert begin.kind == "begin" and begin.episode == 1
-    assert begin.fields["entry"] == {"age_s": 0.0, "lat": 47.0, "lon": 11.0, "speed_kmh": 80.0}
+    lat, lon = snap(47.0, 11.0, DEFAULT_GRID_M)  # the default grid, never the fix itself
+    assert begin.fields["entry"] == {"age_s": 0.0, "lat": lat, "lon": lon, "speed_kmh": 80.0}
     tr = begin.fields["trend"]
     assert tr["metric"] == "rsrp" and tr["first"] == -85.0 and tr["slope_db_per_min"] < -30
     assert set(begin.fields["lost"]) == {"registered", "attached", "datapath"}
     end = actions[-1].fields
-    assert end["exit"]["lat"] == 47.0 and end["gnss"] == {"fix_ratio": 1.0, "lost": False, "lost_at_s": None,
+    assert end["exit"]["lat"] == lat and end["gnss"] == {"fix_ratio": 1.0, "lost": False, "lost_at_s": None,
                                                          "back_at_s": None}
 
 
 def test_tunnel_records_gnss_during_the_episode_and_exit_position() -> None:
     end = run(tunnel())[0][-1].fields
     assert end["gnss"]["lost"] and end["gnss"]["lost_at_s"] == 0 and end["gnss"]["back_at_s"] == 60
-    assert end["entry"]["speed_kmh"] == 80.0 and end["exit"]["lat"] == 47.01 and end["exit"]["speed_kmh"] == 70.0
+    assert end["entry"]["speed_kmh"] == 80.0 and end["exit"]["lat"] == snap(47.01, 11.02, DEFAULT_GRID_M)[0] \
+        and end["exit"]["speed_kmh"] == 70.0
 
 
 def test_overdue_is_announced_once_while_the_episode_is_still_open() -> None:

@@ -1,5 +1,5 @@
 """Parsers for AT answers, mmcli JSON and gpsd reports: tables of good lines and of garbage. Garbage raises
-the module's Malformed (which callers count), never anything else."""
+the one shared `agent.errors.Malformed` (which callers count per source), never anything else."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent.errors import Malformed
 from agent.probes.link import gnss, mmcli, modem_at
 from agent.probes.link.modem_at import Cesq
 from tools.sim.modem import ModemPoint, at_answer, mmcli_modem, mmcli_signal
@@ -71,7 +72,7 @@ def test_cops(line: str, want: tuple[str | None, str | None]) -> None:
     (modem_at.parse_cgatt, "+CGATT:"),
 ])
 def test_at_garbage_is_malformed(fn: Any, line: str) -> None:
-    with pytest.raises(modem_at.Malformed):
+    with pytest.raises(Malformed):
         fn(line)
 
 
@@ -130,13 +131,13 @@ def test_mmcli_signal_without_lte_or_5g_is_not_known() -> None:
     '{"modem": {"3gpp": {"registration-state": 5}}}',
 ])
 def test_mmcli_modem_garbage(text: str) -> None:
-    with pytest.raises(mmcli.Malformed):
+    with pytest.raises(Malformed):
         mmcli.parse_modem(text)
 
 
 @pytest.mark.parametrize("text", ['{"modem": {}}', '{"modem": {"signal": {"lte": {"rsrp": "strong"}}}}', "{"])
 def test_mmcli_signal_garbage(text: str) -> None:
-    with pytest.raises(mmcli.Malformed):
+    with pytest.raises(Malformed):
         mmcli.parse_signal(text)
 
 
@@ -160,5 +161,11 @@ def test_gpsd_tpv_and_sky() -> None:
     '{"class":"SKY","satellites":"many"}', '{"class":"SKY","satellites":[1,2]}', b"\xff\xfe{}",
 ])
 def test_gpsd_garbage(line: str | bytes) -> None:
-    with pytest.raises(gnss.Malformed):
+    with pytest.raises(Malformed):
         gnss.parse_report(line)
+
+
+def test_one_malformed_type_for_every_link_parser() -> None:
+    # One type to catch and count: a parser module must not grow its own again.
+    assert modem_at.Malformed is mmcli.Malformed is gnss.Malformed is Malformed
+    assert issubclass(modem_at.Unsolicited, Malformed) and issubclass(Malformed, ValueError)

@@ -21,6 +21,7 @@ def test_wire_doc_vectors_match_golden_files() -> None:
     blocks = _hex_blocks(doc)
     assert blocks[0] == (REPO / "tests/golden/batch_small.msgpack").read_bytes()
     assert blocks[1] == (REPO / "tests/golden/status_death.msgpack").read_bytes()
+    assert blocks[2] == (REPO / "tests/golden/batch_event.msgpack").read_bytes()
 
 
 def _keys(cls: type, prefix: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import zlib
@@ -17,6 +18,7 @@ from agent.errors import WireError
 from agent.records import Kind, Record
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+DICT1_SHA256_16 = "5a424e04d21dd9ce"
 sys.path.insert(0, str(GOLDEN))
 import make_vectors  # noqa: E402
 
@@ -27,6 +29,49 @@ def test_golden_bytes_and_json(name: str) -> None:
     assert payload == (GOLDEN / f"{name}.msgpack").read_bytes(), "encoder output changed: wire format drift"
     expected = json.loads((GOLDEN / f"{name}.json").read_text())
     assert wire.to_json(wire.decode((GOLDEN / f"{name}.msgpack").read_bytes())) == expected
+
+
+V1_NAMES = sorted(p.stem for p in (GOLDEN / "v1").glob("*.msgpack"))
+
+
+@pytest.mark.parametrize("name", V1_NAMES)
+def test_old_format_v1_batches_still_decode(name: str) -> None:
+    """Spools written by older agents resend v1 batches byte-identical; the decoder (and so the backend)
+    keeps reading them, and the encoder can still produce them exactly."""
+    payload = (GOLDEN / "v1" / f"{name}.msgpack").read_bytes()
+    obj = wire.decode(payload)
+    assert obj.version == 1
+    assert wire.to_json(obj) == json.loads((GOLDEN / "v1" / f"{name}.json").read_text())
+    assert make_vectors.vectors(version=1)[name] == payload
+
+
+def test_v1_and_v2_carry_the_same_records_and_identity() -> None:
+    """Dedup keys on the identity, which v2 leaves as it was: the same batch in either version is one batch."""
+    for name in V1_NAMES:
+        old = wire.to_json(wire.decode((GOLDEN / "v1" / f"{name}.msgpack").read_bytes()))
+        new = wire.to_json(wire.decode((GOLDEN / f"{name}.msgpack").read_bytes()))
+        assert (old.pop("v"), new.pop("v")) == (1, 2)
+        assert old == new
+
+
+def test_preset_dictionary_is_frozen() -> None:
+    """Dictionary 1 is part of the contract: a changed byte would make every stored v2 batch undecodable."""
+    d = wire.PRESET_DICTIONARIES[1]
+    assert (len(d), hashlib.sha256(d).hexdigest()[:16]) == (1091, DICT1_SHA256_16)
+
+
+def test_v2_compressed_batch_needs_its_dictionary() -> None:
+    live = (GOLDEN / "batch_live.msgpack").read_bytes()
+    top = msgpack.unpackb(live)
+    assert top["d"] == 1
+    with pytest.raises(WireError) as e:
+        wire.decode(msgpack.packb({**top, "d": 99}))
+    assert e.value.reason == "bad_value"
+    with pytest.raises(WireError) as e:
+        wire.decode(msgpack.packb({**top, "v": 1}))   # a v1 decoder path has no dictionary
+    assert e.value.reason == "zlib"
+    b = wire.decode(live)
+    assert isinstance(b, wire.Batch) and len(b.records) == 300
 
 
 def test_golden_json_has_the_documented_fields() -> None:
@@ -74,7 +119,8 @@ BAD = [
     (b"", "msgpack"),
     (b"\xc1", "msgpack"),
     (msgpack.packb([1, 2]), "not_a_map"),
-    (msgpack.packb({"v": 2, "k": "b"}), "version"),
+    (msgpack.packb({"v": 3, "k": "b"}), "version"),
+    (msgpack.packb({"v": 2, "k": "b"}), "missing_key"),
     (_batch(k="q"), "unknown_kind"),
     (_batch(veh=...), "missing_key"),
     (_batch(veh="a/b"), "bad_value"),
@@ -93,6 +139,9 @@ BAD = [
     (msgpack.packb({"v": 1, "k": "z", "z": zlib.compress(b"\x00" * (5 << 20))}), "too_large"),
     (msgpack.packb({"v": 1, "k": "z", "z": zlib.compress(msgpack.packb({"v": 1, "k": "z", "z": b""}))}),
      "bad_inner"),
+    (msgpack.packb({"v": 2, "k": "z", "z": zlib.compress(_batch())}), "missing_key"),
+    (msgpack.packb({"v": 2, "k": "z", "d": 1, "z": zlib.compress(_batch())}), "bad_inner"),
+    (wire.maybe_compress(_batch(), "always"), "bad_inner"),
     (_batch() + b"\x00", "msgpack"),
     (b"\x00" * (2 << 20), "too_large"),
 ]
@@ -124,7 +173,7 @@ _values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1
 @given(st.dictionaries(st.sampled_from(["v", "k", "veh", "dev", "sid", "boot", "seq", "sync", "t0", "m0", "n",
                                         "r", "z", "t", "f"]), _values, max_size=14))
 def test_decoder_never_crashes_on_structured_garbage(m: dict) -> None:
-    m.setdefault("v", 1)
+    m.setdefault("v", 2)
     try:
         wire.decode(msgpack.packb(m))
     except WireError:

@@ -109,7 +109,7 @@ def report(argv: list[str]) -> int:
 
 
 def predict(argv: list[str]) -> int:
-    from .predict import main as predict_main
+    from .predict_cli import main as predict_main
 
     return predict_main(argv)
 

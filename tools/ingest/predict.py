@@ -8,38 +8,23 @@
    The baseline is the pooled fleet rate after dropping vehicles that are themselves improbable under it.
 2. Version regression (predict_versions.py): each version of a software component against its other
    versions, exact tests and intervals, Bonferroni, guarded against events clustered in a few cars.
-Also: rates per family over time, recovery-time distributions. `python -m tools.ingest predict --help`.
+Also: rates per family over time, recovery-time distributions. `python -m tools.ingest predict --help`
+(predict_cli.py); the tuning is predict_params.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .families import BY_KEY, FAMILIES
-from .predict_data import Boot, FleetData, Occurrence, load
+from .predict_data import Boot, FleetData, Occurrence
+from .predict_params import DAY, Params
 from .predict_stats import PoissonCusum, poisson_sf, threshold
 from .predict_versions import Key, VersionRow, version_rows
-
-DAY = 86400.0
-
-
-@dataclass(frozen=True)
-class Params:
-    rho: float = 3.0
-    arl0_hours: float = 50_000.0
-    alpha: float = 0.01
-    min_ratio: float = 1.25
-    recent_days: float = 14.0
-    cluster_k: int = 2
-    all_families: bool = False
-
 
 # ------------------------------------------------------------------------------------------- baselines
 Stratum = tuple[str, str, str]  # (family, component, version of the family's software component)
@@ -237,88 +222,3 @@ def analyse(fd: FleetData, p: Params) -> dict[str, Any]:
 
 def _risk_json(r: Risk) -> dict[str, Any]:
     return {**asdict(r), "score": r.score, "recent_ratio": r.recent_ratio}
-
-
-def params_args(ap: argparse.ArgumentParser) -> None:
-    d = Params()
-    ap.add_argument("--rho", type=float, default=d.rho,
-                    help="rate increase the CUSUM is tuned to (default %(default)s)")
-    ap.add_argument("--arl0-hours", type=float, default=d.arl0_hours,
-                    help="in-control average run length per vehicle and key, operating hours (default %(default)s)")
-    ap.add_argument("--alpha", type=float, default=d.alpha, help="family-wise error for version flags (default "
-                    "%(default)s, Bonferroni)")
-    ap.add_argument("--min-ratio", type=float, default=d.min_ratio, help="smallest rate ratio worth flagging")
-    ap.add_argument("--recent-days", type=float, default=d.recent_days)
-    ap.add_argument("--cluster-k", type=int, default=d.cluster_k,
-                    help="a version flag must survive dropping this many top vehicles (default %(default)s)")
-    ap.add_argument("--all-families", action="store_true",
-                    help="test every software component against every family, not only its own")
-
-
-def params_from(args: argparse.Namespace) -> Params:
-    return Params(args.rho, args.arl0_hours, args.alpha, args.min_ratio, args.recent_days, args.cluster_k,
-                  args.all_families)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.ingest predict", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", help="SQLite path or postgresql:// URL")
-    params_args(ap)
-    ap.add_argument("--json", action="store_true", help="print the full analysis as JSON")
-    ap.add_argument("--truth", help="score against a simulator truth file (tools.sim fleet --truth)")
-    ap.add_argument("--evaluate", action="store_true",
-                    help="simulate fleets with injected degradation and a regressing version, score, print markdown")
-    ap.add_argument("--vehicles", type=int, default=1000, help="--evaluate: fleet size (default %(default)s)")
-    ap.add_argument("--days", type=float, default=90, help="--evaluate: simulated days (default %(default)s)")
-    ap.add_argument("--seeds", default="1,2,3", help="--evaluate: one fleet per seed (default %(default)s)")
-    args = ap.parse_args(argv)
-    p = params_from(args)
-    if args.evaluate:
-        from .predict_eval import evaluate
-
-        print(evaluate(args.vehicles, args.days, [int(s) for s in args.seeds.split(",")], p, argv or sys.argv[1:]))
-        return 0
-    if not args.db:
-        ap.error("--db is required (or --evaluate)")
-    from .store import open_store
-
-    store = open_store(args.db)
-    try:
-        fd = load(store)
-    finally:
-        store.close()
-    result = analyse(fd, p)
-    if args.truth:
-        from .predict_eval import score
-
-        with open(args.truth) as f:
-            result["score"] = score(fd, result, json.load(f), p)
-    if args.json:
-        print(json.dumps(result, indent=1, default=str))
-    else:
-        print(summary(result))
-    return 0
-
-
-def summary(res: dict[str, Any]) -> str:
-    lines = [f"{res['vehicles']} vehicles, {res['operating_hours']:,.0f} operating hours; CUSUM rho "
-             f"{res['params']['rho']:g}, ARL0 {res['params']['arl0_hours']:,.0f} h per key "
-             f"(expected false alarms {res['false_alarms_expected_per_1000_vehicle_hours']:.2f} per 1000 vehicle-"
-             f"hours over {res['monitored_keys']} keys)", "", "Rising risk (alarm or S/h >= 0.5):"]
-    for r in res["at_risk"][:50]:
-        lines.append(f"  {r['vehicle']}/{r['device']} {r['family']}:{r['component']} S/h {r['score']:.2f} alarms "
-                     f"{len(r['alarms'])} events {r['events']} (baseline {r['baseline_per_1000h']:.1f}/1000 h, "
-                     f"recent x{r['recent_ratio']:.1f})")
-    lines += ["", "Software versions flagged (rate vs the other versions of the component):"]
-    for r in res["regressions"]:
-        lines.append(f"  {r['component']} {r['version']} {r['family']}: {r['rate_per_1000h']:.1f}/1000 h "
-                     f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] ratio {r['ratio']:.2f} [{r['ratio_low']:.2f}, "
-                     f"{r['ratio_high']:.2f}] p {r['p']:.1e}")
-    if "score" in res:
-        lines += ["", "Score: " + json.dumps(res["score"])]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

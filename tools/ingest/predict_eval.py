@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .predict import DAY, Params, baselines, monitored_keys, rising_risk
+from .predict import baselines, monitored_keys, rising_risk
 from .predict_data import FleetData, load
+from .predict_params import DAY, Params
 from .predict_versions import VersionAgg, VersionRow
 from .store import SqliteStore
 

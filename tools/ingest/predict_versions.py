@@ -16,14 +16,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .families import BY_KEY, FAMILIES
 from .predict_data import Boot, Occurrence
+from .predict_params import Params
 from .predict_stats import poisson_ci, rate_ratio_test
-
-if TYPE_CHECKING:
-    from .predict import Params
 
 Key = tuple[str, str, str, str]  # (vehicle, device, family, component)
 

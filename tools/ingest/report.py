@@ -19,8 +19,9 @@ from typing import Any
 
 from . import svg
 from .families import BY_KEY, FAMILIES
-from .predict import Params, analyse, params_args, params_from, quantile, rates_over_time, recovery
+from .predict import analyse, quantile, rates_over_time, recovery
 from .predict_data import FleetData, load
+from .predict_params import Params, params_args, params_from
 from .store import Store, open_store
 
 CSS = """
@@ -89,16 +90,25 @@ def _recovery_section(fd: FleetData) -> str:
     return "\n".join(out)
 
 
+def risk_bar(r: dict[str, Any]) -> tuple[str, float, bool]:
+    """One bar of the rising-risk chart: (label, S/h now, alarmed ever). The length is the statistic now, never
+    padded to the threshold for a past alarm: a vehicle whose CUSUM fell back to 0 must not look in alarm."""
+    label = f"{r['vehicle']}/{r['device']} {BY_KEY[r['family']].title}: {r['component']}"
+    if r["alarms"] and r["score"] < 1.0:
+        label += " (cleared)"
+    return label, r["score"], bool(r["alarms"])
+
+
 def _risk_section(res: dict[str, Any]) -> str:
     at = res["at_risk"][:25]
-    rows = [(f"{r['vehicle']}/{r['device']} {BY_KEY[r['family']].title}: {r['component']}",
-             max(r["score"], 1.0 if r["alarms"] else 0.0) if r["alarms"] else r["score"], bool(r["alarms"]))
-            for r in at]
+    rows = [risk_bar(r) for r in at]
     out = ["<h2>Vehicles at rising risk</h2><p class=small>Poisson CUSUM per vehicle and component against the "
            f"fleet baseline on the same software version, tuned to a {res['params']['rho']:g}x rise; in-control "
            f"average run length {res['params']['arl0_hours']:,.0f} operating hours per key, i.e. about "
            f"{res['false_alarms_expected_per_1000_vehicle_hours']:.2f} false alarms per 1,000 vehicle operating "
-           "hours. Bar: CUSUM statistic / threshold now (1 = alarm); red: alarmed at least once.</p>",
+           "hours. <b>S/h</b> (bar and column): the vehicle's CUSUM statistic S now, divided by its alarm "
+           "threshold h; 1 or more = in alarm now. Red: alarmed at least once (the bar still shows where S is "
+           "now: an alarm that cleared, S back near 0, is a short red bar marked \"cleared\").</p>",
            svg.bar_chart(rows, "Vehicles at rising risk", rule=1.0, xlabel="S / h")]
     table = [[escape(r["vehicle"]), escape(BY_KEY[r["family"]].title), escape(r["component"]), r["events"],
               f"{r['hours']:,.0f}", f"{r['baseline_per_1000h']:.2f}", f"{r['score']:.2f}", len(r["alarms"]),

@@ -12,15 +12,24 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from agent import wire
 
 from . import rows as R
 from .rows import Message, fleet_of
+from .store_common import (
+    BATCH_COLS,
+    DEAD_COLS,
+    RECORD_COLS,
+    SOFTWARE_COLS,
+    STATUS_COLS,
+    Store,
+    WriteResult,
+    split_episodes,
+)
 
 __all__ = ["SqliteStore", "Store", "WriteResult", "fleet_of", "open_store"]
 
@@ -57,49 +66,8 @@ BOOTS_VIEW = """CREATE VIEW IF NOT EXISTS boots AS SELECT vehicle, device, boot,
     MIN(t_first) AS first_t, MAX(t_last) AS last_t, MIN(mono_first) AS first_mono, MAX(mono_last) AS last_mono,
     SUM(n_records) AS n_records, MAX(synced) AS synced FROM batches GROUP BY vehicle, device, boot"""
 
-BATCH_COLS = ("vehicle, device, sid, boot, seq, fleet, received, n_records, synced, t_first, t_last, mono_first, "
-              "mono_last")
-RECORD_COLS = "vehicle, device, sid, seq, idx, t, mono, boot, synced, kind, name, value, fields, episode"
-STATUS_COLS = "vehicle, device, kind, t, boot, fields, received"
-SOFTWARE_COLS = "vehicle, device, boot, component, version, t"
-DEAD_COLS = "received, topic, reason, detail, size, head"
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    stored: int = 0       # new batches
-    duplicates: int = 0   # batches already stored (redelivery)
-    records: int = 0      # records of the new batches
-    status: int = 0
-    dead: int = 0
-
-
-class Store(Protocol):
-    def write(self, msgs: Sequence[Message]) -> WriteResult: ...
-
-    def is_transient(self, e: BaseException) -> bool: ...
-
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
-
-    def counts(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
-
-
 def _ph(n: int) -> str:
     return ", ".join("?" * n)
-
-
-def split_episodes(eps: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """(begin rows, end rows), each unique per episode key (an upsert may not touch a row twice)."""
-    begins: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    ends: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for v, d, ep, boot, name, is_end, t, mono, dur, fields in eps:
-        if is_end:
-            ends[(v, d, ep)] = (v, d, ep, boot, name, t, mono, dur, fields)
-        else:
-            begins[(v, d, ep)] = (v, d, ep, boot, name, t, mono, fields)
-    return list(begins.values()), list(ends.values())
 
 
 class SqliteStore:

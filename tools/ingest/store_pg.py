@@ -16,7 +16,7 @@ import psycopg
 
 from . import rows as R
 from .rows import Message
-from .store import (
+from .store_common import (
     BATCH_COLS,
     DEAD_COLS,
     RECORD_COLS,

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-default-masks", action="store_true", help="systemd mode: do not mask the slow units masked by default"
     )
+    run.add_argument("--device", action="append", default=[], help="extra qemu -device (e.g. bochs-display)")
+    run.add_argument("--module", action="append", default=[], help="on-demand kernel module to load (bochs, ...)")
+    run.add_argument("--qmp", help="Unix socket path where qemu serves QMP")
     run.add_argument("--console", action="store_true", help="print the guest console to stderr afterwards")
     run.add_argument("--keep", action="store_true", help="keep the run directory (control files, logs)")
     run.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
@@ -77,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             masks=masks + args.mask,
             stream=sys.stdout,
             keep_run_dir=args.keep,
+            devices=args.device,
+            modules=args.module,
+            qmp_socket=args.qmp,
         )
     except VmTimeout as exc:
         print(f"tools.vm: {exc}", file=sys.stderr)

@@ -24,6 +24,10 @@ P9="trans=virtio,version=9p2000.L,msize=262144"
 mkdir -p /icvq /newroot
 mount -t 9p -o "$P9" icvqrun /icvq || die "cannot mount the icvqrun share"
 . /icvq/config.sh || die "cannot read /icvq/config.sh"
+# On-demand modules (e.g. the KMS driver for a display device), already in load order.
+for mod in $ICVQ_MODULES; do
+    insmod "/lib/modules/$mod.ko" || die "insmod $mod failed"
+done
 
 # Without it the guest is "(none)", an odd value for anything deriving client ids from the hostname.
 hostname icvq-vm

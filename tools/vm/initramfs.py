@@ -47,7 +47,9 @@ def _build(kernel: Kernel, target: Path) -> None:
         os.mknod(root / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
         for ko in kernel.modules:
             shutil.copy2(ko, root / "lib" / "modules" / ko.name)
-        (root / "modules.order").write_text("".join(f"{ko.stem}\n" for ko in kernel.modules))
+        # On-demand modules are copied but loaded by /init only when config.sh names them (ICVQ_MODULES).
+        (root / "modules.order").write_text("".join(f"{ko.stem}\n" for ko in kernel.modules
+                                                    if ko.stem not in kernel.on_demand))
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
         partial = target.with_suffix(".partial")
         with partial.open("wb") as out:

@@ -91,6 +91,9 @@ class JobSpec:
     overlay_dir: Path | None = None
     units: Sequence[str] = ()
     masks: Sequence[str] = DEFAULT_MASKS
+    modules: Sequence[str] = ()  # on-demand kernel modules to load, in load order
+    devices: Sequence[str] = ()  # extra qemu -device specs
+    qmp_socket: Path | None = None  # where qemu serves QMP, if anywhere
 
 
 def guest_env(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -150,6 +153,7 @@ def write(spec: JobSpec, run_dir: Path) -> None:
     """Write the control files; `spec` must have passed validate()."""
     (run_dir / "config.sh").write_text(
         f"ICVQ_MODE={'systemd' if spec.systemd else 'plain'}\nICVQ_VCAN={int(spec.vcan)}\n"
+        f"ICVQ_MODULES={shlex.quote(' '.join(spec.modules))}\n"
     )
     (run_dir / "rw.list").write_text("".join(f"{p}\n" for p in spec.rw_dirs))
     lines = [f"export {shlex.quote(f'{k}={v}')}" for k, v in sorted(spec.env.items())]

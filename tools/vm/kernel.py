@@ -26,8 +26,11 @@ GUEST_MODULES = (
     "sch_netem",
     "overlay",
 )
+# Loaded only when a run asks for them (run_in_vm(modules=...)): the KMS drivers behind qemu's
+# bochs-display and virtio-gpu-pci, for the display tests (shared/notes/drm-rig.md).
+ON_DEMAND_MODULES = ("bochs", "virtio_gpu")
 META_PACKAGE = "linux-image-amd64"
-LAYOUT = 2  # bump when the cached kernel directory layout changes
+LAYOUT = 3  # bump when the cached kernel directory layout changes
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
@@ -37,6 +40,24 @@ class Kernel:
     version: str
     image: Path  # what qemu -kernel boots: the uncompressed ELF vmlinux when extractable, else vmlinuz
     modules: tuple[Path, ...]  # in load order
+    on_demand: tuple[str, ...] = ()  # names among `modules` the guest loads only when a run asks
+    deps: tuple[tuple[str, tuple[str, ...]], ...] = ()  # each on-demand module's direct dependencies
+
+    def load_order(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
+        """The on-demand modules `wanted` needs, in load order (their dependency closure, as stamped)."""
+        names = [modinfo.normalise(n) for n in wanted]
+        unknown = [n for n in names if n not in self.on_demand]
+        if unknown:
+            raise VmError(f"not an on-demand guest module: {unknown} (known: {list(self.on_demand)})")
+        deps = dict(self.deps)
+        need: set[str] = set()
+        todo = list(names)
+        while todo:
+            n = todo.pop()
+            if n in self.on_demand and n not in need:
+                need.add(n)
+                todo += deps.get(n, ())
+        return tuple(n for n in self.on_demand if n in need)
 
     @property
     def key(self) -> str:
@@ -102,7 +123,9 @@ def _load(kdir: Path, wanted: tuple[str, ...]) -> Kernel | None:
     image = kdir / stamp["image"]
     if not image.is_file() or not all(m.is_file() for m in mods):
         return None
-    return Kernel(stamp["package"], stamp["version"], image, mods)
+    on_demand = tuple(stamp.get("on_demand", ()))
+    deps = tuple((n, tuple(d)) for n, d in stamp.get("deps", {}).items())
+    return Kernel(stamp["package"], stamp["version"], image, mods, on_demand, deps)
 
 
 def _cached_any(wanted: tuple[str, ...]) -> Kernel | None:
@@ -115,7 +138,7 @@ def _cached_any(wanted: tuple[str, ...]) -> Kernel | None:
     return None
 
 
-def ensure_kernel(wanted: tuple[str, ...] = GUEST_MODULES) -> Kernel:
+def ensure_kernel(wanted: tuple[str, ...] = GUEST_MODULES + ON_DEMAND_MODULES) -> Kernel:
     try:
         package, version = resolve_package()
     except VmError:
@@ -161,6 +184,9 @@ def _fetch(package: str, version: str, kdir: Path, wanted: tuple[str, ...]) -> N
             shutil.copy2(images[0], kdir / "vmlinuz")
         index = modinfo.index_modules(releases[0] / "kernel")
         order = modinfo.load_order(wanted, index)
+        base = modinfo.load_order([w for w in wanted if w not in ON_DEMAND_MODULES], index)
+        on_demand = [n for n in order if n not in base]
+        deps = {n: modinfo.depends(index[n]) for n in on_demand}
         for name in order:
             shutil.copy2(index[name], kdir / "modules" / f"{name}.ko")
     cache.write_stamp(
@@ -172,6 +198,8 @@ def _fetch(package: str, version: str, kdir: Path, wanted: tuple[str, ...]) -> N
             "release": releases[0].name,
             "wanted": list(wanted),
             "order": order,
+            "on_demand": on_demand,
+            "deps": deps,
             "image": image,
         },
     )

@@ -73,6 +73,9 @@ def run_in_vm(
     masks: Sequence[str] = jobfiles.DEFAULT_MASKS,
     stream: TextIO | None = None,
     keep_run_dir: bool = False,
+    devices: Sequence[str] = (),
+    modules: Sequence[str] = (),
+    qmp_socket: PathLike | None = None,
 ) -> VmResult:
     """Run `cmd` as root in a fresh guest whose root is the host's, read-only, with vcan0..vcan{vcan-1}.
 
@@ -80,8 +83,11 @@ def run_in_vm(
     holding `cwd`, e.g. /work), which are the host directories themselves. `env` is added to a
     pass-through of PATH/HOME/LANG/PYENV_*/PYTHON*. `systemd=True` boots systemd as PID 1 on an
     overlay root instead; `overlay_dir` is copied over that root and `units` are started before `cmd`
-    (which may then be empty: the guest must power itself off). Raises VmError if the guest cannot
-    boot or report, VmTimeout after `timeout_s`.
+    (which may then be empty: the guest must power itself off). `devices` are extra qemu `-device`
+    specs (e.g. "bochs-display,xres=1024,yres=768"), `modules` on-demand kernel modules to load for
+    them (kernel.ON_DEMAND_MODULES), `qmp_socket` a Unix socket path where qemu serves QMP (e.g. for
+    `screendump` while the guest runs). Raises VmError if the guest cannot boot or report, VmTimeout
+    after `timeout_s`.
     """
     work_dir = Path(cwd if cwd is not None else os.getcwd()).resolve()
     shares = [Path(p).resolve() for p in rw_dirs] if rw_dirs is not None else jobfiles.default_rw_dirs(work_dir)
@@ -99,6 +105,9 @@ def run_in_vm(
     )
     jobfiles.validate(spec)
     prepared = prepare()
+    spec.modules = prepared.kernel.load_order(tuple(modules))
+    spec.devices = tuple(devices)
+    spec.qmp_socket = Path(qmp_socket) if qmp_socket is not None else None
     runs = cache.cache_root() / "runs"
     runs.mkdir(exist_ok=True)
     _prune(runs)
@@ -143,6 +152,10 @@ def qemu_command(prepared: Prepared, spec: jobfiles.JobSpec, run_dir: Path, mem_
     argv += _virtfs(run_dir, "icvqrun", readonly=False)
     for i, path in enumerate(spec.rw_dirs):
         argv += _virtfs(path, f"icvqrw{i}", readonly=False)
+    for dev in spec.devices:
+        argv += ["-device", dev]
+    if spec.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{str(spec.qmp_socket).replace(',', ',,')},server=on,wait=off"]
     return argv
 
 

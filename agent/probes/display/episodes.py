@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .rules import UNKNOWN, Verdict
+from .rules import UNKNOWN, Verdict, more_specific
 
 
 @dataclass
@@ -52,12 +52,14 @@ class EpisodeMachine:
             ep.signals.add(e.signal)
         if v.cause and v.cause not in ep.causes:
             ep.causes.append(v.cause)
-        # A later, more specific explanation (a GPU hang logged 10 s into the freeze) replaces "unknown".
-        if v.cause and (ep.cause == UNKNOWN or v.cause != UNKNOWN):
+        # Only a more specific cause replaces the current one (rules.FREEZE_CAUSE_ORDER): a GPU hang logged 10 s
+        # into the freeze turns "unknown" into "gpu_hang", but a deadlocked loop that resumes (frames_stalled
+        # for a moment before the next frame) does not turn "hmi_deadlock" into "render_stall".
+        if more_specific(v.cause, ep.cause):
             ep.cause = v.cause
         if self._explain:
             why = self._explain(v)
-            if not ep.explanation or why != UNKNOWN:
+            if not ep.explanation or more_specific(why, ep.explanation):
                 ep.explanation = why
 
     def _common(self, ep: OpenEpisode) -> dict[str, Any]:

@@ -1,14 +1,30 @@
 """What the rules need from the framebuffer over time: when the grid and each region last changed, since when the
-frame is black, and the counts behind the changes_per_min / black_pct metrics."""
+frame is black, and the counts behind the changes_per_min / black_pct metrics.
+
+"Black" here is black-screen evidence, not just a dark frame: the grid is nearly black *and* no region (where the
+live UI draws: a clock, a speed readout) shows lit pixels. A dark theme is nearly black on the grid while its clock
+region is lit; it is `dark_since` but never `black_since` (docs/display.md, "Dark themes")."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from .framebuffer import FrameReader, FrameUnavailable
+from .framebuffer import FrameSample, FrameUnavailable, Layout
 from .rules import RegionSignal
 from .settings import RegionConfig
+
+
+class FrameSource(Protocol):
+    """framebuffer.FrameReader (fbdev, XWD) or drm_source.ScanoutClient (DRM via the helper)."""
+
+    opens: int
+    layout: Layout | None
+
+    def sample(self) -> FrameSample: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -29,12 +45,16 @@ class Window:
 
 @dataclass
 class FrameTracker:
-    reader: FrameReader
+    reader: FrameSource
     regions: Sequence[RegionConfig]
     fb_interval_s: float
     grid: int | None = None
     frame_changed_at: float | None = None
-    black_since: float | None = None
+    black_since: float | None = None   # dark grid and every region dark: black-screen evidence
+    dark_since: float | None = None    # dark grid (a dark theme is dark but not black)
+    lit_fraction: float | None = None
+    region_lit: tuple[float | None, ...] = ()
+    lit_limit: float = 0.02            # 1 - black_fraction: at or below, a grid or region is dark
     window: Window = field(default_factory=Window)
     _opens: int = -1
     _region_crc: list[int | None] = field(default_factory=list)
@@ -49,10 +69,16 @@ class FrameTracker:
             s = self.reader.sample()
         except FrameUnavailable as e:
             lost = self.grid is not None
-            self.grid, self.black_since = None, None
+            self.grid, self.black_since, self.dark_since, self.lit_fraction = None, None, None, None
             return FrameUpdate(error=e, lost=lost)
         self.window.samples += 1
+        self.lit_fraction, self.region_lit = s.bright_fraction, s.region_lit
         if s.black:
+            if self.dark_since is None:
+                self.dark_since = now
+        else:
+            self.dark_since = None
+        if s.black and not any(lit is not None and lit > self.lit_limit for lit in s.region_lit):
             self.window.black += 1
             if self.black_since is None:
                 self.black_since = now

@@ -166,6 +166,9 @@ class FrameSample:
     regions: tuple[int | None, ...]   # CRC per region; None when the region lies outside the frame
     bright_fraction: float            # share of grid pixels brighter than black_level
     black: bool
+    # Per region: share of its sampled pixels brighter than black_level (None outside the frame). A dark theme
+    # is nearly black on the grid but lit where its live UI (a clock) is: rules.py tells the two apart by these.
+    region_lit: tuple[float | None, ...] = ()
 
 
 @dataclass
@@ -177,6 +180,8 @@ class _Plan:
     inside: list[list[slice]]
     regions: list[list[slice] | None]
     n_pixels: int
+    # Per region and channel byte: the region's rows, strided to one channel (for its lit share).
+    region_channels: list[list[list[slice]] | None]
 
 
 def _grid_positions(size: int, n: int) -> tuple[int, int, int]:
@@ -186,6 +191,112 @@ def _grid_positions(size: int, n: int) -> tuple[int, int, int]:
     return first, step, count
 
 
+class GridSampler:
+    """The sparse grid CRC, region CRCs and black test over any buffer holding a frame in `layout` (an mmap of
+    fbdev, an XWD file or a DRM scanout buffer). Plans (the slices to read) are cached per layout and pan offset."""
+
+    def __init__(self, *, grid_cols: int = 64, grid_rows: int = 36, black_level: int = 16,
+                 black_fraction: float = 0.98, regions: Sequence[Rect] = ()) -> None:
+        self.grid_cols = grid_cols
+        self.grid_rows = grid_rows
+        self.black_fraction = black_fraction
+        self.black_level = black_level
+        self.regions = tuple(regions)
+        self._plan: _Plan | None = None
+        self._plan_key: tuple[Layout, int] | None = None
+        self._channels: tuple[int, ...] | None = None
+        # byte -> 1 when brighter than black_level: lets C code count bright pixels (see _bright).
+        self._bright_table = bytes(0 if v <= black_level else 1 for v in range(256))
+
+    def sample(self, buf: mmap.mmap | bytes, layout: Layout, yoff: int = 0) -> FrameSample:
+        if self._plan is None or self._plan_key != (layout, yoff):
+            self._channels = layout.channel_bytes() if layout.bits_per_pixel in (24, 32) else None
+            self._plan, self._plan_key = self._make_plan(layout, yoff), (layout, yoff)
+        plan = self._plan
+        streams = [b"".join([buf[s] for s in row_slices]) for row_slices in plan.outside]
+        crc = 0
+        for data in streams:
+            crc = zlib.crc32(data, crc)
+        if plan.inside[0]:
+            streams = [out + b"".join([buf[s] for s in row_slices])
+                       for out, row_slices in zip(streams, plan.inside, strict=True)]
+        region_crcs: list[int | None] = []
+        region_lit: list[float | None] = []
+        for slices, channels in zip(plan.regions, plan.region_channels, strict=True):
+            if slices is None or channels is None:
+                region_crcs.append(None)
+                region_lit.append(None)
+                continue
+            rc = 0
+            for s in slices:
+                rc = zlib.crc32(buf[s], rc)
+            region_crcs.append(rc)
+            rstreams = [b"".join([buf[s] for s in ch]) for ch in channels]
+            n = len(rstreams[0])
+            region_lit.append(round(self._bright(rstreams, layout) / n, 6) if n else 0.0)
+        bright = self._bright(streams, layout) / plan.n_pixels if plan.n_pixels else 0.0
+        return FrameSample(crc, tuple(region_crcs), bright, bright <= 1.0 - self.black_fraction, tuple(region_lit))
+
+    def _make_plan(self, layout: Layout, yoff: int) -> _Plan:
+        bpp = layout.bytes_per_pixel
+        byte_positions = self._channels if self._channels is not None else tuple(range(bpp))
+        x0, sx, nx = _grid_positions(layout.width, self.grid_cols)
+        y0, sy, ny = _grid_positions(layout.height, self.grid_rows)
+        clipped = [self._clip(r, layout) for r in self.regions]
+        outside: list[list[slice]] = [[] for _ in byte_positions]
+        inside: list[list[slice]] = [[] for _ in byte_positions]
+        for j in range(ny):
+            y = y0 + j * sy
+            base = layout.offset + (y + yoff) * layout.stride
+            # Grid points inside an expected-change region are hashed apart: a ticking clock must not count as
+            # "the screen changed" when we ask whether a touch got an answer.
+            flags = [False] * nx
+            for r in clipped:
+                if r and r.y <= y < r.y + r.height:
+                    for i in range(nx):
+                        if r.x <= x0 + i * sx < r.x + r.width:
+                            flags[i] = True
+            i = 0
+            while i < nx:
+                k = i
+                while k < nx and flags[k] == flags[i]:
+                    k += 1
+                first, last = x0 + i * sx, x0 + (k - 1) * sx
+                target = inside if flags[i] else outside
+                for s, c in zip(target, byte_positions, strict=True):
+                    s.append(slice(base + first * bpp + c, base + last * bpp + c + 1, sx * bpp))
+                i = k
+        regions: list[list[slice] | None] = []
+        region_channels: list[list[list[slice]] | None] = []
+        for r in clipped:
+            if r is None:
+                regions.append(None)
+                region_channels.append(None)
+                continue
+            step = max(1, -(-r.height // MAX_REGION_ROWS))
+            rows = [layout.offset + (y + yoff) * layout.stride + r.x * bpp for y in range(r.y, r.y + r.height, step)]
+            regions.append([slice(a, a + r.width * bpp) for a in rows])
+            region_channels.append([[slice(a + c, a + r.width * bpp, bpp) for a in rows] for c in byte_positions])
+        return _Plan(yoff, outside, inside, regions, nx * ny, region_channels)
+
+    @staticmethod
+    def _clip(r: Rect, layout: Layout) -> Rect | None:
+        x1, y1 = min(r.x + r.width, layout.width), min(r.y + r.height, layout.height)
+        if r.x >= x1 or r.y >= y1:
+            return None
+        return Rect(r.x, r.y, x1 - r.x, y1 - r.y)
+
+    def _bright(self, streams: list[bytes], layout: Layout) -> int:
+        """How many sampled pixels have any colour channel above black_level."""
+        if self._channels is not None:
+            acc = 0
+            for data in streams:
+                # One byte per pixel, 0 or 1 after translate; OR-ing them as big integers ORs per pixel.
+                acc |= int.from_bytes(data.translate(self._bright_table), "little")
+            return acc.bit_count()
+        return _bright_generic(streams, layout, self.black_level)
+
+
 class FrameReader:
     def __init__(self, path: str, *, fmt: str = "auto", sysfs_root: str = "/sys", grid_cols: int = 64,
                  grid_rows: int = 36, black_level: int = 16, black_fraction: float = 0.98,
@@ -193,20 +304,14 @@ class FrameReader:
         self.path = path
         self.fmt = fmt
         self.sysfs_root = sysfs_root
-        self.grid_cols = grid_cols
-        self.grid_rows = grid_rows
-        self.black_fraction = black_fraction
-        self.black_level = black_level
-        self.regions = tuple(regions)
+        self.grid = GridSampler(grid_cols=grid_cols, grid_rows=grid_rows, black_level=black_level,
+                                black_fraction=black_fraction, regions=regions)
+        self.regions = self.grid.regions
         self.layout: Layout | None = None
         self.opens = 0
         self._mm: mmap.mmap | None = None
         self._ident: tuple[int, int] | None = None
         self._is_reg = False
-        self._plan: _Plan | None = None
-        self._channels: tuple[int, ...] | None = None
-        # byte -> 1 when brighter than black_level: lets C code count bright pixels (see _bright).
-        self._bright_table = bytes(0 if v <= black_level else 1 for v in range(256))
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -217,7 +322,6 @@ class FrameReader:
                 pass
         self._mm = None
         self._ident = None
-        self._plan = None
         self.layout = None
 
     def _open(self, st: os.stat_result) -> None:
@@ -250,7 +354,6 @@ class FrameReader:
         self._ident = (st.st_dev, st.st_ino)
         self._is_reg = is_reg
         self.layout = layout
-        self._channels = layout.channel_bytes() if layout.bits_per_pixel in (24, 32) else None
         self.opens += 1
 
     def _current(self) -> mmap.mmap:
@@ -282,89 +385,11 @@ class FrameReader:
             return 0
         return max(0, min(yoff, layout.map_rows - layout.height))
 
-    def _make_plan(self, layout: Layout, yoff: int) -> _Plan:
-        bpp = layout.bytes_per_pixel
-        byte_positions = self._channels if self._channels is not None else tuple(range(bpp))
-        x0, sx, nx = _grid_positions(layout.width, self.grid_cols)
-        y0, sy, ny = _grid_positions(layout.height, self.grid_rows)
-        clipped = [self._clip(r, layout) for r in self.regions]
-        outside: list[list[slice]] = [[] for _ in byte_positions]
-        inside: list[list[slice]] = [[] for _ in byte_positions]
-        for j in range(ny):
-            y = y0 + j * sy
-            base = layout.offset + (y + yoff) * layout.stride
-            # Grid points inside an expected-change region are hashed apart: a ticking clock must not count as
-            # "the screen changed" when we ask whether a touch got an answer.
-            flags = [False] * nx
-            for r in clipped:
-                if r and r.y <= y < r.y + r.height:
-                    for i in range(nx):
-                        if r.x <= x0 + i * sx < r.x + r.width:
-                            flags[i] = True
-            i = 0
-            while i < nx:
-                k = i
-                while k < nx and flags[k] == flags[i]:
-                    k += 1
-                first, last = x0 + i * sx, x0 + (k - 1) * sx
-                target = inside if flags[i] else outside
-                for s, c in zip(target, byte_positions, strict=True):
-                    s.append(slice(base + first * bpp + c, base + last * bpp + c + 1, sx * bpp))
-                i = k
-        regions: list[list[slice] | None] = []
-        for r in clipped:
-            if r is None:
-                regions.append(None)
-                continue
-            step = max(1, -(-r.height // MAX_REGION_ROWS))
-            regions.append([slice(layout.offset + (y + yoff) * layout.stride + r.x * bpp,
-                                  layout.offset + (y + yoff) * layout.stride + (r.x + r.width) * bpp)
-                            for y in range(r.y, r.y + r.height, step)])
-        return _Plan(yoff, outside, inside, regions, nx * ny)
-
-    @staticmethod
-    def _clip(r: Rect, layout: Layout) -> Rect | None:
-        x1, y1 = min(r.x + r.width, layout.width), min(r.y + r.height, layout.height)
-        if r.x >= x1 or r.y >= y1:
-            return None
-        return Rect(r.x, r.y, x1 - r.x, y1 - r.y)
-
     def sample(self) -> FrameSample:
         mm = self._current()
         layout = self.layout
         assert layout is not None
-        yoff = self._pan_offset(layout)
-        if self._plan is None or self._plan.yoff != yoff:
-            self._plan = self._make_plan(layout, yoff)
-        plan = self._plan
-        streams = [b"".join([mm[s] for s in row_slices]) for row_slices in plan.outside]
-        crc = 0
-        for data in streams:
-            crc = zlib.crc32(data, crc)
-        if plan.inside[0]:
-            streams = [out + b"".join([mm[s] for s in row_slices])
-                       for out, row_slices in zip(streams, plan.inside, strict=True)]
-        region_crcs: list[int | None] = []
-        for slices in plan.regions:
-            if slices is None:
-                region_crcs.append(None)
-                continue
-            rc = 0
-            for s in slices:
-                rc = zlib.crc32(mm[s], rc)
-            region_crcs.append(rc)
-        bright = self._bright(streams, layout) / plan.n_pixels if plan.n_pixels else 0.0
-        return FrameSample(crc, tuple(region_crcs), bright, bright <= 1.0 - self.black_fraction)
-
-    def _bright(self, streams: list[bytes], layout: Layout) -> int:
-        """How many sampled pixels have any colour channel above black_level."""
-        if self._channels is not None:
-            acc = 0
-            for data in streams:
-                # One byte per pixel, 0 or 1 after translate; OR-ing them as big integers ORs per pixel.
-                acc |= int.from_bytes(data.translate(self._bright_table), "little")
-            return acc.bit_count()
-        return _bright_generic(streams, layout, self.black_level)
+        return self.grid.sample(mm, layout, self._pan_offset(layout))
 
 
 def _bright_generic(streams: list[bytes], layout: Layout, level: int) -> int:

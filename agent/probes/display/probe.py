@@ -17,9 +17,10 @@ import psutil
 
 from ...probe import ProbeContext, StreamProbe
 from ...records import Record
+from .drm_source import KmsWatch, ScanoutClient
 from .episodes import EpisodeMachine, Transition
 from .evdev import EvdevReader, is_press
-from .frame_state import FrameTracker
+from .frame_state import FrameSource, FrameTracker
 from .framebuffer import FrameReader, Rect
 from .heartbeat import HeartbeatSocket, HeartbeatState, parse_heartbeat
 from .hmi_process import NOT_RUNNING, ProcessWatch
@@ -67,11 +68,20 @@ class DisplayProbe(StreamProbe):
                              input_presses=cfg.input_presses, black_min_s=cfg.black_min_s,
                              gpu_hang_window_s=cfg.gpu_hang_window_s, screen_expected_on=cfg.screen_expected_on)
         self.patterns = compile_patterns((p.driver, p.name, p.regex) for p in cfg.extra_patterns)
-        self.frames = FrameReader(
-            cfg.fb_path, fmt=cfg.fb_format, sysfs_root=cfg.sysfs_root, grid_cols=cfg.grid_cols,
-            grid_rows=cfg.grid_rows, black_level=cfg.black_level, black_fraction=cfg.black_fraction,
-            regions=[Rect(r.x, r.y, r.width, r.height) for r in cfg.regions]) if cfg.fb_path else None
-        self.fb = FrameTracker(self.frames, cfg.regions, cfg.fb_interval_s) if self.frames else None
+        rects = tuple(Rect(r.x, r.y, r.width, r.height) for r in cfg.regions)
+        self.frames: FrameSource | None = None
+        if cfg.fb_path:
+            self.frames = FrameReader(
+                cfg.fb_path, fmt=cfg.fb_format, sysfs_root=cfg.sysfs_root, grid_cols=cfg.grid_cols,
+                grid_rows=cfg.grid_rows, black_level=cfg.black_level, black_fraction=cfg.black_fraction,
+                regions=rects)
+        elif cfg.drm_sampler_socket:
+            self.frames = ScanoutClient(cfg.drm_sampler_socket, grid_cols=cfg.grid_cols, grid_rows=cfg.grid_rows,
+                                        black_level=cfg.black_level, black_fraction=cfg.black_fraction,
+                                        regions=rects)
+        self.fb = FrameTracker(self.frames, cfg.regions, cfg.fb_interval_s, lit_limit=1.0 - cfg.black_fraction) \
+            if self.frames else None
+        self.kms = KmsWatch(cfg.drm_card) if cfg.drm_card else None
         self.kmsg = KmsgReader(cfg.kmsg_path, from_start=cfg.kmsg_from_start) if cfg.kmsg_path else None
         self.hb_sock = HeartbeatSocket(cfg.heartbeat_socket, cfg.heartbeat_socket_mode) \
             if cfg.heartbeat_socket else None
@@ -85,6 +95,8 @@ class DisplayProbe(StreamProbe):
         self.sources: dict[str, _Source] = {}
         if self.frames:
             self.sources["framebuffer"] = _Source("framebuffer")
+        if self.kms:
+            self.sources["drm"] = _Source("drm")
         if self.kmsg:
             self.sources["kmsg"] = _Source("kmsg")
         if self.hb_sock:
@@ -112,7 +124,9 @@ class DisplayProbe(StreamProbe):
         self._sysfs_malformed = 0
         # Schedule and the metrics window.
         now = self.clock.mono()
-        self._next = {"fb": now, "sysfs": now, "proc": now, "metrics": now + cfg.metrics_interval_s}
+        self._next = {"fb": now, "sysfs": now, "proc": now, "flip": now, "metrics": now + cfg.metrics_interval_s}
+        self._kms_conn_state: dict[str, tuple[bool, float]] = {}
+        self._kms_connectors: tuple[ConnectorSignal, ...] = ()
         self._win_start = now
         self._win_frames = 0
 
@@ -142,6 +156,8 @@ class DisplayProbe(StreamProbe):
             r.close()
         if self.frames:
             self.frames.close()
+        if self.kms:
+            self.kms.close()
         for s in self.sources.values():
             s.up = False
 
@@ -152,10 +168,13 @@ class DisplayProbe(StreamProbe):
 
     def extra_status(self) -> dict[str, Any]:
         layout = self.frames.layout if self.frames else None
-        return {"sources": {n: ("up" if s.up else f"down: {s.error}") for n, s in self.sources.items()},
-                "framebuffer": f"{layout.kind} {layout.width}x{layout.height} {layout.bits_per_pixel}bpp"
-                if layout else "",
-                "hmi": dict(self._proc_state)}
+        out = {"sources": {n: ("up" if s.up else f"down: {s.error}") for n, s in self.sources.items()},
+               "framebuffer": f"{layout.kind} {layout.width}x{layout.height} {layout.bits_per_pixel}bpp"
+               if layout else "",
+               "hmi": dict(self._proc_state)}
+        if self.kms:
+            out["drm"] = {"plane": self.kms.plane_id, "fb_id": self.kms.fb_id}
+        return out
 
     # -- one turn of the loop -------------------------------------------------------------------------
     def tick(self) -> list[Record]:
@@ -164,6 +183,9 @@ class DisplayProbe(StreamProbe):
         out: list[Record] = []
         self._reopen(now)
         self._read_streams(now, out)
+        if self.kms and self.sources["drm"].up and now >= self._next["flip"]:
+            self._next["flip"] = max(self._next["flip"] + self.cfg.drm_flip_poll_s, now)
+            self._poll_kms(now, self.sysfs is None and now >= self._next["sysfs"])
         if self.frames and now >= self._next["fb"]:
             self._next["fb"] = max(self._next["fb"] + self.cfg.fb_interval_s, now)
             self._sample_fb(now)
@@ -194,6 +216,8 @@ class DisplayProbe(StreamProbe):
             due.append(self._next["fb"])
         if self.sysfs:
             due.append(self._next["sysfs"])
+        if self.kms:
+            due.append(self._next["flip"])
         if self.procs:
             due.append(self._next["proc"])
         return due
@@ -223,6 +247,8 @@ class DisplayProbe(StreamProbe):
 
     def _reopen(self, now: float, force: bool = False) -> None:
         openers: list[tuple[str, Any]] = []
+        if self.kms:
+            openers.append(("drm", self.kms))
         if self.kmsg:
             openers.append(("kmsg", self.kmsg))
         if self.hb_sock:
@@ -343,8 +369,28 @@ class DisplayProbe(StreamProbe):
         elif u.grid_changed:
             self.input.redraw(now)
 
+    def _poll_kms(self, now: float, state_due: bool) -> None:
+        """fb_id every drm_flip_poll_s; CRTC/connector state with the sysfs readings (or on their schedule)."""
+        assert self.kms
+        try:
+            self.kms.poll_flip(now)
+            if state_due:
+                self._next["sysfs"] = max(self._next["sysfs"] + self.cfg.sysfs_interval_s, now)
+                self._kms_connectors = self.kms.connectors(now, self._kms_conn_state)
+        except OSError as e:
+            self.kms.close()
+            self._kms_connectors = ()
+            self._source_down("drm", now, str(e), "drm_read_failed")
+
     def _read_sysfs(self, now: float) -> None:
         assert self.sysfs
+        if self.kms and self.sources["drm"].up:
+            try:
+                self._kms_connectors = self.kms.connectors(now, self._kms_conn_state)
+            except OSError as e:
+                self.kms.close()
+                self._kms_connectors = ()
+                self._source_down("drm", now, str(e), "drm_read_failed")
         bls = self.sysfs.backlights()
         conns = self.sysfs.connectors()
         if self.sysfs.malformed != self._sysfs_malformed:
@@ -390,12 +436,17 @@ class DisplayProbe(StreamProbe):
     def signals(self, now: float) -> Signals:
         fb = self.fb
         fb_ok = fb is not None and fb.ok
+        names = [r.name for r in self.cfg.regions]
         return Signals(
             now=now, fb_ok=fb_ok, frame_changed_at=fb.frame_changed_at if fb and fb_ok else None,
             black_since=fb.black_since if fb else None, regions=fb.region_signals() if fb else (),
+            lit_fraction=fb.lit_fraction if fb else None, lit_limit=1.0 - self.cfg.black_fraction,
+            region_lit=tuple(zip(names, fb.region_lit, strict=False)) if fb and fb_ok else (),
+            flip_at=self.kms.flip_at if self.kms and self.sources["drm"].up else None,
             hb_last_rx=self.hb.last_rx, hb_last_advance=self.hb.last_advance, hb_animating=self.hb.animating,
             hb_screen_on=self.hb.screen_on, input_pending_since=self.input.pending_since,
-            input_pending_count=self.input.count, backlights=self._backlights, connectors=self._connectors,
+            input_pending_count=self.input.count, backlights=self._backlights,
+            connectors=self._connectors + self._kms_connectors,
             processes=self._processes, gpu_hang=self._gpu_hang)
 
     def _evaluate(self, now: float, out: list[Record]) -> None:
@@ -444,5 +495,8 @@ class DisplayProbe(StreamProbe):
                 out.append(self.rec.metric("display.black_pct", round(100 * w.black / w.samples, 1)))
         if self.hb.last_rx is not None:
             out.append(self.rec.metric("display.fps_estimate", round(self._win_frames / span, 2)))
+        if self.kms:
+            out.append(self.rec.metric("display.flips_per_min", round(self.kms.flips * 60 / span, 2)))
+            self.kms.flips = 0
         self._win_start, self._win_frames = now, 0
         return out

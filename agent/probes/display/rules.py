@@ -6,8 +6,11 @@ Freeze needs a *primary* signal saying the screen should have changed and did no
 went stale, heartbeats stopped, the HMI's frame counter stopped while it says it animates, or input got no
 redraw). A static framebuffer alone is only supporting evidence: a menu nobody touches is not a freeze.
 Black needs one of: backlight off or faulty, no connector driving the panel, or a (nearly) black frame, held for
-`black_min_s`. Both are suppressed while the screen is not expected to be on. A black frame suppresses the
-freeze signals that read the frame, so a dead HMI on a black screen is one black episode, not two.
+`black_min_s`. A dark frame counts only when it is black where the live UI is not: a dark theme with a small
+clock is nearly black on the grid too, so `black_since` (frame_state.py) requires every region to be dark as well,
+and under DRM new frames flipped with changing lit pixels say a dark UI is alive (`dark_ui_alive`). Both are
+suppressed while the screen is not expected to be on. A black frame suppresses the freeze signals that read the
+frame, so a dead HMI on a black screen is one black episode, not two.
 """
 
 from __future__ import annotations
@@ -30,6 +33,25 @@ BACKLIGHT_FAULT = "backlight_fault"
 BACKLIGHT_OFF = "backlight_off"
 CONNECTOR_OFF = "connector_off"
 BLACK_FRAME = "black_frame"
+
+# Every cause, most specific first. Defined once: explain() and black_verdict() pick the first one the evidence
+# supports, and an open episode only ever moves up this order (episodes.EpisodeMachine), so an HMI deadlock
+# whose event loop resumes (frames_stalled for a moment) stays a deadlock, never becomes a render stall.
+FREEZE_CAUSE_ORDER = (GPU_HANG, *HMI_CAUSES.values(), HMI_DEADLOCK, RENDER_STALL, UNKNOWN)
+BLACK_CAUSE_ORDER = (BACKLIGHT_FAULT, BACKLIGHT_OFF, CONNECTOR_OFF, BLACK_FRAME)
+
+
+def specificity(cause: str) -> int:
+    """Rank of a cause: lower is more specific; a cause outside both orders ranks last."""
+    for order in (FREEZE_CAUSE_ORDER, BLACK_CAUSE_ORDER):
+        if cause in order:
+            return order.index(cause)
+    return len(FREEZE_CAUSE_ORDER)
+
+
+def more_specific(new: str, old: str) -> bool:
+    """Whether `new` may replace `old` as an open episode's cause (never sideways, never down)."""
+    return bool(new) and specificity(new) < specificity(old)
 
 
 @dataclass(frozen=True)
@@ -86,7 +108,11 @@ class Signals:
     now: float
     fb_ok: bool = False                       # a frame was read at the last sample
     frame_changed_at: float | None = None     # the sparse grid (outside regions) last changed
-    black_since: float | None = None          # the frame has been (nearly) black since; None = not black
+    black_since: float | None = None          # grid and every region dark since (frame_state.py); None = not
+    lit_fraction: float | None = None         # share of grid pixels above black_level at the last sample
+    region_lit: tuple[tuple[str, float | None], ...] = ()  # per region: share of its pixels above black_level
+    lit_limit: float = 0.02                   # at or below this share a frame is "nearly black" (1 - black_fraction)
+    flip_at: float | None = None              # DRM: the primary plane last flipped; None = flips not observed
     regions: tuple[RegionSignal, ...] = ()
     hb_last_rx: float | None = None
     hb_last_advance: float | None = None
@@ -154,7 +180,7 @@ def _supporting(s: Signals, th: Thresholds, start: float) -> list[Evidence]:
 
 def freeze_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
     ev: list[Evidence] = []
-    frame_black = s.black_since is not None
+    frame_black = s.black_since is not None and not dark_ui_alive(s, th)
     if s.fb_ok and not frame_black:
         for r in s.regions:
             if s.now - r.last_change > r.stale_after_s:
@@ -176,22 +202,24 @@ def freeze_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
     start = min(e.since for e in ev)
     if s.fb_ok and s.frame_changed_at is not None and s.frame_changed_at <= start:
         ev.append(Evidence("framebuffer", "frame_static", s.frame_changed_at, False))
+    if s.flip_at is not None and s.flip_at <= start:
+        ev.append(Evidence("drm", "flips_stopped", s.flip_at, False))
     return ev + _supporting(s, th, start)
 
 
 def explain(evidence: Sequence[Evidence]) -> str:
-    """The most specific cause the evidence supports."""
-    kinds = {e.kind for e in evidence}
-    if "gpu_hang" in kinds:
-        return GPU_HANG
+    """The most specific cause the evidence supports (FREEZE_CAUSE_ORDER)."""
+    supported = {UNKNOWN}
     for e in evidence:
-        if e.signal == "process":
-            return HMI_CAUSES.get(e.kind.removeprefix("process_"), UNKNOWN)
-    if "heartbeat_missing" in kinds:
-        return HMI_DEADLOCK
-    if "frames_stalled" in kinds:
-        return RENDER_STALL
-    return UNKNOWN
+        if e.kind == "gpu_hang":
+            supported.add(GPU_HANG)
+        elif e.signal == "process":
+            supported.add(HMI_CAUSES.get(e.kind.removeprefix("process_"), UNKNOWN))
+        elif e.kind == "heartbeat_missing":
+            supported.add(HMI_DEADLOCK)
+        elif e.kind == "frames_stalled":
+            supported.add(RENDER_STALL)
+    return min(supported, key=specificity)
 
 
 def freeze_verdict(s: Signals, th: Thresholds) -> Verdict:
@@ -216,11 +244,37 @@ def black_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
         if s.now - since >= held:
             ev.append(Evidence("connector", CONNECTOR_OFF, since, True,
                                {"connectors": [dict(c.fields) for c in s.connectors]}))
-    if s.black_since is not None and s.now - s.black_since >= held:
+    if s.black_since is not None and s.now - s.black_since >= held and not dark_ui_alive(s, th):
         bl = "unknown" if not s.backlights else ("on" if all(b.state == "on" for b in s.backlights) else "off")
         conn = "unknown" if not s.connectors else ("ok" if any(c.ok for c in s.connectors) else "off")
-        ev.append(Evidence("framebuffer", BLACK_FRAME, s.black_since, True, {"backlight": bl, "connector": conn}))
+        ev.append(Evidence("framebuffer", BLACK_FRAME, s.black_since, True, {
+            "backlight": bl, "connector": conn, **_dark_detail(s)}))
     return ev
+
+
+def dark_ui_alive(s: Signals, th: Thresholds) -> bool:
+    """(DRM, no lit region needed) A dark frame that is not a black screen because the compositor keeps flipping
+    new frames whose lit pixels change: a dark animated UI. A frame with no lit grid pixel is black whatever
+    flips (a compositor presenting black buffers is the fault); a dark UI that stops for `black_min_s` is judged by
+    its pixels again."""
+    if s.black_since is None or s.flip_at is None or not s.lit_fraction or s.frame_changed_at is None:
+        return False
+    recent = s.now - th.black_min_s
+    return min(s.flip_at, s.frame_changed_at) > max(s.black_since, recent)
+
+
+def _dark_detail(s: Signals) -> dict[str, Any]:
+    """Why a dark frame counts as black, in the evidence: how dark the grid and each region are (a dark theme's
+    clock region is lit, so it never gets here) and, under DRM, whether new frames were still flipped."""
+    out: dict[str, Any] = {"lit_pct": round(100 * (s.lit_fraction or 0.0), 3),
+                           "lit_limit_pct": round(100 * s.lit_limit, 3)}
+    if s.region_lit:
+        out["regions_lit_pct"] = {name: None if lit is None else round(100 * lit, 3)
+                                  for name, lit in s.region_lit}
+    if s.flip_at is not None:
+        assert s.black_since is not None
+        out["flipped_since_black"] = s.flip_at > s.black_since
+    return out
 
 
 def black_verdict(s: Signals, th: Thresholds) -> Verdict:
@@ -229,8 +283,7 @@ def black_verdict(s: Signals, th: Thresholds) -> Verdict:
     ev = black_evidence(s, th)
     if not ev:
         return INACTIVE
-    kinds = {e.kind for e in ev}
-    cause = next(c for c in (BACKLIGHT_FAULT, BACKLIGHT_OFF, CONNECTOR_OFF, BLACK_FRAME) if c in kinds)
+    cause = min((e.kind for e in ev), key=specificity)
     since = min(e.since for e in ev)
     return Verdict(True, since, cause, tuple(ev + _supporting(s, th, since)))
 

@@ -64,6 +64,12 @@ class Config:
     black_min_s: float = opt(2.0, min=0.0, max=3600.0)
     regions: tuple[RegionConfig, ...] = ()
 
+    # DRM/KMS ("" = off): flips and CRTC/connector state from the card node (no privilege), pixels through the
+    # icvq-drm-sampler helper's socket (instead of fb_path).
+    drm_card: str = ""
+    drm_sampler_socket: str = ""
+    drm_flip_poll_s: float = opt(0.1, min=0.01, max=60.0)
+
     # Kernel log ("" = off).
     kmsg_path: str = ""
     kmsg_from_start: bool = False
@@ -101,6 +107,9 @@ class Config:
     source_retry_s: float = opt(5.0, min=0.1, max=3600.0)
 
     def validate(self) -> None:
+        if self.fb_path and self.drm_sampler_socket:
+            raise ConfigError("set fb_path or drm_sampler_socket, not both (one frame source)",
+                              key="drm_sampler_socket")
         names = [r.name for r in self.regions]
         for i, n in enumerate(names):
             if n in names[:i]:

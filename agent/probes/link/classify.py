@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .privacy import DEFAULT_PLACE, Place, fix_fields
 from .sample import Sample
 from .settings import RulesConfig as Rules
 
@@ -142,18 +143,11 @@ def decayed(tr: dict[str, Any], r: Rules) -> bool:
     return bool(tr["last"] <= weak and tr["max"] - tr["last"] >= r.decay_db)
 
 
-def position(s: Sample | None, ref_t: float, decimals: int) -> dict[str, Any]:
-    if s is None:
+def position(s: Sample | None, ref_t: float, place: Place) -> dict[str, Any]:
+    """A fix as episode fields, coarsened by privacy.py (the only place positions become fields)."""
+    if s is None or not place.send:
         return {}
-    out: dict[str, Any] = {"age_s": _r2(max(0.0, ref_t - s.t))}
-    if s.lat is not None and s.lon is not None:
-        out["lat"] = round(s.lat, decimals)
-        out["lon"] = round(s.lon, decimals)
-    if s.alt is not None:
-        out["alt_m"] = round(s.alt, 1)
-    if s.speed_kmh is not None:
-        out["speed_kmh"] = round(s.speed_kmh, 1)
-    return out
+    return {"age_s": _r2(max(0.0, ref_t - s.t)), **fix_fields(place, s.lat, s.lon, s.alt, s.speed_kmh)}
 
 
 def last_fix(samples: Sequence[Sample], upto: float) -> Sample | None:
@@ -253,7 +247,7 @@ def is_coverage(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules) -> bool:
 
 # ---------------------------------------------------------------------------------------------- verdict
 def classify(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float | None = None,
-             decimals: int = 4) -> Verdict:
+             place: Place = DEFAULT_PLACE) -> Verdict:
     """`horizon` is "now" for an episode still open; by default the last sample."""
     if not ep:
         return Verdict("unknown", None, {})
@@ -265,7 +259,7 @@ def classify(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: flo
     else:
         evidence = terminal_evidence(pre, ep, r, end)
         cause = "terminal" if evidence else setting or "unknown"
-    fields = {"duration_s": _r2(duration(ep, end)), **figures(pre, ep, r, end, decimals)}
+    fields = {"duration_s": _r2(duration(ep, end)), **figures(pre, ep, r, end, place)}
     if evidence:
         fields["evidence"] = evidence
     return Verdict(cause, setting, fields)
@@ -276,7 +270,7 @@ def duration(ep: Sequence[Sample], horizon: float) -> float:
     return (back if back is not None else horizon) - ep[0].t
 
 
-def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, decimals: int) -> dict[str, Any]:
+def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, place: Place) -> dict[str, Any]:
     start = ep[0].t
     both = [*pre, *ep]
     sig_lost, ref = signal_back(ep, r)
@@ -306,8 +300,8 @@ def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, d
     return {
         "signal_lost": sig_lost,
         "lost": [n for n in ("registered", "attached", "datapath") if any(getattr(s, n) is False for s in ep)],
-        "entry": position(last_fix(both, start), start, decimals),
-        "exit": position(last_fix(ep, end), end, decimals),
+        "entry": position(last_fix(both, start), start, place),
+        "exit": position(last_fix(ep, end), end, place),
         "gnss": gnss,
         "trend": trend(both, cell_lost if cell_lost is not None else start, r),
         "recovery": recovery,

@@ -18,6 +18,7 @@ from typing import Any
 from ...counters import Counters
 from ...records import new_episode_id
 from . import classify as c
+from .privacy import DEFAULT_PLACE, Place
 from .sample import Sample
 from .settings import RulesConfig
 
@@ -31,12 +32,12 @@ class Action:
 
 
 class LossTracker:
-    def __init__(self, rules: RulesConfig, *, wait_ack: bool, max_timeline: int = 5000, decimals: int = 4,
+    def __init__(self, rules: RulesConfig, *, wait_ack: bool, max_timeline: int = 5000, place: Place = DEFAULT_PLACE,
                  new_id: Callable[[], int] = new_episode_id, counters: Counters | None = None) -> None:
         self.rules = rules
         self.wait_ack = wait_ack
         self.max_timeline = max_timeline
-        self.decimals = decimals
+        self.place = place
         self.new_id = new_id
         self.counters = counters or Counters()
         self.state = "unknown"
@@ -114,7 +115,7 @@ class LossTracker:
         return []
 
     def _end(self, t: float, extra: dict[str, Any]) -> Action:
-        v = c.classify(self.pre, self.ep, self.rules, horizon=t, decimals=self.decimals)
+        v = c.classify(self.pre, self.ep, self.rules, horizon=t, place=self.place)
         a = Action("end", self.episode, {"cause": v.cause, "setting": v.setting, **v.fields, **extra}, self.ep[0].t)
         self.state = "up"
         for x in self.ep[-2:]:
@@ -130,7 +131,7 @@ class LossTracker:
             "lost": [n for n in ("registered", "attached", "datapath") if any(getattr(x, n) is False
                                                                                 for x in self.ep)],
             "detect_delay_s": round(s.t - start, 2),
-            "entry": c.position(c.last_fix(both, start), start, self.decimals),
+            "entry": c.position(c.last_fix(both, start), start, self.place),
             "gnss_fix": s.fix,
             "trend": c.trend(both, start, self.rules),
             "tech": last_signal.tech if last_signal else None,

@@ -14,14 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...counters import Counters
+from ...errors import Malformed
 from .sample import GnssReading
 
 WATCH = b'?WATCH={"enable":true,"json":true}\n'
 MAX_LINE = 64 * 1024  # a SKY with 100+ satellites is ~10 KiB
-
-
-class Malformed(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ...counters import Counters
-from ...errors import ProbeError
+from ...errors import Malformed, ProbeError
 from .sample import ModemReading
-
-
-class Malformed(ValueError):
-    pass
-
 
 # Registered for packet data (MMModem3gppRegistrationState nicknames); sms-only/emergency carry no data.
 REGISTERED = {"home", "roaming", "home-csfb-not-preferred", "roaming-csfb-not-preferred"}

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ...counters import Counters
+from ...errors import Malformed
 from .sample import ModemReading
 
 T = TypeVar("T")
-
-
-class Malformed(ValueError):
-    """A response line that does not follow the format."""
 
 
 class Unsolicited(Malformed):

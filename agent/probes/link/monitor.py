@@ -46,7 +46,7 @@ class LinkProbe(PeriodicProbe):
         self.cfg = cfg
         self.mono_now = mono_now
         self.tracker = LossTracker(cfg.rules, wait_ack=cfg.datapath.uplink, max_timeline=cfg.max_timeline,
-                                   decimals=cfg.position_decimals, new_id=new_id, counters=self.counters)
+                                   place=cfg.place, new_id=new_id, counters=self.counters)
         self.modem = self._modem_poller()
         self.gnss: GpsdClient | None = None
         if cfg.gnss.url:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...schema import opt
+from .privacy import DEFAULT_GRID_M, Place
 
 
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -146,8 +147,12 @@ class Config:
     # The detector tick: one sample of every source's latest state. Recovery figures have this resolution.
     interval_s: float = opt(1.0, min=0.01, max=60.0)
     metrics_interval_s: float = opt(30.0, min=0.05, max=86400.0)
-    # Positions in episodes are rounded: 4 decimals ≈ 11 m, enough to find the tunnel, not the driveway.
-    position_decimals: int = opt(4, min=0, max=7)
+    # Positions go only into link.loss BEGIN/END (never a track), snapped to a grid of this many metres (the
+    # point sent is ≤ grid x 0.71 from the fix: 354 m at 500 m): which tunnel, not which house (privacy.py).
+    position_grid_m: float = opt(DEFAULT_GRID_M, min=10.0, max=100_000.0)
+    # false: no position, altitude or speed at all (entry{}/exit{} stay empty); causes are still classified
+    # in the car from the full-precision fix.
+    send_position: bool = True
     # Samples kept per episode (run-length compressed): a flapping link cannot grow memory without bound;
     # past it the first samples stay and only the newest is updated (counted as timeline_full).
     max_timeline: int = opt(5000, min=100, max=1_000_000)
@@ -156,3 +161,7 @@ class Config:
     gnss: GnssConfig = opt(factory=GnssConfig)
     datapath: DatapathConfig = opt(factory=DatapathConfig)
     rules: RulesConfig = opt(factory=RulesConfig)
+
+    @property
+    def place(self) -> Place:
+        return Place(self.position_grid_m, self.send_position)

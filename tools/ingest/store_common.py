@@ -1,0 +1,54 @@
+"""What the SQLite and PostgreSQL stores share: the `Store` protocol, `WriteResult`, the column lists of the
+tables and the episode-row split.
+
+A module of its own so that store.py (which opens either store) and store_pg.py both depend on it and not on
+each other (tests/backend/test_ingest_imports.py keeps tools/ingest free of import cycles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .rows import Message
+
+BATCH_COLS = ("vehicle, device, sid, boot, seq, fleet, received, n_records, synced, t_first, t_last, mono_first, "
+              "mono_last")
+RECORD_COLS = "vehicle, device, sid, seq, idx, t, mono, boot, synced, kind, name, value, fields, episode"
+STATUS_COLS = "vehicle, device, kind, t, boot, fields, received"
+SOFTWARE_COLS = "vehicle, device, boot, component, version, t"
+DEAD_COLS = "received, topic, reason, detail, size, head"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    stored: int = 0       # new batches
+    duplicates: int = 0   # batches already stored (redelivery)
+    records: int = 0      # records of the new batches
+    status: int = 0
+    dead: int = 0
+
+
+class Store(Protocol):
+    def write(self, msgs: Sequence[Message]) -> WriteResult: ...
+
+    def is_transient(self, e: BaseException) -> bool: ...
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def split_episodes(eps: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(begin rows, end rows), each unique per episode key (an upsert may not touch a row twice)."""
+    begins: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    ends: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for v, d, ep, boot, name, is_end, t, mono, dur, fields in eps:
+        if is_end:
+            ends[(v, d, ep)] = (v, d, ep, boot, name, t, mono, dur, fields)
+        else:
+            begins[(v, d, ep)] = (v, d, ep, boot, name, t, mono, fields)
+    return list(begins.values()), list(ends.values())
