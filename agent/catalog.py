@@ -285,6 +285,9 @@ WIRE: tuple[WireItem, ...] = (
              "software identity for OTA consistency: versions per component, OS, kernel", VEHICLE,
              "agent.components (what is reported)"),
     WireItem("birth: inventory.hostname", "status message (retained)", "the unit's host name", VEHICLE, "-"),
+    WireItem("birth: transport", "status message (retained)", "tls, plaintext-loopback or plaintext-allowed: "
+             "whether the data crossed the network encrypted (docs/security.md)", VEHICLE,
+             "uplink.tls.*, uplink.allow_plaintext"),
 )
 
 _BY_NAME = {r.name: r for r in RECORDS}
