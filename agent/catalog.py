@@ -33,7 +33,7 @@ PERSONAL = "personal information"
 SENSITIVE = "sensitive personal information"
 CATEGORIES = (VEHICLE, PERSONAL, SENSITIVE)
 
-E, B, N, M, H = Kind.EVENT, Kind.BEGIN, Kind.END, Kind.METRIC, Kind.HEALTH
+E, B, N, M, H, S = Kind.EVENT, Kind.BEGIN, Kind.END, Kind.METRIC, Kind.HEALTH, Kind.SNAPSHOT
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,28 @@ RECORDS: tuple[RecordDef, ...] = (
               value="CPU % of one core"),
     RecordDef("agent.rss_mib", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
               value="resident memory, MiB"),
+    RecordDef("agent.blackbox", (H,), "agent/blackbox/recorder.py", "the black box's own bounds and limits",
+              "blackbox.enabled", (
+                  F("ring_bytes", "ring buffer size (estimate of its objects)"), F("snapshots", "sent since start"),
+                  F("suppressed", "snapshots refused by the per-family/campaign rate limits"),
+                  F("kmsg_suppressed", "kernel lines over the ring's rate limit"),
+                  F("errors", "failed sampling turns"))),
+    # -- black box ------------------------------------------------------------------------------------
+    RecordDef("blackbox.snapshot", (S,), "agent/blackbox/recorder.py",
+              "what the unit was doing in the seconds around an episode (CPU, memory, kernel log, radio, CAN, "
+              "screen); campaigns choose among these channels only", "blackbox.enabled (channels: blackbox.capture)",
+              (F("trigger", "triggering record name"), F("trigger_kind", "begin / event / end"),
+               F("family", "trigger's family"), F("base_ms", "Unix ms of T - pre_s: the columns' time base"),
+               F("pre_s", "seconds before T"), F("post_s", "seconds after T"),
+               F("complete", "false when the agent stopped inside the post window"),
+               F("campaigns", "campaign ids that asked for it"), F("truncated", "channels or lines shed for size"),
+               F("trigger_fields", "an event trigger's scalar fields"),
+               F("system", "columns: CPU % total and per core, I/O wait, memory, load, thermal zones"),
+               F("procs", "columns: top processes by CPU (command name, % of a core)", switch="blackbox.top_procs = 0"),
+               F("kmsg", "columns: kernel log level and line (rate-limited, cut to kmsg_max_chars)"),
+               F("link", "columns: radio signal, technology, registration, data path (never a position)"),
+               F("can", "columns: bus state, load, error frames, drops"),
+               F("display", "columns: picture age, freeze/black open, heartbeat age"))),
     # -- system ---------------------------------------------------------------------------------------
     *(RecordDef(n, (M,), "agent/probes/system.py", "system load behind freezes and lag", SYS, value=v)
       for n, v in (("system.cpu_pct", "CPU %"), ("system.load1", "1-min load"), ("system.load5", "5-min load"),
@@ -259,6 +281,8 @@ RECORDS: tuple[RecordDef, ...] = (
 
 DROPS: tuple[DropReason, ...] = (
     DropReason("spool_full.metric", "the spool's max_mib cap: oldest periodic samples (metrics, health) first"),
+    DropReason("spool_full.snapshot", "the spool's max_mib cap, after every periodic sample: oldest black-box "
+               "snapshots (and, in spools written before they existed, oldest events)"),
     DropReason("spool_full.event", "the spool's max_mib cap, after every periodic sample is gone: oldest events"),
     DropReason("spool_full.batch_records", "the spool's max_mib cap, after every unsealed record is gone: the "
                                            "records of the oldest sealed batches"),
@@ -288,6 +312,9 @@ WIRE: tuple[WireItem, ...] = (
     WireItem("birth: transport", "status message (retained)", "tls, plaintext-loopback or plaintext-allowed: "
              "whether the data crossed the network encrypted (docs/security.md)", VEHICLE,
              "uplink.tls.*, uplink.allow_plaintext"),
+    WireItem("birth: campaigns; campaign acknowledgements", "status message (retained); .../campaign topic",
+             "which backend collection campaigns the unit runs, and why one was refused", VEHICLE,
+             "blackbox.campaigns"),
 )
 
 _BY_NAME = {r.name: r for r in RECORDS}

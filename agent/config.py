@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .blackbox.settings import BlackboxConfig
 from .errors import ConfigError
 from .schema import Origin, build, opt, to_plain
 
@@ -117,6 +118,7 @@ class AgentConfig:
     agent: AgentSection
     probes: Mapping[str, Any]
     sources: tuple[str, ...] = ()
+    blackbox: BlackboxConfig = BlackboxConfig()
 
     @property
     def digest(self) -> str:
@@ -212,7 +214,7 @@ def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
 def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
                  sources: tuple[str, ...] = ()) -> AgentConfig:
     org: Origin = origin or (lambda _k: "")
-    known = ("vehicle", "uplink", "spool", "history", "control", "agent", "probes")
+    known = ("vehicle", "uplink", "spool", "history", "control", "agent", "blackbox", "probes")
     for key in data:
         if key not in known:
             raise ConfigError(f"unknown section (known: {', '.join(known)})", key=key, source=org(key))
@@ -256,4 +258,5 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
         agent=section("agent", AgentSection),
         probes=MappingProxyType(probes),
         sources=sources,
+        blackbox=section("blackbox", BlackboxConfig),
     )

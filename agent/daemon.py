@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from . import __version__, inherited, tls
+from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
 from .errors import EX_CONFIG, ConfigError
@@ -47,9 +48,13 @@ class Daemon:
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
                            memory_max_records=cfg.spool.memory_max_records,
                            max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512))
+        self.blackbox = BlackBoxParts(cfg, self.clock, emit=lambda r: self.pipeline.intake(r),
+                                      send=lambda topic, payload: self.uplink.send(topic, payload))
         self.uplink = Uplink(cfg.uplink, cfg.vehicle, boot_id=self.clock.boot_id,
-                             birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000))
+                             birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
+                             **self.blackbox.uplink_hooks())
         self.pipeline = Pipeline(cfg, self.spool, self.uplink, self.rec)
+        self.blackbox.attach(self.pipeline)
         self.pipeline.health_sources.append(self._probe_health)
         self.probes: list[Probe] = []
         self.control: Any = None
@@ -59,7 +64,7 @@ class Daemon:
     # ------------------------------------------------------------------------------------- lifecycle
     def _ctx(self) -> ProbeContext:
         return ProbeContext(clock=self.clock, emit=self.pipeline.intake, uplink=self.uplink.view,
-                            spool_dir=str(Path(self.cfg.spool.path).parent))
+                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap)
 
     def start(self) -> None:
         previous = self.spool.open()
@@ -69,6 +74,7 @@ class Daemon:
             "version": __version__, "config": self.cfg.digest, "previous_shutdown": previous,
             "spool_records": self.spool.n_records, "spool_batches": self.spool.n_batches})
         self.pipeline.start()
+        self.blackbox.start()  # campaigns restored from disk before the uplink can deliver newer ones
         self.uplink.start()
         self.probes = build_probes(self.cfg, self._ctx())
         for p in self.probes:
@@ -88,6 +94,7 @@ class Daemon:
     def stop(self) -> None:
         for p in self.probes:
             p.stop()
+        self.blackbox.stop()  # snapshots still in their post window go out with what the ring holds
         self.pipeline.intake(self.rec.event("agent.stop", {"version": __version__}))
         # Drain first so the control socket still answers `icvq flush --wait` and the history sees the
         # episode ends that stopping probes emitted.
@@ -117,7 +124,8 @@ class Daemon:
             self.uplink.stop()
             self.uplink = Uplink(new.uplink, self.cfg.vehicle, boot_id=self.clock.boot_id,
                                  birth_fields=self.birth_fields,
-                                 wall_ms=lambda: int(self.clock.wall() * 1000), events=self.uplink.events)
+                                 wall_ms=lambda: int(self.clock.wall() * 1000), events=self.uplink.events,
+                                 **self.blackbox.uplink_hooks())
             self.pipeline.uplink = self.uplink
             self.uplink.start()
         self.probes = build_probes(new, self._ctx())
@@ -138,7 +146,8 @@ class Daemon:
     # ------------------------------------------------------------------------------------------ views
     def birth_fields(self) -> dict[str, Any]:
         return {"agent": __version__, "config": self.cfg.digest,
-                "inventory": inventory(self.cfg.agent.components), "started": int(self.started_wall)}
+                "inventory": inventory(self.cfg.agent.components), "started": int(self.started_wall),
+                "campaigns": self.blackbox.campaign_ids()}
 
     def _probe_health(self) -> list[Any]:
         return [self.rec.health("agent.probe", {"probe": p.name, "state": st["state"], **st["counters"]})
@@ -156,6 +165,7 @@ class Daemon:
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
+            "blackbox": self.blackbox.status(),
             **pl,
         }
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ class ProbeContext:
     uplink: Callable[[], UplinkView] = field(default=lambda: UplinkView())
     spool_dir: str = "/var/lib/icvq"
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("icvq.probe"))
+    # High-rate context for the black box's ring (agent/blackbox): channel, flat fields. A no-op unless the
+    # black box runs; probes call it at their own sampling rate and the ring rate-limits.
+    context: Callable[[str, Mapping[str, Any]], None] = field(default=lambda _c, _f: None)
 
 
 class Probe(ABC):

@@ -25,6 +25,7 @@ class Kind(IntEnum):
     END = 2
     METRIC = 3
     HEALTH = 4
+    SNAPSHOT = 5  # black-box context around a trigger (agent/blackbox): kept before metrics, shed before events
 
     @property
     def label(self) -> str:
@@ -50,7 +51,10 @@ class Record:
 
     @property
     def priority(self) -> int:
-        return 0 if self.kind.evictable_first else 1
+        """Spool eviction class, lowest first: metrics/health 0, snapshots 1, events and episodes 2."""
+        if self.kind.evictable_first:
+            return 0
+        return 1 if self.kind is Kind.SNAPSHOT else 2
 
 
 def new_episode_id() -> int:
@@ -81,6 +85,12 @@ class RecordFactory:
     def begin(self, name: str, fields: Mapping[str, Any] | None = None,
               episode: int | None = None) -> Record:
         return self.make(Kind.BEGIN, name, dict(fields or {}), episode or new_episode_id())
+
+    def snapshot(self, name: str, data: Mapping[str, Any], *, of: Record, mono_ms: int) -> Record:
+        """A black-box snapshot about record `of`, stamped at mono_ms on `of`'s boot and clock state (the
+        trigger's onset, which lies before `of` was made)."""
+        return Record(Kind.SNAPSHOT, name, of.wall_ms - (of.mono_ms - mono_ms), mono_ms, of.boot, of.synced,
+                      dict(data), of.episode)
 
     def end(self, name: str, episode: int, fields: Mapping[str, Any] | None = None) -> Record:
         return self.make(Kind.END, name, dict(fields or {}), episode)

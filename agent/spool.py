@@ -283,7 +283,9 @@ class Spool:
         db = self._conn
         freed = 0
         dropped: dict[str, int] = {}
-        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.event")):
+        # Spools written before snapshots existed hold events at prio 1: they go with the snapshots, still
+        # after every metric.
+        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.snapshot"), (2, "spool_full.event")):
             while freed < target:
                 rows = db.execute("SELECT id, LENGTH(body) FROM records WHERE prio = ? ORDER BY id LIMIT 256",
                                   (prio,)).fetchall()

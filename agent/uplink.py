@@ -88,8 +88,13 @@ def backoff_s(attempt: int, lo: float, hi: float, rnd: Callable[[], float] = ran
 class Uplink:
     def __init__(self, cfg: UplinkConfig, vehicle: VehicleConfig, *, boot_id: str,
                  birth_fields: Callable[[], dict[str, Any]], wall_ms: Callable[[], int],
-                 events: queue.Queue[UplinkEvent] | None = None) -> None:
+                 events: queue.Queue[UplinkEvent] | None = None, subscriptions: tuple[str, ...] = (),
+                 inbox: Callable[[str, bytes], None] | None = None) -> None:
         self.cfg = cfg
+        # Incoming messages (the black box's campaigns): subscribed on every connection, QoS 1; `inbox` runs
+        # on paho's thread and must not block.
+        self.subscriptions = subscriptions
+        self.inbox = inbox
         self.vehicle = vehicle
         self.boot_id = boot_id
         self.birth_fields = birth_fields
@@ -166,6 +171,13 @@ class Uplink:
         self.published += 1
         return gen, info.mid
 
+    def send(self, topic: str, payload: bytes) -> bool:
+        """One small message outside the batch stream (QoS 1, not retained, not tracked); False if offline."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        return client.publish(topic, payload, qos=1).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def note_ack(self) -> None:
         self.last_ack_wall = time.time()
         self.last_ack_mono = time.monotonic()
@@ -223,6 +235,8 @@ class Uplink:
             self._alias_ok = v5 and (getattr(props, "TopicAliasMaximum", 0) or 0) >= BATCH_TOPIC_ALIAS
             self._alias_sent = False
             if not rc.is_failure:
+                if self.subscriptions:
+                    c.subscribe([(t, 1) for t in self.subscriptions])
                 self._connected.set()
             else:
                 self._dead.set()
@@ -235,6 +249,11 @@ class Uplink:
         def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
             self.events.put(Acked(gen, mid, int(rc.value if hasattr(rc, "value") else rc)))
 
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            if self.inbox is not None:
+                self.inbox(msg.topic, bytes(msg.payload))
+
+        client.on_message = on_message
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish

@@ -3,7 +3,7 @@ call) and drop reasons. tests/spine/test_catalog.py compares the result with age
 
 Why static and hand-written: a record name that only a rare branch emits (bus-off, a terminal link defect)
 never shows up in a test run, but it is always in the source. The scan is deliberately literal-minded:
-- an emitting call is `<…>.rec.<kind>(name, …)` for kind in event/begin/end/metric/health, or a local alias of
+- an emitting call is `<…>.rec.<kind>(name, …)` for kind in event/begin/end/metric/health/snapshot, or an alias of
   one (`m = self.rec.metric`);
 - a name is a string literal, a module-level constant, a loop variable over a module-level table of tuples,
   or — when it is computed (`machine.name`) — every string literal that looks like a record name
@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = {"event", "begin", "end", "metric", "health"}
+KINDS = {"event", "begin", "end", "metric", "health", "snapshot"}
 FAMILY = re.compile(r"\A(agent|system|display|link|can|sensor|storage|blackbox|uplink)\.[a-z][a-z0-9_]*\Z")
 
 

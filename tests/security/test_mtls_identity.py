@@ -31,16 +31,8 @@ from agent.fieldcli.client import Client
 from agent.records import Kind, Record
 from tools.pki import Pki
 
-ACL = """\
-# The backend reads every vehicle's topics and writes nothing.
-user icvq-ingest
-topic read icvq/v1/#
-
-# A vehicle (certificate CN = vehicle id, the MQTT username through use_identity_as_username) writes only
-# under its own id, whichever device of the vehicle it is.
-pattern write icvq/v1/+/%u/+/batch
-pattern write icvq/v1/+/%u/+/status
-"""
+ACL = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text() \
+    .split("# /etc/mosquitto/icvq/acl\n")[1].split("```")[0]  # the documented ACL, verbatim
 
 
 @dataclass
@@ -55,7 +47,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("mtls")
     pki = Pki(tmp / "pki").init()
     broker_cert = pki.server("broker", dns=("localhost",), ips=("127.0.0.1",))
-    for cn in ("VIN-A", "VIN-B", "icvq-ingest", "VIN-C"):
+    for cn in ("VIN-A", "VIN-B", "icvq-ingest", "icvq-campaigns", "VIN-C"):
         pki.client(cn)
     pki.client("VIN-D", expired=True)
     pki.revoke("VIN-C")
@@ -99,21 +91,43 @@ def batch_for(vehicle: str, sid: int) -> bytes:
     return wire.encode_batch(wire.BatchId(vehicle, "hu", sid, boot, 1), [rec])
 
 
-def publish_as(rig: Rig, name: str, topic: str, payload: bytes) -> int:
-    """Publish once (QoS 1) with `name`'s certificate; returns the PUBACK reason code."""
+def client_as(rig: Rig, name: str) -> mqtt.Client:
     d = rig.pki.dir
-    done = threading.Event()
-    got: list[int] = []
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{secrets.token_hex(4)}",
                     protocol=MQTTProtocolVersion.MQTTv5)
     c.tls_set_context(tls.client_context(TlsConfig(ca=str(d / "ca.crt"), cert=str(d / f"{name}.crt"),
                                                     key=str(d / f"{name}.key"))))
+    return c
+
+
+def publish_as(rig: Rig, name: str, topic: str, payload: bytes) -> int:
+    """Publish once (QoS 1) with `name`'s certificate; returns the PUBACK reason code."""
+    done = threading.Event()
+    got: list[int] = []
+    c = client_as(rig, name)
     c.on_publish = lambda _c, _u, _mid, rc, _p: (got.append(rc.value), done.set())
     c.connect("localhost", rig.port)
     c.loop_start()
     try:
         c.publish(topic, payload, qos=1).wait_for_publish(10)
         assert done.wait(10), "no PUBACK"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got[0]
+
+
+def subscribe_as(rig: Rig, name: str, topic: str) -> int:
+    """Subscribe (QoS 1) with `name`'s certificate; returns the SUBACK reason code (1 = granted QoS 1)."""
+    done = threading.Event()
+    got: list[int] = []
+    c = client_as(rig, name)
+    c.on_subscribe = lambda _c, _u, _mid, rcs, _p: (got.append(rcs[0].value), done.set())
+    c.connect("localhost", rig.port)
+    c.loop_start()
+    try:
+        c.subscribe(topic, qos=1)
+        assert done.wait(10), "no SUBACK"
     finally:
         c.disconnect()
         c.loop_stop()
@@ -147,6 +161,36 @@ def test_vehicle_delivers_and_cannot_write_as_another(tmp_path: Path, rig: Rig) 
     finally:
         assert agent.stop() == 0
         ingest.stop()
+
+
+def test_campaign_topics_are_read_only_for_vehicles(rig: Rig) -> None:
+    """The black box's campaigns (agent/blackbox/campaigns.py): a vehicle reads its fleet's and its own, reads
+    nobody else's, pushes none; only the backend's campaign identity may publish them. (mosquitto grants any
+    SUBSCRIBE and applies `read` per delivered message, so what counts is what arrives.)"""
+    got: list[str] = []
+    last = threading.Event()
+    sub = client_as(rig, "VIN-A")
+    sub.on_message = lambda _c, _u, m: (got.append(m.topic), m.topic.endswith("/last") and last.set())
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.connect("localhost", rig.port)
+    sub.loop_start()
+    try:
+        sub.subscribe("icvq/v1/test/#", qos=1)
+        assert subscribed.wait(10)
+        assert publish_as(rig, "icvq-campaigns", "icvq/v1/test/VIN-B/_campaigns/c1", b"{}") in (0, 0x10)
+        assert publish_as(rig, "icvq-campaigns", "icvq/v1/test/VIN-A/_campaigns/c2", b"{}") in (0, 0x10)
+        assert publish_as(rig, "icvq-campaigns", "icvq/v1/test/_campaigns/last", b"{}") in (0, 0x10)
+        assert last.wait(10)  # delivered in publish order: c1 would have come first
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert got == ["icvq/v1/test/VIN-A/_campaigns/c2", "icvq/v1/test/_campaigns/last"]
+    assert publish_as(rig, "VIN-A", "icvq/v1/test/VIN-A/hu/campaign", b"{}") in (0, 0x10)  # its acknowledgement
+    for topic in ("icvq/v1/test/VIN-B/hu/campaign", "icvq/v1/test/_campaigns/c1",
+                  "icvq/v1/test/VIN-A/_campaigns/c1", "icvq/v1/test/VIN-B/_campaigns/c1"):
+        assert publish_as(rig, "VIN-A", topic, b"{}") == 0x87, topic
+    assert publish_as(rig, "icvq-campaigns", "icvq/v1/test/VIN-B/hu/batch", b"") == 0x87
 
 
 @pytest.mark.parametrize(("name", "code", "word"), [("VIN-C", "client_cert_revoked", "revoked"),

@@ -196,6 +196,7 @@ class DisplayProbe(StreamProbe):
             self._next["proc"] = max(self._next["proc"] + self.cfg.process_interval_s, now)
             self._poll_procs(now)
         self._evaluate(now, out)
+        self.ctx.context("display", self._context(now))
         if now >= self._next["metrics"]:
             self._next["metrics"] = max(self._next["metrics"] + self.cfg.metrics_interval_s, now)
             out.extend(self._metrics(now))
@@ -276,6 +277,7 @@ class DisplayProbe(StreamProbe):
                 records = []
             self._kmsg_counters()
             for r in records:
+                self.ctx.context("kmsg", {"lvl": r.level, "msg": r.text})  # every level; the ring rate-limits
                 m = match_line(self.patterns, r.text)
                 if m:
                     self._on_gpu_hang(m, r, now, out)
@@ -484,6 +486,17 @@ class DisplayProbe(StreamProbe):
             self.log.warning("%s: %s", name, fields.get("reason"))
             out.append(self.rec.event(name, fields))
         self._onsets = set(current)
+
+    def _context(self, now: float) -> dict[str, Any]:
+        """One display sample for the black box: how old the picture is, black or not, episodes open."""
+        fb, hb = self.fb, self.hb
+        out: dict[str, Any] = {"freeze": int(self.freeze.open is not None), "black": int(self.black.open is not None)}
+        if fb is not None and fb.ok and fb.frame_changed_at is not None:
+            out["frame_age_s"] = round(now - fb.frame_changed_at, 1)
+            out["dark"] = int(fb.black_since is not None)
+        if hb.last_rx is not None:
+            out["hb_age_s"] = round(now - (hb.last_advance or hb.last_rx), 1)
+        return out
 
     def _metrics(self, now: float) -> list[Record]:
         span = max(1e-6, now - self._win_start)

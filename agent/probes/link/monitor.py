@@ -22,7 +22,7 @@ from .iface import read_iface
 from .mmcli import Mmcli
 from .modem_at import AtModem
 from .poller import Poller
-from .sample import IfaceReading, ModemReading, Sample, compose
+from .sample import IfaceReading, ModemReading, Sample, compose, context_fields
 from .settings import Config, gpsd_address, split_host_port
 
 EPISODE = "link.loss"
@@ -122,6 +122,7 @@ class LinkProbe(PeriodicProbe):
 
     def sample(self) -> Iterable[Record]:
         s, iface = self.take_sample()
+        self.ctx.context("link", context_fields(s))
         out = self._records(self.tracker.feed(s))
         self._log_changes(s)
         self._last = s

@@ -97,3 +97,16 @@ def compose(t: float, modem: ModemReading | None, gnss: GnssReading | None, *, d
         last_ack_t=last_ack_t, iface_up=None if iface is None else (iface.up if iface.present else False),
         fix=g.fix if gnss is not None else None, lat=g.lat, lon=g.lon, alt=g.alt, speed_kmh=g.speed_kmh,
         sats_used=g.sats_used)
+
+
+# What the black box's ring keeps of a sample (agent/blackbox): radio and data path, never a position.
+CONTEXT_FIELDS = ("rsrp", "rsrq", "snr", "nr_rsrp", "rssi", "tech", "reg", "attached", "datapath", "rtt_ms")
+
+
+def context_fields(s: Sample) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k in CONTEXT_FIELDS:
+        v = getattr(s, k)
+        if v is not None:
+            out[k] = int(v) if isinstance(v, bool) else v
+    return out

@@ -1,0 +1,8 @@
+"""The black box: a pre-trigger ring buffer of high-rate context, snapshots around episodes, and collection
+campaigns sent by the backend (issue 16; docs/blackbox.md).
+
+Modules: `settings` (the `[blackbox]` config), `sysread` (/proc readers), `ring` (the bounded buffer),
+`columns` (the snapshot's columnar encoding), `triggers` (what starts a snapshot, rate limits), `recorder`
+(the thread and the pipeline observer), `campaign` (the document's schema), `campaigns` (MQTT handling),
+`campaign_store` (persistence), `wiring` (how the daemon hooks it in).
+"""

@@ -1,0 +1,188 @@
+"""System context at 1 Hz from /proc and /sys: CPU per core and I/O wait, memory, load, top processes by CPU,
+thermal zones.
+
+Hand-written instead of psutil because of cost: at 1 Hz the sampler must stay under 0.1 % of a core
+(≤ 1 ms per second). psutil.cpu_percent(percpu=True) + virtual_memory() + getloadavg() + sensors_temperatures()
+cost about 1.5 ms per call on the 2-core build machine (hwmon walks dozens of files); one read each of
+/proc/stat, /proc/meminfo, /proc/loadavg and the thermal zones costs ~0.15 ms (docs/performance.md). The
+process table is the expensive part (one /proc/<pid>/stat read per process, ~10 µs each): it is scanned every
+`procs_interval_s` (5 s by default), not every second. Parsers are pure functions over text, tested from tables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+CpuTimes = tuple[int, int, int]  # (total, idle incl. iowait, iowait) in clock ticks
+
+
+def parse_stat(text: str) -> dict[str, CpuTimes]:
+    """`cpu`/`cpuN` lines of /proc/stat → name: (total, idle+iowait, iowait). guest time is already counted in
+    user (the kernel adds it there), so it is left out of the total."""
+    out: dict[str, CpuTimes] = {}
+    for line in text.splitlines():
+        if not line.startswith("cpu"):
+            continue
+        parts = line.split()
+        try:
+            v = [int(x) for x in parts[1:9]]
+        except ValueError:
+            continue
+        v += [0] * (8 - len(v))
+        user, nice, system, idle, iowait, irq, softirq, steal = v
+        out[parts[0]] = (user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait, iowait)
+    return out
+
+
+def cpu_pct(prev: Mapping[str, CpuTimes], cur: Mapping[str, CpuTimes]) -> tuple[float | None, list[float],
+                                                                                  float | None]:
+    """(total busy %, busy % per core in core order, I/O wait %) between two /proc/stat readings."""
+    def busy(name: str) -> tuple[float, float] | None:
+        if name not in prev or name not in cur:
+            return None
+        dt = cur[name][0] - prev[name][0]
+        if dt <= 0:
+            return None
+        return (100.0 * (dt - (cur[name][1] - prev[name][1])) / dt, 100.0 * (cur[name][2] - prev[name][2]) / dt)
+
+    total = busy("cpu")
+    if total is None:
+        return None, [], None  # less than one clock tick between the readings
+    cores = sorted((int(n[3:]), n) for n in cur if n[3:].isdigit())
+    per = [b[0] if b else 0.0 for b in (busy(n) for _, n in cores)]
+    return total[0], per, total[1]
+
+
+def parse_meminfo(text: str) -> tuple[float | None, float | None]:
+    """(used %, available MiB) from /proc/meminfo."""
+    kib: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            try:
+                kib[key] = int(rest.split()[0])
+            except (ValueError, IndexError):
+                pass
+    total, avail = kib.get("MemTotal"), kib.get("MemAvailable")
+    if not total or avail is None:
+        return None, None
+    return 100.0 * (total - avail) / total, avail / 1024
+
+
+def parse_loadavg(text: str) -> float | None:
+    try:
+        return float(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def parse_pid_stat(text: str) -> tuple[str, int] | None:
+    """(comm, utime+stime ticks) from /proc/<pid>/stat; comm may hold spaces and parentheses."""
+    lo, hi = text.find("("), text.rfind(")")
+    if lo < 0 or hi < lo:
+        return None
+    rest = text[hi + 2:].split()
+    try:
+        return text[lo + 1:hi], int(rest[11]) + int(rest[12])
+    except (ValueError, IndexError):
+        return None
+
+
+def top_cpu(prev: Mapping[int, int], cur: Mapping[int, tuple[str, int]], dt_s: float, n: int) -> list[list[object]]:
+    """The n processes that used most CPU between two scans: [[comm, % of one core], ...]."""
+    if dt_s <= 0 or n <= 0:
+        return []
+    used = [(ticks - prev[pid], comm) for pid, (comm, ticks) in cur.items() if pid in prev and ticks > prev[pid]]
+    used.sort(reverse=True)
+    return [[comm, round(100.0 * d / CLK_TCK / dt_s, 1)] for d, comm in used[:n]]
+
+
+def _read(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class SystemReader:
+    """Keeps the previous counters; `sample()` returns one flat dict for the ring (numbers rounded)."""
+
+    proc: str = "/proc"
+    thermal: str = "/sys/class/thermal"
+    temperatures: bool = True
+    read: Callable[[str], str] = _read
+    _stat: dict[str, CpuTimes] = field(default_factory=dict)
+    _zones: list[tuple[str, str]] | None = None
+
+    def sample(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        cur = parse_stat(self.read(f"{self.proc}/stat"))
+        if self._stat:
+            total, per, iow = cpu_pct(self._stat, cur)
+            if total is not None:
+                out["cpu"] = round(total)
+            for i, p in enumerate(per):
+                out[f"cpu{i}"] = round(p)
+            if iow is not None:
+                out["iowait"] = round(iow, 1)
+        self._stat = cur
+        used, avail = parse_meminfo(self.read(f"{self.proc}/meminfo"))
+        if used is not None and avail is not None:
+            out["mem"] = round(used, 1)
+            out["avail_mib"] = round(avail)
+        load = parse_loadavg(self.read(f"{self.proc}/loadavg"))
+        if load is not None:
+            out["load1"] = load
+        if self.temperatures:
+            for name, path in self.zones():
+                try:
+                    out[f"temp.{name}"] = round(int(self.read(path).strip()) / 1000, 1)
+                except (OSError, ValueError):
+                    continue
+        return out
+
+    def zones(self) -> list[tuple[str, str]]:
+        if self._zones is None:
+            zones = []
+            base = Path(self.thermal)
+            for z in sorted(base.glob("thermal_zone*")) if base.is_dir() else []:
+                try:
+                    kind = (z / "type").read_text().strip()[:24] or z.name
+                except OSError:
+                    kind = z.name
+                zones.append((f"{kind}{z.name.removeprefix('thermal_zone')}", str(z / "temp")))
+            self._zones = zones[:8]
+        return self._zones
+
+
+@dataclass
+class ProcessScanner:
+    """Top processes by CPU between scans of /proc/<pid>/stat."""
+
+    proc: str = "/proc"
+    read: Callable[[str], str] = _read
+    _prev: dict[int, int] = field(default_factory=dict)
+    _prev_t: float | None = None
+
+    def scan(self, now: float, n: int) -> list[list[object]] | None:
+        cur: dict[int, tuple[str, int]] = {}
+        for entry in os.listdir(self.proc):
+            if not entry.isdigit():
+                continue
+            try:
+                parsed = parse_pid_stat(self.read(f"{self.proc}/{entry}/stat"))
+            except OSError:
+                continue  # exited between listdir and read
+            if parsed:
+                cur[int(entry)] = parsed
+        top = top_cpu(self._prev, cur, now - self._prev_t, n) if self._prev_t is not None else None
+        self._prev = {pid: ticks for pid, (_, ticks) in cur.items()}
+        self._prev_t = now
+        return top

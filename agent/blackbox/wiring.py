@@ -1,0 +1,76 @@
+"""How the daemon hooks the black box in, kept here so daemon.py carries only one-line calls.
+
+`Parts` is built before the uplink (the uplink needs the campaign subscriptions at construction) and is a
+harmless null object when `[blackbox] enabled = false`: no thread, no subscription, `tap` does nothing.
+Campaigns are persisted beside the spool unless `campaigns_path` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..clock import Clock
+from ..config import AgentConfig
+from ..records import Record
+from .campaign import Identity
+from .campaigns import Campaigns, topics
+from .recorder import BlackBox
+
+log = logging.getLogger("icvq.blackbox")
+
+
+class Parts:
+    def __init__(self, cfg: AgentConfig, clock: Clock, emit: Callable[[Record], None],
+                 send: Callable[[str, bytes], bool]) -> None:
+        bc = cfg.blackbox
+        self.box: BlackBox | None = BlackBox(bc, clock, emit) if bc.enabled else None
+        self.campaigns: Campaigns | None = None
+        self.subscriptions: tuple[str, ...] = ()
+        if self.box is not None and bc.campaigns and bc.max_campaigns > 0:
+            v = cfg.vehicle
+            subs, ack = topics(cfg.uplink.topic_prefix, v.fleet, v.id, v.device)
+            path = Path(bc.campaigns_path) if bc.campaigns_path else Path(cfg.spool.path).parent / "campaigns.json"
+            me = Identity(v.fleet, v.id, v.device, {**cfg.agent.components, "agent": __version__})
+            self.campaigns = Campaigns(path, me, window_s=bc.window_s, max_campaigns=bc.max_campaigns,
+                                       wall=clock.wall, on_change=self.box.set_campaign_triggers, send=send,
+                                       ack_topic=ack)
+            self.subscriptions = tuple(subs)
+
+    def uplink_hooks(self) -> dict[str, Any]:
+        if self.campaigns is None:
+            return {}
+        return {"subscriptions": self.subscriptions, "inbox": self.campaigns.on_message}
+
+    def attach(self, pipeline: Any) -> None:
+        if self.box is not None:
+            pipeline.observers.append(self.box.observe)
+            pipeline.health_sources.append(self.box.health)
+
+    def tap(self, channel: str, fields: Mapping[str, Any]) -> None:
+        if self.box is not None:
+            self.box.tap(channel, fields)
+
+    def start(self) -> None:
+        if self.box is None:
+            return
+        if self.campaigns is not None:
+            self.campaigns.restore()
+            self.box.on_tick.append(self.campaigns.tick)
+        self.box.start()
+
+    def stop(self) -> None:
+        if self.box is not None:
+            self.box.stop()
+
+    def campaign_ids(self) -> list[str]:
+        return [c["id"] for c in self.campaigns.active()] if self.campaigns else []
+
+    def status(self) -> dict[str, Any]:
+        if self.box is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.box.status(),
+                "campaigns": self.campaigns.active() if self.campaigns else []}

@@ -1,0 +1,163 @@
+"""Pure parts of the black box, from tables and a FakeClock: /proc parsers, the ring's bounds and rate limits,
+the columnar snapshot at the default 30 s / 10 s, triggers and their per-family rate limit."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+
+from agent.blackbox import sysread
+from agent.blackbox.recorder import BlackBox
+from agent.blackbox.ring import ContextRing
+from agent.blackbox.settings import BlackboxConfig
+from agent.clock import FakeClock
+from agent.config import from_mapping
+from agent.errors import ConfigError
+from agent.records import Kind, Record, RecordFactory
+from agent.wire import BatchId, decode, encode_batch
+
+STAT = """cpu  100 0 100 700 100 0 0 0 0 0
+cpu0 50 0 50 350 50 0 0 0 0 0
+cpu1 50 0 50 350 50 0 0 0 0 0
+intr 1 2 3
+"""
+STAT2 = """cpu  300 0 100 800 200 0 0 0 0 0
+cpu0 240 0 50 360 50 0 0 0 0 0
+cpu1 60 0 50 440 150 0 0 0 0 0
+"""
+
+
+def test_proc_parsers() -> None:
+    a, b = sysread.parse_stat(STAT), sysread.parse_stat(STAT2)
+    assert a["cpu"] == (1000, 800, 100)
+    total, per, iow = sysread.cpu_pct(a, b)
+    assert (total, iow) == (50.0, 25.0)
+    assert per == [95.0, 5.0]
+    assert sysread.parse_meminfo("MemTotal: 1000 kB\nMemFree: 10 kB\nMemAvailable: 250 kB\n") == (75.0, 250 / 1024)
+    assert sysread.parse_meminfo("garbage") == (None, None)
+    assert sysread.parse_loadavg("0.52 0.40 0.30 2/300 1234\n") == 0.52
+    assert sysread.parse_pid_stat("42 (my (odd) proc) R 1 2 3 4 5 6 7 8 9 10 120 30 0") == ("my (odd) proc", 150)
+    assert sysread.parse_pid_stat("42 broken") is None
+    top = sysread.top_cpu({1: 0, 2: 0, 3: 5}, {1: ("a", 10), 2: ("b", 200), 3: ("c", 5), 4: ("new", 999)},
+                          2.0, 2)
+    assert [t[0] for t in top] == ["b", "a"]  # the new pid has no earlier reading: not counted
+
+
+def test_real_proc_reader_samples_this_machine() -> None:
+    r = sysread.SystemReader()
+    r.sample()
+    time.sleep(0.2)  # CPU counters advance in clock ticks (10 ms): give them some
+    s = r.sample()
+    assert {"cpu", "cpu0", "mem", "avail_mib", "load1", "iowait"} <= set(s)
+    scan = sysread.ProcessScanner()
+    assert scan.scan(0.0, 3) is None
+    assert isinstance(scan.scan(1.0, 3), list)
+
+
+def test_ring_bounds_and_rate_limits() -> None:
+    ring = ContextRing(10.0, 1 << 20, kmsg_per_s=2.0, kmsg_burst=3, kmsg_max_chars=20)
+    for i in range(40):
+        ring.add("system", i * 0.5, {"cpu": i})
+    got = ring.window(0, 100, ["system"])["system"]
+    # One sample per 0.9 s kept (the others coalesced), and only the last 10 s.
+    assert [round(t, 1) for t, _ in got] == [float(s) for s in range(9, 20)]
+    assert ring.counters.get("coalesced.system") == 20
+    for _ in range(10):  # a storm at one instant: the burst passes, the rest is counted
+        ring.add("kmsg", 20.0, {"lvl": 3, "msg": "x" * 100})
+    ring.add("kmsg", 21.0, {"lvl": 6, "msg": "after"})
+    lines = ring.window(0, 100, ["kmsg"])["kmsg"]
+    assert len(lines) == 4 and len(lines[0][1]["msg"]) == 20
+    assert lines[-1][1] == {"lvl": 6, "msg": "after", "skipped": 7}
+    small = ContextRing(1000.0, 4096)
+    for i in range(200):
+        small.add("kmsg", float(i), {"lvl": 4, "msg": "y" * 100})
+    assert small.bytes <= 4096 and small.counters.get("evicted_bytes_bound") > 0
+
+
+def _box(cfg: BlackboxConfig, clock: FakeClock, out: list[Record], cpu: list[float]) -> BlackBox:
+    class Sys:
+        def sample(self) -> dict[str, object]:
+            v = cpu[0]
+            return {"cpu": v, "cpu0": v, "cpu1": v, "mem": 41.5, "avail_mib": 1800, "load1": 0.3, "iowait": 0.0}
+
+    class Procs:
+        def scan(self, now: float, n: int) -> list[list[object]]:
+            return [["hmi", cpu[0]], ["icvq-agent", 0.5]]
+
+    return BlackBox(cfg, clock, out.append, system=Sys(), scanner=Procs())  # type: ignore[arg-type]
+
+
+def test_snapshot_at_defaults_covers_30s_before_and_10s_after_with_the_spike() -> None:
+    cfg = BlackboxConfig()
+    clock = FakeClock()
+    out: list[Record] = []
+    cpu = [5.0]
+    box = _box(cfg, clock, out, cpu)
+    rec = RecordFactory(clock)
+    begin = None
+    for second in range(80):
+        cpu[0] = 97.0 if second == 40 else 5.0  # the spike: 20 s before the freeze starts (second 60)
+        box.step()
+        box.tap("link", {"rsrp": -95, "tech": "lte", "datapath": 1})
+        box.tap("display", {"frame_age_s": max(0, second - 60), "freeze": int(second >= 63)})
+        box.tap("kmsg", {"lvl": 6, "msg": f"line {second}"})
+        if second == 63:  # the probe confirms the freeze 3 s after it began
+            begin = rec.begin("display.freeze", {"cause": "hmi_stopped", "detected_after_s": 3.0})
+            box.observe([begin])
+        clock.advance(1.0)
+    assert begin is not None and len(out) == 1
+    snap = out[0]
+    assert snap.kind is Kind.SNAPSHOT and snap.name == "blackbox.snapshot" and snap.episode == begin.episode
+    assert snap.mono_ms == begin.mono_ms - 3000  # stamped at the onset
+    d = snap.data
+    assert isinstance(d, dict)
+    sys_t, sys_cpu = d["system"]["t"], d["system"]["cpu"]
+    assert sys_t[0] == 0 and sys_t[-1] == 40_000 and len(sys_t) == 41  # T-30 .. T+10 at 1 Hz
+    assert d["pre_s"] == 30.0 and d["post_s"] == 10.0 and d["complete"] is True
+    spike_t = [t for t, v in zip(sys_t, sys_cpu, strict=True) if v > 90]
+    assert spike_t == [10_000]  # 20 s before the onset
+    assert d["procs"]["top"][d["procs"]["t"].index(10_000)][0] == ["hmi", 97.0]
+    assert {"system", "procs", "kmsg", "link", "display"} <= set(d)
+    size = len(msgpack.packb(d))
+    assert size <= 8 * 1024, size
+    # It survives the wire: encoded in a batch, strictly decoded, the nested columns come back equal.
+    payload = encode_batch(BatchId("V", "hu", 1, snap.boot, 1), [snap])
+    back = decode(payload)
+    assert back.records[0].data == d and back.records[0].kind is Kind.SNAPSHOT  # type: ignore[union-attr]
+
+
+def test_family_rate_limit_counts_suppressed_and_storm_stays_under_cap() -> None:
+    cfg = BlackboxConfig(pre_s=5, post_s=2, window_s=10, kmsg_per_s=1000, kmsg_burst=10000, kmsg_max_chars=1024)
+    clock = FakeClock()
+    out: list[Record] = []
+    box = _box(cfg, clock, out, [10.0])
+    rec = RecordFactory(clock)
+    for i in range(3):
+        box.step()
+        for j in range(100):
+            box.tap("kmsg", {"lvl": 3, "msg": f"storm {i}.{j} " + "z" * 300})
+        box.observe([rec.begin("link.loss", {"start": clock.wall()})])
+        box.observe([rec.event("display.gpu_hang", {"driver": "i915"})])  # no built-in event trigger
+        clock.advance(1.0)
+    for _ in range(4):
+        box.step()
+        clock.advance(1.0)
+    assert len(out) == 1
+    assert box.counters.get("suppressed.family:link") == 2
+    d = out[0].data
+    assert isinstance(d, dict)
+    assert len(msgpack.packb(d)) <= 8 * 1024 and d["truncated"][0].startswith("kmsg:")
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"pre_s": 50.0, "post_s": 20.0}, "blackbox.pre_s"),
+    ({"capture": ["system", "gps"]}, "blackbox.capture[1]"),
+    ({"typo": 1}, "blackbox.typo"),
+    ({"max_kib": "big"}, "blackbox.max_kib"),
+])
+def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"vehicle": {"id": "v", "device": "d", "fleet": "f"}, "blackbox": table})
+    assert e.value.key == key
