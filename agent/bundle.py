@@ -96,7 +96,6 @@ def _json(members: dict[str, bytes], name: str) -> Any:
 
 def summarise(prefix: str, members: dict[str, bytes]) -> dict[str, Any]:
     st = _json(members, "status.json") or {}
-    problems, warnings = status_view.assess(st) if st else ([], [])
     events = []
     for line in members.get("history.jsonl", b"").splitlines():
         try:
@@ -111,7 +110,7 @@ def summarise(prefix: str, members: dict[str, bytes]) -> dict[str, Any]:
     rel = _os_release(members.get("system/os-release", b""))
     return {
         "bundle": prefix, "manifest": _json(members, "manifest.json") or {},
-        "status": st, "problems": problems, "warnings": warnings,
+        "status": st, "verdict": st.get("verdict"),
         "events": {"count": len(events), "oldest": events[0]["t"] if events else None,
                    "newest": events[-1]["t"] if events else None,
                    "top": Counter(e.get("name") for e in events).most_common(10), "recent": events[-15:]},

@@ -129,7 +129,9 @@ _CAN_TIMEOUT = (*_SENSOR, F("cycle_ms", "configured cycle"), F("timeout_ms", "co
 _CAN_BUS_STATE = (_BUS, F("source", "error_frame / ip_link"), F("from", "state before"), F("to", "state after"),
                   F("tec", "transmit error counter"), F("rec", "receive error counter"), _DUR, _ENDED)
 _LINK_LOSS = (
-    F("start", "wall s, back-dated to the first bad sample"), F("detect_delay_s", "BEGIN: detection delay"),
+    F("start", "wall s, back-dated to the first evidence of the loss"),
+    F("start_evidence", "what the start was back-dated to: modem_down / signal_lost / gnss_lost / first_bad_sample"),
+    F("detect_delay_s", "BEGIN: detection delay"),
     F("lost", "which of registered/attached/datapath went"), *_position("entry", "before the loss"),
     F("gnss_fix", "BEGIN: fix at detection"), F("trend", "signal trend before the loss (dB figures)"),
     F("tech", "radio access technology"), F("cause", "tunnel / coverage / terminal / network / unknown"),
@@ -159,6 +161,9 @@ RECORDS: tuple[RecordDef, ...] = (
     RecordDef("agent.probe", (H,), "agent/daemon.py", "a hung or failing probe is visible", ALWAYS,
               (F("probe", "probe name"), F("state", "ok / degraded / error / starting")),
               open_fields="the probe's counters (malformed input, errors, ...), named in each probe's doc"),
+    RecordDef("agent.health", (H,), "agent/daemon.py", "the agent's own health verdict (agent/health.py), as "
+              "`icvq status` shows it", ALWAYS, (F("verdict", "healthy / degraded / failing"),
+                                                  F("reasons", "reason codes, worst first (docs/field-guide.md)"))),
     RecordDef("agent.cpu_pct", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
               value="CPU % of one core"),
     RecordDef("agent.rss_mib", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
@@ -298,7 +303,9 @@ DROPS: tuple[DropReason, ...] = (
 
 WIRE: tuple[WireItem, ...] = (
     WireItem("vehicle", "topic segment, batch identity, status messages, MQTT client id",
-             "the VIN or fleet asset id (vehicle.id)", PERSONAL, "-"),
+             "the VIN or fleet asset id (vehicle.id) — or its keyed pseudonym \"ps-\" + HMAC-SHA256(fleet key, "
+             "VIN)[:128 bits], which only the holder of the fleet key and the VIN register can map back", PERSONAL,
+             "vehicle.pseudonym_key_file (pseudonym instead of the VIN)"),
     WireItem("device", "topic segment, batch identity", "which computer in the vehicle (hu, adas, ...)",
              VEHICLE, "-"),
     WireItem("boot, sid, seq", "batch identity", "random boot id, spool id, batch sequence (dedup)", VEHICLE,

@@ -35,6 +35,8 @@ class VehicleConfig:
     id: str = opt()
     device: str = opt()
     fleet: str = opt()
+    # A file holding the fleet key: when set, an HMAC pseudonym replaces the id on the wire (agent/pseudonym.py).
+    pseudonym_key_file: str = ""
 
     def validate(self) -> None:
         for key in ("id", "device", "fleet"):
@@ -42,6 +44,8 @@ class VehicleConfig:
             # These become MQTT topic levels: wildcards or separators would break routing.
             if not v or any(c in v for c in "/+#\0 "):
                 raise ConfigError("must be non-empty without '/', '+', '#', NUL or spaces", key=key)
+        if self.pseudonym_key_file and not self.pseudonym_key_file.startswith("/"):
+            raise ConfigError("must be an absolute path", key="pseudonym_key_file")
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, history
 from .peercred import Peer, allowed, peer_of
 from .private import private_dir
 from .records import Kind, Record
 from .wire import record_json
+
+if TYPE_CHECKING:
+    from .daemonview import DaemonView
 
 log = logging.getLogger("icvq.control")
 
@@ -138,7 +141,7 @@ class LineReader:
 
 
 class ControlServer:
-    def __init__(self, daemon: Any, hist: history.History | None) -> None:
+    def __init__(self, daemon: DaemonView, hist: history.History | None) -> None:
         self.daemon = daemon
         self.path = Path(daemon.cfg.control.socket)
         self.group = daemon.cfg.control.group
@@ -386,6 +389,8 @@ class ControlServer:
         st["now"] = time.time()
         st["healthy"] = d.healthy()
         st["pipeline_age_s"] = round(time.monotonic() - d.pipeline.alive_mono, 1)
+        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
+        st["verdict"] = d.verdict().as_dict()
         with self._lock:
             st["control"] = {**self.stats, "clients": len(self._conns), "tails": len(self._subs),
                              "tail_dropped": self.stats["tail_dropped"] + sum(s.dropped for s in self._subs)}

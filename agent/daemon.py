@@ -9,12 +9,13 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import __version__, inherited, tls
+from . import __version__, health, inherited, tls
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
@@ -22,10 +23,14 @@ from .errors import EX_CONFIG, ConfigError
 from .inventory import inventory
 from .pipeline import Pipeline
 from .probe import Probe, ProbeContext
+from .pseudonym import wire_vehicle
 from .records import RecordFactory
 from .sdnotify import Notifier
 from .spool import Spool
 from .uplink import Uplink
+
+if TYPE_CHECKING:
+    from .extensions import Extensions
 
 log = logging.getLogger("icvq.agent")
 
@@ -48,16 +53,20 @@ class Daemon:
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
                            memory_max_records=cfg.spool.memory_max_records,
                            max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512))
-        self.blackbox = BlackBoxParts(cfg, self.clock, emit=lambda r: self.pipeline.intake(r),
+        self.wire_vehicle = wire_vehicle(cfg.vehicle)  # the VIN or its pseudonym, fixed until restart
+        on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
+        self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
                                       send=lambda topic, payload: self.uplink.send(topic, payload))
-        self.uplink = Uplink(cfg.uplink, cfg.vehicle, boot_id=self.clock.boot_id,
+        self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
-        self.pipeline = Pipeline(cfg, self.spool, self.uplink, self.rec)
+        self.pipeline = Pipeline(on_wire, self.spool, self.uplink, self.rec)
         self.blackbox.attach(self.pipeline)
         self.pipeline.health_sources.append(self._probe_health)
+        self.pipeline.health_sources.append(self._verdict_health)
         self.probes: list[Probe] = []
-        self.control: Any = None
+        self.control: Extensions | None = None
+        self.onsets = health.Onsets()
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -119,10 +128,10 @@ class Daemon:
             p.stop()
         uplink_changed = new.uplink != self.cfg.uplink
         self.cfg = new
-        self.pipeline.cfg = new
+        self.pipeline.cfg = replace(new, vehicle=self.wire_vehicle)
         if uplink_changed:
             self.uplink.stop()
-            self.uplink = Uplink(new.uplink, self.cfg.vehicle, boot_id=self.clock.boot_id,
+            self.uplink = Uplink(new.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                                  birth_fields=self.birth_fields,
                                  wall_ms=lambda: int(self.clock.wall() * 1000), events=self.uplink.events,
                                  **self.blackbox.uplink_hooks())
@@ -153,6 +162,18 @@ class Daemon:
         return [self.rec.health("agent.probe", {"probe": p.name, "state": st["state"], **st["counters"]})
                 for p in self.probes for st in [p.status()]]
 
+    def _verdict_health(self) -> list[Any]:
+        v = self.verdict()
+        return [self.rec.health("agent.health", {"verdict": v.state, "reasons": [r.code for r in v.problems]})]
+
+    def verdict(self) -> health.Verdict:
+        """The one health verdict (agent/health.py): control status, STATUS=, the agent.health record."""
+        return health.verdict(health.gather(self, time.time(), time.monotonic()))
+
+    def history_error(self) -> str:
+        hist = self.control.history if self.control is not None else None
+        return hist.last_error if hist is not None else ""
+
     def status(self) -> dict[str, Any]:
         pl = self.pipeline.status()
         episodes = pl.pop("episodes")
@@ -161,7 +182,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
             "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
-                        "fleet": self.cfg.vehicle.fleet},
+                        "fleet": self.cfg.vehicle.fleet, "wire_id": self.wire_vehicle.id},
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
@@ -170,12 +191,12 @@ class Daemon:
         }
 
     def healthy(self) -> bool:
-        return time.monotonic() - self.pipeline.alive_mono < 30
+        return time.monotonic() - self.pipeline.alive_mono < health.PIPELINE_STALL_S
 
     def status_line(self) -> str:
+        """systemd's STATUS=: the verdict's own line (the same words `icvq status` shows), then the spool."""
         s = self.spool
-        up = "connected" if self.uplink.connected else "offline"
-        return f"uplink {up}; spool {s.n_records} records, {s.n_batches} batches; {len(self.probes)} probes"
+        return f"{self.verdict().line()} | spool {s.n_records} records, {s.n_batches} batches"
 
     # ------------------------------------------------------------------------------------------ main
     def run_forever(self, notifier: Notifier) -> None:
@@ -238,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
+        wire_vehicle(cfg.vehicle)  # the fleet key file is read (and its mode checked) by --check-config too
     except ConfigError as e:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
         return EX_CONFIG

@@ -11,10 +11,13 @@ import atexit
 import logging
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import history
 from .control import ControlServer
+
+if TYPE_CHECKING:
+    from .daemonview import DaemonView
 
 log = logging.getLogger("icvq.agent")
 
@@ -25,7 +28,7 @@ class Extensions:
     control: ControlServer | None
 
 
-def start(daemon: Any) -> Extensions:
+def start(daemon: DaemonView) -> Extensions:
     cfg = daemon.cfg
     hist: history.History | None = None
     if history.enabled(cfg.history):
@@ -43,7 +46,7 @@ def start(daemon: Any) -> Extensions:
     return Extensions(hist, _start_control(daemon, hist))
 
 
-def _start_control(daemon: Any, hist: history.History | None) -> ControlServer | None:
+def _start_control(daemon: DaemonView, hist: history.History | None) -> ControlServer | None:
     control = ControlServer(daemon, hist)
     try:
         control.start()
@@ -55,9 +58,9 @@ def _start_control(daemon: Any, hist: history.History | None) -> ControlServer |
     return control
 
 
-def stop(daemon: Any) -> None:
+def stop(daemon: DaemonView) -> None:
     ext = daemon.control
-    if not isinstance(ext, Extensions) or ext.control is None:
+    if ext is None or ext.control is None:
         return
     try:
         daemon.pipeline.observers.remove(ext.control.observe)

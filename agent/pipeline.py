@@ -80,6 +80,7 @@ class Pipeline:
         # hold all sending for a growing while, then resend.
         self._hold_until = 0.0
         self._hold_s = 0.0
+        self.no_subscribers_since: float | None = None   # wall clock of the first 0x10 of the current run
         self._flush_requested = False
         self._last_commit = time.monotonic()
         self._last_health = time.monotonic()
@@ -199,6 +200,7 @@ class Pipeline:
                     self._no_subscribers()
                 elif ev.reason_code < 0x80:
                     self._hold_s = 0.0
+                    self.no_subscribers_since = None
                     acked.append(seq)
                     self.last_ack_seq = seq
                     self._rejections.pop(seq, None)
@@ -209,6 +211,8 @@ class Pipeline:
         self.counters.inc("no_subscribers")
         if self._hold_s == 0.0:
             log.warning("broker has no subscriber for our batches (PUBACK 0x10); holding them and retrying")
+        if self.no_subscribers_since is None:
+            self.no_subscribers_since = time.time()
         self._hold_s = min(HOLD_MAX_S, max(HOLD_MIN_S, self._hold_s * 2))
         self._hold_until = time.monotonic() + self._hold_s
 
@@ -270,6 +274,10 @@ class Pipeline:
         return wire.BatchId(v.id, v.device, self.spool.sid, boot, seq)
 
     # ------------------------------------------------------------------------------------------ views
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
     def health(self) -> list[Record]:
         s = self.spool
         c = self.counters.snapshot()
@@ -300,4 +308,8 @@ class Pipeline:
                            "transport": up.transport if up else "",
                            "last_connect_error": up.last_connect_error if up else None},
                 "episodes": self.episodes.active(), "flush_pending": self._flush_requested,
-                "held_for_subscribers_s": round(max(0.0, self._hold_until - time.monotonic()), 1)}
+                # How long batches have been held for want of a subscriber, and the back-off before the next try.
+                "no_subscribers_since": self.no_subscribers_since,
+                "held_for_subscribers_s": round(time.time() - self.no_subscribers_since, 1)
+                if self.no_subscribers_since is not None else 0.0,
+                "hold_retry_in_s": round(max(0.0, self._hold_until - time.monotonic()), 1)}

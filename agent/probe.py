@@ -64,6 +64,7 @@ class Probe(ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = "starting"
+        self._state_since = time.time()   # wall clock of the last state change, for the health verdict
         self._last_error = ""
         self._errors_in_row = 0
         self._lock = threading.Lock()
@@ -100,7 +101,7 @@ class Probe(ABC):
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {"state": self._state, "last_error": self._last_error,
+            return {"state": self._state, "since": self._state_since, "last_error": self._last_error,
                     "counters": self.counters.snapshot(), **self.extra_status()}
 
     def extra_status(self) -> dict[str, Any]:
@@ -116,6 +117,7 @@ class Probe(ABC):
                 if self._state in ("degraded", "error"):
                     self.log.info("probe %s recovered", self.name)
                 self._state = "ok"
+                self._state_since = time.time()
             self._errors_in_row = 0
 
     def _failed(self, exc: BaseException) -> float:
@@ -126,7 +128,9 @@ class Probe(ABC):
             if msg != self._last_error or self._state == "ok":
                 self.log.warning("probe %s degraded: %s", self.name, msg)
             self._last_error = msg
-            self._state = "degraded" if self._errors_in_row < 5 else "error"
+            state = "degraded" if self._errors_in_row < 5 else "error"
+            if state != self._state:
+                self._state, self._state_since = state, time.time()
             self.counters.inc("errors")
             return min(self.max_backoff_s, 0.5 * 2 ** min(self._errors_in_row, 10))
 

@@ -114,6 +114,7 @@ class Uplink:
         self._alias_ok = False    # the broker's CONNACK allows at least one topic alias (per connection)
         self._alias_sent = False  # this connection's first batch has named the topic for the alias
         self.connected_since: float | None = None
+        self.offline_since: float | None = time.time()  # wall clock; None while connected
         self.last_ack_wall: float | None = None
         self.last_ack_mono: float | None = None
         self.last_error = ""
@@ -327,6 +328,7 @@ class Uplink:
                 return NO_CONNACK
             max_packet = self._connack[1] if self._connack else None
             self.connected_since = time.time()
+            self.offline_since = None
             self.reconnects += 1
             if self.last_error:
                 log.info("connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.protocol)
@@ -345,6 +347,8 @@ class Uplink:
             return 0
         finally:
             self._connected.clear()
+            if self.connected_since is not None:
+                self.offline_since = time.time()
             self.connected_since = None
             self.events.put(Down(gen, self.last_error))
             if not self._stop.is_set():

@@ -1,4 +1,11 @@
-"""Finding the agent (config → socket) and talking to its control socket (docs/control-protocol.md)."""
+"""Finding the agent (config → socket) and talking to its control socket (docs/control-protocol.md).
+
+When the agent does not answer, the reason matters at the roadside and each has its own exit code: nothing
+listens (NOT RUNNING, 3), we may not ask (NO PERMISSION, 4), or a process owns the socket but does not answer
+(HUNG, 5). The owner is the process that called listen() on this config's socket, read with SO_PEERCRED on
+our end of the connection, so an `icvq-agent` serving another config never confuses the answer. A stopped
+owner (SIGSTOP, a debugger) is reported at once instead of after the read timeout.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,12 @@ import errno
 import json
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from ..config import DEFAULT_PATH, AgentConfig, load
 from ..errors import ConfigError
@@ -17,22 +27,75 @@ from ..errors import ConfigError
 DEFAULT_SOCKET = "/run/icvq/control.sock"
 MAX_REPLY = 64 * 2**20
 
+# Exit codes of every subcommand (docs/field-guide.md; EPILOG is what --help shows).
 EXIT_OK = 0
-EXIT_UNHEALTHY = 1      # running but something is wrong, or a wait timed out
+EXIT_FAILING = 1        # verdict "failing", or a wait (flush --wait) timed out
+EXIT_UNHEALTHY = EXIT_FAILING
 EXIT_USAGE = 2
-EXIT_DOWN = 3           # LSB "program is not running"
-EXIT_PERM = 4           # LSB "insufficient privilege"
+EXIT_DOWN = 3           # LSB "program is not running": nothing listens on the socket
+EXIT_PERM = 4           # LSB "insufficient privilege": the socket's mode or the agent refused us
+EXIT_HUNG = 5           # a process owns the socket but does not answer (stopped, deadlocked)
+EXIT_DEGRADED = 6       # verdict "degraded": collecting and keeping data, something needs a look
+EX_DATAERR = 65         # sysexits: the input file is not what it should be
+EX_NOINPUT = 66         # sysexits: the input file is missing or unreadable
+EX_CONFIG = 78          # sysexits: the config is invalid (check-config)
+
+EPILOG = """exit status:
+  0   healthy / done          1   failing, or --wait timed out
+  2   usage error             3   agent NOT RUNNING (nothing listens on its socket)
+  4   NO PERMISSION to ask    5   agent HUNG (owns the socket, does not answer)
+  6   degraded                65  not a valid payload or bundle
+  66  input file missing or unreadable   78  invalid config"""
+
+NOT_RUNNING, HUNG, NO_PERMISSION = "not_running", "hung", "no_permission"
+LABELS = {NOT_RUNNING: "NOT RUNNING", HUNG: "HUNG", NO_PERMISSION: "NO PERMISSION"}
+CODES = {NOT_RUNNING: EXIT_DOWN, HUNG: EXIT_HUNG, NO_PERMISSION: EXIT_PERM}
 
 
 class Unavailable(Exception):
-    """The daemon cannot be asked: down (EXIT_DOWN) or we may not (EXIT_PERM)."""
+    """The daemon cannot be asked: not running, hung, or we may not. `pid` is the socket owner's, if known."""
 
-    def __init__(self, message: str, code: int = EXIT_DOWN) -> None:
+    def __init__(self, message: str, state: str = NOT_RUNNING, pid: int | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.state = state
+        self.code = CODES[state]
+        self.pid = pid
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.state]
 
     def explain(self) -> str:
-        return f"agent not running: {self}" if str(self).startswith("nothing listens") else str(self)
+        return f"agent {self.label}: {self}"
+
+
+def peer_pid(s: socket.socket) -> int | None:
+    """The pid that called listen() on the socket we connected to (0 from another pid namespace)."""
+    try:
+        pid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    except OSError:
+        return None
+    return pid or None
+
+
+def owner_pid(path: str) -> int | None:
+    """Best effort when we cannot connect: the process holding a listening socket bound to `path`. Needs
+    to read the other process's fds (root or the same uid); None otherwise."""
+    try:
+        for c in psutil.net_connections("unix"):
+            if c.laddr == path and c.pid:
+                return c.pid
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+def stopped(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() in (psutil.STATUS_STOPPED,
+                                                                   psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
 
 
 class RequestError(Exception):
@@ -42,11 +105,13 @@ class RequestError(Exception):
 
 
 def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    p.add_argument("--config", "-c", default=None,
+    # SUPPRESS: an option given before the subcommand (`icvq -c F status`) is not overwritten by a default.
+    p.add_argument("--config", "-c", default=argparse.SUPPRESS,
                    help="agent config (default: $ICVQ_CONFIG, else /etc/icvq/agent.toml)")
-    p.add_argument("--socket", default=None, help="control socket (default: [control] socket of the config)")
+    p.add_argument("--socket", default=argparse.SUPPRESS,
+                   help="control socket (default: $ICVQ_SOCKET, else [control] socket of the config)")
     if json_flag:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--json", action="store_true", help="machine-readable output (JSON on stdout)")
 
 
 @dataclass
@@ -78,6 +143,7 @@ class Client:
         self.path = path
         self.timeout_s = timeout_s
         self.sock: socket.socket | None = None
+        self.pid: int | None = None
         self._buf = bytearray()
 
     def __enter__(self) -> Client:
@@ -96,11 +162,20 @@ class Client:
             s.close()
             if e.errno in (errno.EACCES, errno.EPERM):
                 raise Unavailable(f"no permission to use {self.path} (are you in the agent's group? "
-                                  "try sudo)", EXIT_PERM) from None
+                                  "try sudo)", NO_PERMISSION, owner_pid(self.path)) from None
+            if isinstance(e, TimeoutError) or e.errno == errno.EAGAIN:
+                # The listen backlog is full: its owner stopped accepting long ago.
+                pid = owner_pid(self.path)
+                raise Unavailable(f"{self.path} accepts no connections (listen queue full)", HUNG, pid) from None
             if e.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
                 raise Unavailable(f"nothing listens on {self.path}") from None
             raise Unavailable(f"cannot reach the agent at {self.path}: {e.strerror}") from None
         self.sock = s
+        self.pid = peer_pid(s)
+        if stopped(self.pid):
+            self.close()
+            raise Unavailable(f"pid {self.pid}, which owns {self.path}, is stopped (SIGSTOP or a debugger) and "
+                              f"cannot answer; `kill -CONT {self.pid}` resumes it", HUNG, self.pid)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -121,8 +196,9 @@ class Client:
             try:
                 chunk = self.sock.recv(1 << 16)
             except TimeoutError:
-                raise Unavailable(f"the agent did not answer on {self.path} within "
-                                  f"{self.sock.gettimeout()} s") from None
+                state = "stopped (SIGSTOP or a debugger)" if stopped(self.pid) else "running"
+                raise Unavailable(f"pid {self.pid or '?'} owns {self.path} but did not answer within "
+                                  f"{self.sock.gettimeout():.0f} s (process {state})", HUNG, self.pid) from None
             except OSError as e:
                 raise Unavailable(f"the agent closed the connection: {e.strerror}") from None
             if not chunk:
@@ -139,7 +215,7 @@ class Client:
             raise Unavailable(f"not an icvq control socket: {self.path} answered {line[:60]!r}") from None
         if msg.get("ok") is False:
             if msg.get("error") == "forbidden":
-                raise Unavailable(f"the agent refused us: {msg.get('message')}", EXIT_PERM)
+                raise Unavailable(f"the agent refused us: {msg.get('message')}", NO_PERMISSION, self.pid)
             raise RequestError(str(msg.get("error")), str(msg.get("message")))
         return msg
 

@@ -16,12 +16,11 @@ from ..control import json_default
 from ..inventory import inventory
 from . import collect, events
 from . import status as status_cmd
-from .client import EXIT_USAGE, Context, context
+from .client import EX_DATAERR, EXIT_USAGE, LABELS, Context, context
 from .fmt import isatty, size
 from .redact import Scrubber, effective_config
 
 MAX_HISTORY = 100_000
-EX_DATAERR = 65
 
 
 def _progress(on: bool) -> Callable[[str], None]:
@@ -63,9 +62,9 @@ def write(ctx: Context, out: BinaryIO, log_file: str | None, say: Callable[[str]
         except Exception as e:  # noqa: BLE001 - one broken collector must not cost the whole bundle
             w.omit(name, f"failed: {type(e).__name__}: {e}")
 
-    problems, warnings = status_cmd.assess(st)
-    w.add_json("status.json", {**st, "problems": problems, "warnings": warnings},
-               "from the agent" if st.get("running") else f"agent down, read from disk: {st.get('reason')}")
+    running = st.get("agent") == "running"
+    agent_says = "running" if running else f"{LABELS.get(st.get('agent', ''), '?')}: {st.get('reason')}"
+    w.add_json("status.json", st, "from the agent" if running else f"agent {agent_says}; read from disk")
 
     def hist() -> None:
         rows, how = _history(ctx)
@@ -78,9 +77,9 @@ def write(ctx: Context, out: BinaryIO, log_file: str | None, say: Callable[[str]
         if cfg is None or conf is None:
             w.omit("config.json", f"config not readable: {ctx.config_error}")
             return
-        running = (st.get("config") or {}).get("digest") if st.get("running") else None
+        digest = (st.get("config") or {}).get("digest") if running else None
         w.add_json("config.json", {"path": ctx.config_path, "sources": list(cfg.sources), "digest": cfg.digest,
-                                   "running_digest": running, "config": conf},
+                                   "running_digest": digest, "config": conf},
                    "effective config from the files, secrets redacted")
 
     def log() -> None:
@@ -116,7 +115,7 @@ def write(ctx: Context, out: BinaryIO, log_file: str | None, say: Callable[[str]
         step(name, fn)
     manifest = {"format": bundle.FORMAT, "created": w.now, "tool": f"icvq {__version__}",
                 "host": os.uname().nodename, "user": getpass.getuser(), "vehicle": v,
-                "agent": "running" if st.get("running") else f"down: {st.get('reason')}",
+                "agent": agent_says,
                 "members": dict(w.members), "omitted": dict(w.omitted), "notes": scrub.notes}
     w.add_json("manifest.json", manifest, "this list")
     w.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import history
 from ..control import json_default
-from .client import EXIT_DOWN, EXIT_OK, Context, RequestError, Unavailable, context
+from .client import EXIT_DOWN, EXIT_OK, LABELS, Context, RequestError, Unavailable, context
 from .fmt import fields, parse_since, table, ts
 
 
@@ -26,17 +26,18 @@ def fetch(ctx: Context, q: history.Query) -> dict[str, Any]:
         down = e
     if ctx.cfg is None:
         raise Unavailable(f"{down}; and the config cannot be read to find the history: {ctx.config_error}",
-                          down.code)
+                          down.state, down.pid)
     if not history.enabled(ctx.cfg.history):
-        raise Unavailable(f"{down}; the local history is off in {ctx.config_path}", down.code)
+        raise Unavailable(f"{down}; the local history is off in {ctx.config_path}", down.state, down.pid)
     path = ctx.cfg.history.path
     try:
         rows, more, note = history.query_file(path, q)
     except FileNotFoundError:
         rows, more, note = [], False, "no history file yet"
     except (OSError, sqlite3.Error) as e:
-        raise Unavailable(f"{down}; and {path} cannot be read: {e}", down.code) from None
-    return {"running": False, "reason": str(down), "source": path, "events": rows, "more": more, "note": note}
+        raise Unavailable(f"{down}; and {path} cannot be read: {e}", down.state, down.pid) from None
+    return {"running": False, "agent": down.state, "pid": down.pid, "reason": str(down), "source": path,
+            "events": rows, "more": more, "note": note}
 
 
 def _s(ms: int | None) -> float | None:
@@ -59,7 +60,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2, default=json_default))
         return EXIT_OK
     if not res["running"]:
-        print(f"icvq-agent is NOT RUNNING ({res['reason']}); events read from {res['source']} (read-only)")
+        print(f"icvq-agent is {LABELS[res['agent']]} ({res['reason']}); events read from {res['source']} "
+              "(read-only)")
     rows = list(reversed(res["events"]))  # newest last, next to the prompt
     if not rows:
         print("no events" + (f" ({res['note']})" if res.get("note") else ""))

@@ -1,4 +1,8 @@
-"""`icvq flush [--wait]`: upload now; with --wait, until everything spooled before the request is acked."""
+"""`icvq flush [--wait]`: upload now; with --wait, until everything spooled before the request is acked.
+
+When the wait ends with records left, it says why with the agent's own verdict (offline, no backend
+subscribed, spool trouble...): the same reasons `icvq status` shows.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import sys
 import time
 from typing import Any
 
-from .client import EXIT_OK, EXIT_UNHEALTHY, RequestError, Unavailable, context
-from .fmt import age, isatty
+from .client import EXIT_FAILING, EXIT_OK, RequestError, Unavailable, context
+from .fmt import age, isatty, ts
+from .status import reason_text
 
 
 def drained(st: dict[str, Any], requested_at: float) -> bool:
@@ -38,10 +43,9 @@ def cmd_flush(args: argparse.Namespace) -> int:
                 sp, up = st.get("spool") or {}, st.get("uplink") or {}
                 done = drained(st, requested_at)
                 if progress:
-                    link = "uplink connected" if up.get("connected") else \
-                        f"uplink OFFLINE: {up.get('last_error') or 'not connected'}"
+                    why = "; ".join(r["text"] for r in waiting_reasons(st)[:1]) or "uplink connected"
                     print(f"\r\033[Kwaiting {age(time.monotonic() - t0)}: {sp.get('records', 0)} records, "
-                          f"{sp.get('batches', 0)} batches in spool; {link}", end="", file=sys.stderr, flush=True)
+                          f"{sp.get('batches', 0)} batches in spool; {why}", end="", file=sys.stderr, flush=True)
                 if done or time.monotonic() >= deadline:
                     break
                 time.sleep(0.5)
@@ -50,24 +54,35 @@ def cmd_flush(args: argparse.Namespace) -> int:
         return e.code
     except RequestError as e:
         print(f"icvq: {e}", file=sys.stderr)
-        return EXIT_UNHEALTHY
+        return EXIT_FAILING
     if progress:
         print(file=sys.stderr)
     elapsed = round(time.monotonic() - t0, 1)
+    reasons = [] if done else waiting_reasons(st)
     if args.json:
-        print(json.dumps({"ok": done, "elapsed_s": elapsed, "spool": sp, "uplink": up}, default=str))
+        print(json.dumps({"ok": done, "elapsed_s": elapsed, "spool": sp, "uplink": up,
+                          "verdict": st.get("verdict"), "why": reasons}, default=str))
     elif done:
         print(f"flushed: everything spooled before the request was acknowledged ({elapsed} s)")
     else:
-        why = "" if up.get("connected") else f"; uplink offline: {up.get('last_error') or 'not connected'}"
-        print(f"timed out after {elapsed} s: {sp.get('records', 0)} records and {sp.get('batches', 0)} "
-              f"batches still waiting{why}")
-    return EXIT_OK if done else EXIT_UNHEALTHY
+        now = st.get("now") or time.time()
+        lines = [f"timed out after {elapsed} s: {sp.get('records', 0)} records and {sp.get('batches', 0)} "
+                 f"batches still waiting" + (", because:" if reasons else
+                                             " (the agent names no reason: the uplink may be slow)")]
+        lines += [f"  {r['severity']}  {reason_text(r, now, ts)}" for r in reasons]
+        print("\n".join(lines))
+    return EXIT_OK if done else EXIT_FAILING
+
+
+def waiting_reasons(st: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verdict's reasons that hold records back (not the notes): the agent's words, not ours."""
+    return [r for r in (st.get("verdict") or {}).get("reasons") or [] if r.get("severity") != "note"]
 
 
 def register(sub: Any, handlers: dict[str, Any], common: Any) -> None:
     p = sub.add_parser("flush", help="upload the spool now (exit 1 when --wait times out)")
     common(p)
-    p.add_argument("--wait", action="store_true", help="wait until the spool is uploaded")
+    p.add_argument("--wait", action="store_true", help="wait until everything spooled before the request is "
+                   "acknowledged by the backend; on timeout, say why records still wait")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most (default 60)")
     handlers["flush"] = cmd_flush

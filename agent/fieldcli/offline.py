@@ -8,17 +8,15 @@ keep in step with SCHEMA in agent/spool.py.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from .. import __version__, history
 from ..spool import ROW_OVERHEAD
-from .client import Context
+from .client import NOT_RUNNING, Context, Unavailable
 
 
 def spool_summary(path: str) -> dict[str, Any]:
@@ -61,27 +59,26 @@ def history_summary(path: str) -> dict[str, Any]:
         db.close()
 
 
-def agent_processes() -> list[dict[str, Any]]:
-    """A daemon may run without answering (socket failed, hung): worth telling apart from 'not running'."""
-    out = []
-    for p in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
-        try:
-            argv = p.info["cmdline"] or []
-            exe = Path(argv[0]).name if argv else ""
-            if p.info["name"] == "icvq-agent" or exe == "icvq-agent" or \
-                    (len(argv) >= 2 and argv[1].endswith("icvq-agent")):
-                out.append({"pid": p.info["pid"], "started": p.info["create_time"]})
-        except (psutil.Error, IndexError):
-            continue
-    return [x for x in out if x["pid"] != os.getpid()]
+def owner(pid: int | None) -> dict[str, Any] | None:
+    """The process that owns this config's socket (never every icvq-agent on the host: another one may serve
+    another config)."""
+    if pid is None:
+        return None
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return {"pid": pid, "name": p.name(), "state": p.status(), "started": p.create_time()}
+    except psutil.Error as e:
+        return {"pid": pid, "error": type(e).__name__}
 
 
-def status(ctx: Context, reason: str, denied: bool = False) -> dict[str, Any]:
-    """`running` is None when we may not ask (permission): we do not know, and must not say "down"."""
-    st: dict[str, Any] = {"running": None if denied else False, "reason": reason, "now": time.time(),
-                          "cli_version": __version__,
-                          "config": {"path": ctx.config_path}, "socket": ctx.socket,
-                          "processes": agent_processes()}
+def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
+    """`agent` says why the daemon was not asked (not_running, hung, no_permission); `running` is false
+    only when nothing listens, null when a process may be there (hung) or we may not ask."""
+    st: dict[str, Any] = {"agent": why.state, "running": False if why.state == NOT_RUNNING else None,
+                          "reason": str(why), "pid": why.pid, "owner": owner(why.pid), "verdict": None,
+                          "now": time.time(), "cli_version": __version__,
+                          "config": {"path": ctx.config_path}, "socket": ctx.socket}
     cfg = ctx.cfg
     if cfg is None:
         st["config"]["error"] = ctx.config_error

@@ -1,4 +1,9 @@
-"""`icvq status`: is the agent running, and if something is wrong, what. Problems first."""
+"""`icvq status`: is the agent running, and if something is wrong, what. Problems first.
+
+The health verdict is the agent's (agent/health.py, in the status as `verdict`): this module renders it and
+never re-derives it, so text, `--json`, systemd's STATUS= line and `icvq flush` say the same. When the agent
+cannot be asked, the header says why (NOT RUNNING, HUNG, NO PERMISSION) and the rest is read from disk.
+"""
 
 from __future__ import annotations
 
@@ -9,69 +14,25 @@ from typing import Any
 
 from ..control import json_default
 from . import offline
-from .client import EXIT_OK, EXIT_PERM, EXIT_UNHEALTHY, Context, Unavailable, ask, context
+from .client import EXIT_DEGRADED, EXIT_FAILING, EXIT_OK, LABELS, Context, Unavailable, ask, context
 from .fmt import age, fields, kv, size, table, ts
 
-SPOOL_FULL_WARN = 0.8
-BACKLOG_WARN_S = 3600
+VERDICT_EXIT = {"healthy": EXIT_OK, "degraded": EXIT_DEGRADED, "failing": EXIT_FAILING}
 
 
 def fetch(ctx: Context) -> tuple[dict[str, Any], int]:
-    """(status, exit code when down or 0); the status says itself whether it came from the daemon or disk."""
+    """(status, exit code when the agent could not be asked, else 0); the status says where it came from:
+    `agent` is running | not_running | hung | no_permission."""
     try:
-        return ask(ctx, {"cmd": "status"})["status"], EXIT_OK
+        st = ask(ctx, {"cmd": "status"})["status"]
+        return {**st, "agent": "running"}, EXIT_OK
     except Unavailable as e:
-        return offline.status(ctx, str(e), denied=e.code == EXIT_PERM), e.code
+        return offline.status(ctx, e), e.code
 
 
-def assess(st: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(problems, warnings). A problem makes `icvq status` exit non-zero; a warning is worth a look."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    now = st.get("now") or 0
-    if st.get("running") is None:
-        problems.append(f"cannot ask the agent: {st.get('reason', '?')}")
-    elif not st.get("running"):
-        problems.append(f"agent not running: {st.get('reason', '?')}")
-        procs = st.get("processes") or []
-        if procs:
-            problems.append("an icvq-agent process is running but does not answer: pid "
-                            + ", ".join(str(p["pid"]) for p in procs))
-    else:
-        if not st.get("healthy", True):
-            problems.append(f"pipeline stalled: last turn {age(st.get('pipeline_age_s'))} ago")
-        for name, p in sorted((st.get("probes") or {}).items()):
-            if p.get("state") == "error":
-                problems.append(f"probe {name} failing: {p.get('last_error') or '?'}")
-            elif p.get("state") == "degraded":
-                warnings.append(f"probe {name} degraded: {p.get('last_error') or '?'}")
-        up = st.get("uplink") or {}
-        if (up.get("last_connect_error") or {}).get("code") == "plaintext_refused":
-            problems.append(f"uplink held: {up['last_connect_error']['text']}")
-        elif not up.get("connected"):
-            warnings.append(f"uplink offline: {up.get('last_error') or 'not connected yet'}")
-        if up.get("transport") == "plaintext-allowed":
-            warnings.append("uplink WITHOUT TLS to a non-loopback broker (uplink.allow_plaintext = true)")
-        elif up.get("last_ack_wall") and st.get("inflight") and now - up["last_ack_wall"] > 120:
-            warnings.append(f"uplink connected but nothing acknowledged for {age(now - up['last_ack_wall'])}")
-        if not (st.get("clock") or {}).get("synced", True):
-            warnings.append("wall clock not synchronised (records are re-anchored later)")
-        h = st.get("history") or {}
-        if h.get("last_error"):
-            warnings.append(f"history not writable: {h['last_error']}")
-    sp = st.get("spool") or {}
-    if sp.get("degraded"):
-        problems.append(f"spool not writable, holding records in memory: {sp.get('last_disk_error')}")
-    if sp.get("error"):
-        warnings.append(f"spool: {sp['error']}")
-    if sp.get("max_bytes") and sp.get("bytes", 0) > SPOOL_FULL_WARN * sp["max_bytes"]:
-        warnings.append(f"spool {100 * sp['bytes'] / sp['max_bytes']:.0f} % full")
-    if sp.get("oldest_wall_ms") and now - sp["oldest_wall_ms"] / 1000 > BACKLOG_WARN_S:
-        warnings.append(f"oldest record waiting for {age(now - sp['oldest_wall_ms'] / 1000)}")
-    drops = sp.get("drops") or {}
-    if drops:
-        warnings.append(f"{sum(drops.values())} records dropped since the spool was created")
-    return problems, warnings
+def reason_text(r: dict[str, Any], now: float, t: Callable[[float | None], str]) -> str:
+    since = r.get("since")
+    return r.get("text", "?") + (f" (since {t(since)}, {age(now - since)})" if since else "")
 
 
 def render(st: dict[str, Any], *, utc: bool = False) -> str:
@@ -82,25 +43,28 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
     def t(x: float | None) -> str:
         return ts(x, utc=utc)
 
-    problems, warnings = assess(st)
     out: list[str] = []
-    if st.get("running"):
-        state = "healthy" if not problems else "UNHEALTHY"
-        out.append(f"icvq-agent {st.get('version')} is RUNNING, {state} (pid {st.get('pid')}, "
+    v = st.get("verdict")
+    agent = st.get("agent") or ("running" if st.get("running") else "not_running")
+    if agent == "running":
+        state = (v or {}).get("state", "unknown (agent too old to say)")
+        out.append(f"icvq-agent {st.get('version')} is RUNNING, {state.upper()} (pid {st.get('pid')}, "
                    f"up {age(st.get('uptime_s'))})")
-    elif st.get("running") is None:
-        out.append(f"icvq-agent: NO PERMISSION to ask it ({st.get('reason')}); what the disk says, read-only")
+        reasons = (v or {}).get("reasons") or []
+        problems = [r for r in reasons if r.get("severity") != "note"]
+        notes = [r for r in reasons if r.get("severity") == "note"]
+        out.append("")
+        lines = [(f"{r.get('severity')}", reason_text(r, now, t)) for r in problems] or [("problems", "none")]
+        lines += [("note", reason_text(r, now, t)) for r in notes]
+        out.append(kv(lines))
     else:
-        out.append(f"icvq-agent is NOT RUNNING ({st.get('reason')}); read from disk, read-only")
-    out.append("")
-    out.append(kv([("problems", "none" if not problems else problems[0])] +
-                  [("", p) for p in problems[1:]] +
-                  [("warnings", "none" if not warnings else warnings[0])] + [("", w) for w in warnings[1:]]))
+        out.append(f"icvq-agent is {LABELS.get(agent, agent.upper())} ({st.get('reason')}); "
+                   "read from disk, read-only")
     out.append("")
     rows: list[tuple[str, str]] = []
-    v = st.get("vehicle")
-    if v:
-        rows.append(("vehicle", f"{v.get('id')} / {v.get('device')}   fleet {v.get('fleet')}"))
+    veh = st.get("vehicle")
+    if veh:
+        rows.append(("vehicle", f"{veh.get('id')} / {veh.get('device')}   fleet {veh.get('fleet')}"))
     c = st.get("config") or {}
     rows.append(("config", f"{c.get('path')}   digest {c.get('digest', '-')}" +
                  (f"   ERROR {c['error']}" if c.get("error") else "")))
@@ -176,26 +140,25 @@ def _spool(sp: dict[str, Any], now: float, inflight: Any, t: Callable[[float | N
 
 
 def exit_code(st: dict[str, Any], down_code: int) -> int:
-    if not st.get("running"):
+    if st.get("agent") != "running":
         return down_code
-    return EXIT_UNHEALTHY if assess(st)[0] else EXIT_OK
+    return VERDICT_EXIT.get((st.get("verdict") or {}).get("state", ""), EXIT_FAILING)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     ctx = context(args)
     st, down_code = fetch(ctx)
-    if ctx.cfg is not None and st.get("running"):
+    if ctx.cfg is not None and st.get("agent") == "running":
         st.setdefault("config", {})["file_digest"] = ctx.cfg.digest
-    problems, warnings = assess(st)
     if args.json:
-        print(json.dumps({**st, "problems": problems, "warnings": warnings}, indent=2, default=json_default))
+        print(json.dumps(st, indent=2, default=json_default))
     else:
         print(render(st))
     return exit_code(st, down_code)
 
 
 def register(sub: Any, handlers: dict[str, Any], common: Any) -> None:
-    p = sub.add_parser("status", help="is the agent running and healthy; what is wrong (exit 0 ok, 1 unhealthy, "
-                       "3 not running, 4 no permission)")
+    p = sub.add_parser("status", help="is the agent running; its health verdict and why (exit 0 healthy, "
+                       "6 degraded, 1 failing, 3 not running, 4 no permission, 5 hung)")
     common(p)
     handlers["status"] = cmd_status

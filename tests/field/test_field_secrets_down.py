@@ -104,7 +104,7 @@ def _disk_state(d: Path) -> dict[str, str]:
 def test_daemon_down_answers_read_only(sshd: Sshd, car: Car, tmp_path: Path) -> None:
     up = json.loads(sshd.ssh(["status", "--json"], car.env).stdout)
     if up["running"]:
-        assert up["uplink"]["connected"] is False and "uplink offline" in " ".join(up["warnings"])
+        assert up["uplink"]["connected"] is False and up["verdict"]["reasons"][0]["code"] == "offline"
     assert car.agent.stop() == 0
     before = _disk_state(car.tmp)
     assert set(before) == {"spool.db", "history.db"}  # a clean stop leaves no -wal/-shm behind
@@ -112,10 +112,10 @@ def test_daemon_down_answers_read_only(sshd: Sshd, car: Car, tmp_path: Path) -> 
     r = sshd.ssh(["status", "--json"], car.env)
     assert r.returncode == 3
     st = json.loads(r.stdout)
-    assert st["running"] is False and "nothing listens on" in st["reason"]
+    assert st["running"] is False and st["agent"] == "not_running" and "nothing listens on" in st["reason"]
+    assert st["verdict"] is None and st["pid"] is None
     assert st["spool"]["records"] > 0 and st["spool"]["oldest_wall_ms"]  # never uploaded: still there
     assert st["history"]["events"] == 6  # 4 seeded + agent.start + agent.stop
-    assert st["problems"][0].startswith("agent not running")
 
     r = sshd.ssh(["status"], car.env)
     assert r.returncode == 3 and b"icvq-agent is NOT RUNNING" in r.stdout and b"spool    " in r.stdout

@@ -55,19 +55,19 @@ def test_status_over_ssh(sshd: Sshd, car: Car) -> None:
         if (st["uplink"]["connected"] and st["uplink"]["last_ack_wall"]) or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert rc == 0, st["problems"]
+    assert rc == 0, st["verdict"]
     assert st["running"] and st["healthy"] and st["version"] == "0.1.0"
     assert st["vehicle"] == {"id": "VIN0001", "device": "hu", "fleet": "test"}
     assert st["config"]["path"] == str(car.config) and st["config"]["digest"] == st["config"]["file_digest"]
     assert st["uplink"]["connected"] and st["uplink"]["broker"].startswith("127.0.0.1:")
     assert st["probes"]["system"]["state"] == "ok"
     assert {"records", "bytes", "oldest_wall_ms", "drops"} <= set(st["spool"])
-    assert st["problems"] == []
+    assert st["verdict"]["state"] == "healthy" and st["agent"] == "running"
 
     human = sshd.ssh(["status"], car.env)
     text = human.stdout.decode()
     assert human.returncode == 0, text
-    assert "is RUNNING, healthy" in text and "VIN0001 / hu" in text and "system  ok" in text
+    assert "is RUNNING, HEALTHY" in text and "VIN0001 / hu" in text and "system  ok" in text
     assert "\x1b[" not in text  # no colour or cursor codes when stdout is not a terminal
 
 

@@ -120,10 +120,10 @@ def test_in_process_daemon_history_tail_and_slow_subscriber(tmp_path: Path) -> N
         slow.sendall(b'{"cmd":"tail"}\n')
         time.sleep(0.2)
 
-        d.pipeline.intake(d.rec.event("display.freeze", {"fb": 0}))
+        d.pipeline.intake(d.rec.event("display.test_mark", {"fb": 0}))
         d.pipeline.intake(d.rec.metric("display.fps", 0))
         got = lines.read()["record"]
-        assert got["name"] == "display.freeze" and got["fields"] == {"fb": 0}
+        assert got["name"] == "display.test_mark" and got["fields"] == {"fb": 0}
 
         t0 = time.monotonic()
         for i in range(30_000):
@@ -137,7 +137,7 @@ def test_in_process_daemon_history_tail_and_slow_subscriber(tmp_path: Path) -> N
         assert st["control"]["tail_dropped"] > 0, st["control"]
         assert st["healthy"] and time.monotonic() - t0 < 15
         ev = request(sock, {"cmd": "events", "name": "display.*"})
-        assert [e["name"] for e in ev["events"]] == ["display.freeze"]  # events only, no metric
+        assert [e["name"] for e in ev["events"]] == ["display.test_mark"]  # events only, no metric
         assert request(sock, {"cmd": "events", "name": "flood.*", "limit": 5000})["more"] is True
         for c in (fast, slow):
             c.close()

@@ -224,7 +224,8 @@ def main(out_path: str) -> None:
 
     @step("connected")
     def _() -> Any:
-        ok = wait_for(lambda: "uplink connected" in show()["StatusText"] and sub.count("batch") >= 1, 40)
+        ok = wait_for(lambda: " | spool " in show()["StatusText"] and "uplink offline" not in show()["StatusText"]
+                      and sub.count("batch") >= 1, 40)
         return {"ok": bool(ok), "show": show(), "batches": sub.count("batch"), "status_msgs": sub.count("status")}
 
     @step("agent_process")

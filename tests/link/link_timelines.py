@@ -42,6 +42,30 @@ def timeline(*phases: tuple[float, dict[str, Any]], until: float, step: float = 
     return out
 
 
+MODEM_FIELDS = ("modem", "signal_known", "rsrp", "rsrq", "rssi", "snr", "nr_rsrp", "nr_rsrq", "nr_snr", "tech",
+                "reg", "registered", "attached")
+
+
+def polled(samples: list[Sample], every_s: float, offset_s: float = 0.0) -> list[Sample]:
+    """The modem as the probe sees it: polled every `every_s` from `offset_s` on, each tick carries the latest
+    reading (taken at `modem_t`) while GNSS and the data path are fresh every tick."""
+    out: list[Sample] = []
+    reading: Sample | None = None
+    next_poll = offset_s
+    by_t = {s.t: s for s in samples}
+    for s in samples:
+        while next_poll <= s.t + 1e-9:
+            # The state at the poll: the last sample at or before it.
+            reading = by_t[max(t for t in by_t if t <= next_poll + 1e-9)]
+            reading = replace(reading, modem_t=round(next_poll, 3))
+            next_poll += every_s
+        if reading is None:
+            out.append(replace(s, modem=False, registered=None, attached=None, signal_known=False, rsrp=None))
+            continue
+        out.append(replace(s, modem_t=reading.modem_t, **{f: getattr(reading, f) for f in MODEM_FIELDS}))
+    return out
+
+
 def run(samples: list[Sample], rules: RulesConfig | None = None, wait_ack: bool = True,
         **kw: Any) -> tuple[list[Action], LossTracker]:
     ids = iter(range(1, 1000))

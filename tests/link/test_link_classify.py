@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from link_timelines import CELL_BACK, CELL_GONE, GNSS_BACK, GNSS_GONE, GOOD, run, timeline
+from link_timelines import CELL_BACK, CELL_GONE, GNSS_BACK, GNSS_GONE, GOOD, polled, run, timeline
 
 from agent.probes.link import classify as c
 from agent.probes.link.privacy import DEFAULT_GRID_M, snap
@@ -33,7 +33,9 @@ CASES: list[tuple[str, list[Sample], str, str | None, dict[str, Any]]] = [
     ("coverage hole: decay with a fix", timeline(
         (95, CELL_GONE), (150, CELL_BACK | {"registered": True}), (151, {"attached": True}),
         (152, {"datapath": True}), until=180, ramp=(40, 100, -90, -126)),
-     "coverage", "coverage", {"duration_s": 57, "to_registered_s": 0, "to_attached_s": 1, "to_datapath_s": 2}),
+     # The signal went unusable (< -120 dBm) at 91 s, registration at 95 s: the loss starts at 91 s.
+     "coverage", "coverage", {"duration_s": 61, "start_evidence": "signal_lost", "to_registered_s": 0,
+                              "to_attached_s": 1, "to_datapath_s": 2}),
     ("terminal: attach stays away after a tunnel", tunnel(back_att=200, back_dp=201), "terminal", "tunnel",
      {"to_registered_s": 2, "to_attached_s": 200, "evidence": ["attach"]}),
     ("terminal: registration stays away, GNSS fine", timeline(
@@ -58,6 +60,13 @@ CASES: list[tuple[str, list[Sample], str, str | None, dict[str, Any]]] = [
         (100, CELL_GONE), (160, CELL_BACK | BACK), until=190), "unknown", None, {}),
     ("not a tunnel when T3402 follows: terminal wins", tunnel(back_reg=720, back_att=720, back_dp=721),
      "terminal", "tunnel", {"to_registered_s": 720}),
+    # The defaults (docs/link.md): one failed attempt (T3410 15 s) and one retry (T3411 10 s) is a healthy
+    # terminal; the field case, registered 54 s after the signal came back, is not.
+    ("tunnel: registered 27 s after the signal (one failed attempt + T3411)",
+     tunnel(back_reg=27, back_att=28, back_dp=29), "tunnel", "tunnel", {"to_registered_s": 27}),
+    ("terminal: registered 54 s after the signal (slow re-attach after a tunnel)",
+     tunnel(back_reg=54, back_att=55, back_dp=56), "terminal", "tunnel",
+     {"to_registered_s": 54, "evidence": ["registration", "attach"]}),
 ]
 
 
@@ -99,7 +108,8 @@ def test_overdue_is_announced_once_while_the_episode_is_still_open() -> None:
     actions, _ = run(tunnel(back_att=200, back_dp=201))
     assert [a.kind for a in actions] == ["begin", "overdue", "end"]
     over = actions[1].fields
-    assert over["evidence"] == ["attach"] and over["since_s"] == pytest.approx(121, abs=1.01)
+    # Signal back 60 s after the start; attach overdue defect_after_s later.
+    assert over["evidence"] == ["attach"] and over["since_s"] == pytest.approx(60 + R.defect_after_s, abs=1.01)
 
 
 def test_short_outage_is_a_blip_not_an_episode() -> None:
@@ -167,3 +177,56 @@ def test_decay(values: list[float], metric: str, decayed: bool) -> None:
     pre = [Sample(t=float(i * 10), modem=True, signal_known=True, rsrp=v) for i, v in enumerate(values)]
     tr = c.trend(pre, 50.0, R)
     assert tr["metric"] == metric and c.decayed(tr, R) is decayed
+
+
+# ---------------------------------------------------------------------------------------- back-dating
+# The radio goes but the MQTT session has not noticed yet (keep-alive): only the modem poll can see it.
+RADIO_GONE: dict[str, Any] = dict(rsrp=None, rsrq=None, registered=False, attached=False)
+HEALTHY_POLL_S = 5.0  # modem.interval_s while the link is fine
+
+
+@pytest.mark.parametrize(("name", "phases", "start", "evidence", "lost_at_s"), [
+    ("GNSS went 4 s before the modem poll saw the cell go", [(97, GNSS_GONE), (98, RADIO_GONE)],
+     97.0, "gnss_lost", 0.0),
+    ("the signal dropped before registration went", [(95, {"rsrp": -125.0}), (98, RADIO_GONE)],
+     95.5, "signal_lost", None),
+    ("no earlier evidence: the reading, taken before the tick that used it", [(98, RADIO_GONE)],
+     100.5, "modem_down", None),
+    ("fix lost in a car park 40 s before: not this loss, and lost_at_s says so", [(60, GNSS_GONE), (98, RADIO_GONE)],
+     100.5, "modem_down", -40.5),
+    ("a fine modem reading after the fix went: the fix is not the start", [(99, GNSS_GONE), (101, RADIO_GONE)],
+     105.5, "modem_down", -6.5),
+    ("data path only: nothing earlier to go by", [(98.2, {"datapath": False})], 99.0, "first_bad_sample", None),
+])
+def test_loss_start_is_back_dated_to_the_first_evidence(name: str, phases: list[tuple[float, dict[str, Any]]],
+                                                         start: float, evidence: str, lost_at_s: float | None) -> None:
+    samples = polled(timeline(*phases, (130, GOOD), until=160), HEALTHY_POLL_S, offset_s=0.5)
+    actions, _ = run(samples)
+    begin, end = actions[0], actions[-1]
+    assert (begin.kind, end.kind) == ("begin", "end")
+    assert begin.start_t == pytest.approx(start) and end.start_t == begin.start_t
+    assert begin.fields["start_evidence"] == end.fields["start_evidence"] == evidence
+    first_bad = next(s.t for s in samples if c.connected(s) is False)
+    # BEGIN comes with the first bad sample once the loss (from its back-dated start) lasted loss_min_s.
+    assert begin.fields["detect_delay_s"] == pytest.approx(max(first_bad - start, R.loss_min_s), abs=1.01)
+    assert end.fields["duration_s"] == pytest.approx(130 - start, abs=1.01)  # back at the next tick after 130
+    if lost_at_s is not None:
+        assert end.fields["gnss"]["lost_at_s"] == pytest.approx(lost_at_s)
+
+
+def test_loss_start_table() -> None:
+    """The pure rule on its own: (pre, first bad sample) → start and evidence."""
+    pre = [Sample(t=float(t), modem=True, modem_t=float(t) - 0.5, signal_known=True, rsrp=-90.0, registered=True,
+                  attached=True, fix=t < 97) for t in range(90, 101)]
+    first = Sample(t=101.0, modem=True, modem_t=100.5, signal_known=True, registered=False, attached=False,
+                   fix=False)
+    # A fresh reading every tick: the one taken at 99.5 still said fine, so the fix lost at 97 is not the start.
+    assert c.loss_start(pre, first, R) == (100.5, "modem_down")
+    # Readings only every 5 s: the last fine one was taken at 95.5, the fix went at 97.
+    stale = [x if x.t < 96 else replace(x, modem_t=95.5) for x in pre]
+    assert c.loss_start(stale, first, R) == (97.0, "gnss_lost")
+    # No modem at all: GNSS within together_s back-dates a data path loss.
+    no_modem = [replace(x, modem=False, modem_t=None, registered=None, attached=None) for x in pre]
+    dp = Sample(t=101.0, datapath=False, fix=False)
+    assert c.loss_start(no_modem, dp, R) == (97.0, "gnss_lost")
+    assert c.loss_start(no_modem, replace(dp, t=120.0), R) == (120.0, "first_bad_sample")

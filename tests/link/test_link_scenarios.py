@@ -34,7 +34,8 @@ def _records(rec: Recorder) -> list[Record]:
     return [r for b in rec.unique().values() for r in b.records]
 
 
-def play(tmp_path: Path, broker: Mosquitto, name: str, modem: str) -> tuple[list[Record], LinkSim, str]:
+def play(tmp_path: Path, broker: Mosquitto, name: str, modem: str,
+         probe: dict[str, Any] | None = None) -> tuple[list[Record], LinkSim, str]:
     require_gpsfake()
     sc = SCENARIOS[name]()
 
@@ -46,7 +47,7 @@ def play(tmp_path: Path, broker: Mosquitto, name: str, modem: str) -> tuple[list
 
     sim = LinkSim(sc, tmp_path / "sim", modem=modem, on_datapath=cut).prepare()
     rec = Recorder(broker.port).start()
-    cfg = base_config(tmp_path, broker.port, probes__link=sim.probe_config(metrics_interval_s=0.5),
+    cfg = base_config(tmp_path, broker.port, probes__link=sim.probe_config(metrics_interval_s=0.5, **(probe or {})),
                       probes__system={"interval_s": 1.0}, agent={"nice": 0, "io_idle": False,
                                                                  "health_interval_s": 30})
     agent = AgentProc(write_config(tmp_path, cfg), tmp_path / "agent.log").start()
@@ -152,6 +153,38 @@ def test_backend_outage_with_a_good_radio_through_the_real_daemon(tmp_path: Path
     a, b = sim.sc.outages[0]
     assert sim.wall_between(a, b) - TOL_S <= rec["to_ack_s"] <= sim.wall_between(a, b) + 2.5
     assert not any(r.name == "link.recovery_overdue" for r in records)
+
+
+def _tunnel_then_register(tmp_path: Path, broker: Mosquitto, name: str) -> tuple[dict[str, Any], dict[str, Any],
+                                                                                  list[Record], LinkSim]:
+    # The healthy modem poll at its default (5 s, scaled): the loss start must still be the tunnel portal.
+    sc = SCENARIOS[name]()
+    records, sim, _ = play(tmp_path, broker, name, "at", {"modem": {"interval_s": 5.0 / sc.speed}})
+    begin, end, _ = one_episode(records)
+    check_recovery(end, sim)
+    enter, leave = 10.0, sc.expect.signal_back_at
+    assert leave is not None
+    dp_up = sc.outages[0][1]
+    # Back-dated to the portal (GNSS and the cell went together there), although the data path went 4 s later
+    # and the modem is read every 5 s: the fix was lost at the start, not before it.
+    assert begin["start_evidence"] in ("gnss_lost", "modem_down") and end["start_evidence"] == begin["start_evidence"]
+    assert abs(end["gnss"]["lost_at_s"]) <= TOL_S
+    assert end["gnss"]["back_at_s"] == pytest.approx(sim.wall_between(enter, leave), abs=TOL_S)
+    assert sim.wall_between(enter, dp_up) - TOL_S <= end["duration_s"] <= sim.wall_between(enter, dp_up) + 2.0
+    return begin, end, records, sim
+
+
+def test_registered_after_one_retry_is_still_a_tunnel(tmp_path: Path, broker: Mosquitto) -> None:
+    _, end, records, _ = _tunnel_then_register(tmp_path, broker, "tunnel_retry")
+    assert (end["cause"], end["setting"]) == ("tunnel", "tunnel") and "evidence" not in end
+    assert not any(r.name == "link.recovery_overdue" for r in records)
+
+
+def test_slow_reattach_after_a_tunnel_is_a_terminal_defect(tmp_path: Path, broker: Mosquitto) -> None:
+    _, end, records, _ = _tunnel_then_register(tmp_path, broker, "slow_reattach")
+    assert (end["cause"], end["setting"]) == ("terminal", "tunnel")
+    assert end["evidence"] == ["registration", "attach"]
+    assert len([r for r in records if r.name == "link.recovery_overdue"]) == 1
 
 
 def test_missing_gpsfake_fails_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

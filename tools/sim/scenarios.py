@@ -120,6 +120,42 @@ def terminal() -> Scenario:
                     Expect("terminal", "tunnel", leave, 2.0, 180.0), speed=25.0)
 
 
+def _tunnel_then_register(name: str, title: str, reg_after_s: float, cause: str) -> Scenario:
+    """A 30 s tunnel at 80 km/h; once out, the signal is good at once but the modem registers only
+    `reg_after_s` later and attaches 1 s after that. The MQTT session notices the loss 4 s into the tunnel
+    (keep-alive), so the start must come from GNSS and the modem poll, not from the data path."""
+    pos = _moving(80.0)
+    enter, leave = 10.0, 40.0
+    registered = leave + reg_after_s
+
+    def modem(t: float) -> ModemPoint:
+        if _between(t, enter, leave):
+            return NO_SIGNAL
+        if _between(t, leave, registered):
+            return ModemPoint(rsrp=-92.0, rsrq=-11.0, reg=2, attached=False)
+        if _between(t, registered, registered + 1):
+            return ModemPoint(rsrp=-90.0, rsrq=-10.0, reg=1, attached=False)
+        return ModemPoint()
+
+    return Scenario(name, title, registered + 10.0, lambda t: pos(t, not _between(t, enter, leave)), modem,
+                    ((enter + 4.0, registered + 1.0),),
+                    Expect(cause, "tunnel", leave, reg_after_s, reg_after_s + 1.0), speed=15.0)
+
+
+def tunnel_retry() -> Scenario:
+    """After the tunnel the first attempt fails and the retry after T3411 works: registered 25 s after the
+    signal (T3410 15 s + T3411 10 s). A healthy terminal: the cause stays `tunnel`."""
+    return _tunnel_then_register("tunnel_retry", "tunnel, registered 25 s after the signal (one retry)", 25.0,
+                                 "tunnel")
+
+
+def slow_reattach() -> Scenario:
+    """The field case: after the tunnel the signal is good but the modem registers only 54 s later (two or
+    more failed attempts in good signal). A terminal defect, in a tunnel setting."""
+    return _tunnel_then_register("slow_reattach", "tunnel, registered 54 s after the signal (terminal)", 54.0,
+                                 "terminal")
+
+
 def backend() -> Scenario:
     """The radio is fine all along (registered, attached, good signal, GNSS fix); the backend is away 40 s."""
     pos = _moving(30.0)
@@ -129,4 +165,5 @@ def backend() -> Scenario:
 
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
-    "tunnel": tunnel, "mountain": mountain, "terminal": terminal, "backend": backend}
+    "tunnel": tunnel, "mountain": mountain, "terminal": terminal, "backend": backend, "tunnel_retry": tunnel_retry,
+    "slow_reattach": slow_reattach}

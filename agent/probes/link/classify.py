@@ -13,6 +13,11 @@ Causes, in the order they are tried (docs/link.md has the reasons):
 - coverage: GNSS kept its fix while the signal decayed (by `decay_db`, to below "weak") into the loss.
 - unknown:  anything else, e.g. no GNSS, or no modem information.
 `setting` keeps tunnel/coverage even when the cause is the terminal, so "stuck after a tunnel" stays visible.
+
+The loss start (`loss_start`) is back-dated from the first bad sample to the first evidence of the loss: the
+GNSS fix going, the signal dropping, the modem reading that showed the radio down (a reading taken up to one
+healthy poll, 5 s, before the tick that saw it). Never before the last modem reading that showed the radio
+fine, never more than `together_s` back. Every figure counts from that start.
 """
 
 from __future__ import annotations
@@ -57,6 +62,16 @@ def radio_down(s: Sample, r: Rules) -> bool:
     return usable(s, r) is False or s.registered is False
 
 
+def reading_t(s: Sample) -> float:
+    """When the modem reading behind `s` was taken (never after the tick that used it)."""
+    return s.t if s.modem_t is None else min(s.modem_t, s.t)
+
+
+def radio_fine(s: Sample, r: Rules) -> bool:
+    """The modem said all is well: a usable signal (or no signal query), registered and attached."""
+    return s.modem and usable(s, r) is not False and s.registered is not False and s.attached is not False
+
+
 def connected(s: Sample) -> bool | None:
     vals = (s.registered, s.attached, s.datapath)
     if all(v is None for v in vals):
@@ -65,13 +80,14 @@ def connected(s: Sample) -> bool | None:
 
 
 # ------------------------------------------------------------------------------------------- timelines
-def back_at(samples: Sequence[Sample], pred: Pred) -> float | None:
-    """Start of the final run of samples where `pred` holds; None when the last sample fails it."""
+def back_at(samples: Sequence[Sample], pred: Pred, when: Callable[[Sample], float] | None = None) -> float | None:
+    """Start of the final run of samples where `pred` holds (`when` of its first sample, by default its `t`);
+    None when the last sample fails it."""
     t = None
     for s in reversed(samples):
         if not pred(s):
             break
-        t = s.t
+        t = s.t if when is None else when(s)
     return t
 
 
@@ -83,11 +99,11 @@ def _r2(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def signal_back(ep: Sequence[Sample], r: Rules) -> tuple[bool, float | None]:
+def signal_back(ep: Sequence[Sample], r: Rules, start: float | None = None) -> tuple[bool, float | None]:
     """(signal was lost, when it was usable again for good). Never lost → back at the episode's start."""
     lost = any(usable(s, r) is False for s in ep)
     if not lost:
-        return False, ep[0].t
+        return False, ep[0].t if start is None else start
     return True, back_at(ep, lambda s: usable(s, r) is not False)
 
 
@@ -111,6 +127,45 @@ def first_ack(ep: Sequence[Sample]) -> float | None:
     last_bad = max((s.t for s in ep if connected(s) is False), default=ep[0].t)
     return next((s.last_ack_t for s in ep
                  if s.t >= last_bad and s.last_ack_t is not None and s.last_ack_t > last_bad), None)
+
+
+# Which evidence the start was back-dated to, from the most to the least direct (ties go to the first).
+START_EVIDENCE = ("modem_down", "signal_lost", "gnss_lost", "first_bad_sample")
+
+
+def loss_start(pre: Sequence[Sample], first: Sample, r: Rules) -> tuple[float, str]:
+    """(start, evidence): the first evidence of the loss that `first` (the first bad sample) detected.
+
+    Candidates: the run of modem readings up to `first` that showed registration or attach gone
+    (`modem_down`) or the signal unusable (`signal_lost`), each at the time its reading was taken; the
+    fix → no-fix transition that began the run of no-fix samples up to `first` (`gnss_lost`). Bounds: after
+    the last modem reading that showed the radio fine (it contradicts any earlier evidence) and within
+    `together_s` of `first` (a fix lost in a car park minutes ago is not this loss)."""
+    both = [*pre, first]
+    floor = first.t - r.together_s
+    for s in both:
+        if radio_fine(s, r):
+            floor = max(floor, reading_t(s))
+    cands = [(first.t, "first_bad_sample")]
+    down = back_at(both, lambda s: s.modem and (s.registered is False or s.attached is False), reading_t)
+    weak = back_at(both, lambda s: s.modem and usable(s, r) is False, reading_t)
+    cands += [(t, name) for t, name in ((down, "modem_down"), (weak, "signal_lost")) if t is not None]
+    g = fix_lost_at(both)
+    if g is not None:
+        cands.append((g, "gnss_lost"))
+    t, name = min(((t, n) for t, n in cands if t > floor or n == "first_bad_sample"),
+                  key=lambda c: (c[0], START_EVIDENCE.index(c[1])))
+    return t, name
+
+
+def fix_lost_at(samples: Sequence[Sample]) -> float | None:
+    """The fix → no-fix transition that began the final run of no-fix samples; None when the last sample
+    has a fix (or no GNSS) or the run reaches back past the first sample (its beginning was not seen)."""
+    began = back_at(samples, lambda s: s.fix is False)
+    if began is None:
+        return None
+    before = [s for s in samples if s.t < began]
+    return began if before and before[-1].fix is True else None
 
 
 # --------------------------------------------------------------------------------------------- evidence
@@ -188,8 +243,9 @@ def _longest_silence(ep: Sequence[Sample], horizon: float) -> float:
     return longest
 
 
-def terminal_evidence(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float) -> list[str]:
-    _, ref = signal_back(ep, r)
+def terminal_evidence(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float,
+                      start: float | None = None) -> list[str]:
+    _, ref = signal_back(ep, r, start)
     out = []
     if any(s.modem for s in pre) and _longest_silence(ep, horizon) > r.defect_after_s:
         out.append("modem_silent")
@@ -247,33 +303,36 @@ def is_coverage(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules) -> bool:
 
 # ---------------------------------------------------------------------------------------------- verdict
 def classify(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float | None = None,
-             place: Place = DEFAULT_PLACE) -> Verdict:
-    """`horizon` is "now" for an episode still open; by default the last sample."""
+             place: Place = DEFAULT_PLACE, start: float | None = None) -> Verdict:
+    """`horizon` is "now" for an episode still open; by default the last sample. `start` is the back-dated
+    loss start (`loss_start`); by default the first bad sample."""
     if not ep:
         return Verdict("unknown", None, {})
     end = horizon if horizon is not None else ep[-1].t
+    t0 = ep[0].t if start is None else start
     setting = "tunnel" if is_tunnel(pre, ep, r) else "coverage" if is_coverage(pre, ep, r) else None
     evidence: list[str] = []
     if is_network(ep, r):
         cause = "network"
     else:
-        evidence = terminal_evidence(pre, ep, r, end)
+        evidence = terminal_evidence(pre, ep, r, end, t0)
         cause = "terminal" if evidence else setting or "unknown"
-    fields = {"duration_s": _r2(duration(ep, end)), **figures(pre, ep, r, end, place)}
+    fields = {"duration_s": _r2(duration(ep, end, t0)), **figures(pre, ep, r, end, place, t0)}
     if evidence:
         fields["evidence"] = evidence
     return Verdict(cause, setting, fields)
 
 
-def duration(ep: Sequence[Sample], horizon: float) -> float:
+def duration(ep: Sequence[Sample], horizon: float, start: float | None = None) -> float:
     back = back_at(ep, lambda s: connected(s) is not False)
-    return (back if back is not None else horizon) - ep[0].t
+    return (back if back is not None else horizon) - (ep[0].t if start is None else start)
 
 
-def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, place: Place) -> dict[str, Any]:
-    start = ep[0].t
+def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, place: Place,
+            start: float | None = None) -> dict[str, Any]:
+    start = ep[0].t if start is None else start
     both = [*pre, *ep]
-    sig_lost, ref = signal_back(ep, r)
+    sig_lost, ref = signal_back(ep, r, start)
 
     def since_ref(t: float | None) -> float | None:
         return None if t is None or ref is None else _r2(max(0.0, t - ref))
@@ -290,10 +349,13 @@ def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, p
     fixes = [s.fix for s in ep if s.fix is not None]
     gnss: dict[str, Any] = {}
     if fixes:
-        g_lost = first_at(ep, _field_is("fix", False))
+        g_first = first_at(ep, _field_is("fix", False))
+        # When the fix went: the transition that began the no-fix run the episode saw first, which may lie
+        # before the loss start (then lost_at_s < 0); None when that transition was not seen.
+        g_lost = None if g_first is None else fix_lost_at([s for s in both if s.t <= g_first])
         # The first return, not the last: a receiver flickers at a tunnel exit and in street canyons.
-        g_back = first_at(ep, lambda s: g_lost is not None and s.t > g_lost and s.fix is True)
-        gnss = {"fix_ratio": round(sum(fixes) / len(fixes), 2), "lost": g_lost is not None,
+        g_back = first_at(ep, lambda s: g_first is not None and s.t > g_first and s.fix is True)
+        gnss = {"fix_ratio": round(sum(fixes) / len(fixes), 2), "lost": g_first is not None,
                 "lost_at_s": _r2(g_lost - start) if g_lost is not None else None,
                 "back_at_s": _r2(g_back - start) if g_back is not None else None}
     cell_lost = first_at(ep, lambda s: radio_down(s, r))

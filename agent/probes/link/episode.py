@@ -5,7 +5,9 @@
     open ──connected, then first PUBACK (or ack_wait_s)──▶ up (END)   open ──terminal evidence──▶ OVERDUE once
 
 Episodes start only after the link was up once since the probe started: every boot would otherwise open one
-while the modem registers.
+while the modem registers. The start is back-dated to the first evidence of the loss (classify.loss_start:
+the GNSS fix going, the signal dropping, the modem reading that showed the radio down), the way display
+episodes start at their evidence; `loss_min_s` and every figure count from it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Action:
     kind: str  # "begin" | "end" | "overdue"
     episode: int
     fields: dict[str, Any] = field(default_factory=dict)
-    start_t: float = 0.0  # the episode's first bad sample (probe clock), for back-dating
+    start_t: float = 0.0  # the episode's back-dated start (probe clock), for the wall-clock `start`
 
 
 class LossTracker:
@@ -45,6 +47,8 @@ class LossTracker:
         self.pre: list[Sample] = []
         self.ep: list[Sample] = []
         self.episode = 0
+        self.start = 0.0              # back-dated start of the pending/open episode
+        self.start_evidence = ""      # what it was back-dated to (classify.START_EVIDENCE)
         self.up_at: float | None = None
         self.overdue_sent = False
         self._cell_lost = False
@@ -56,7 +60,7 @@ class LossTracker:
 
     @property
     def since(self) -> float | None:
-        return self.ep[0].t if self.busy and self.ep else None
+        return self.start if self.busy and self.ep else None
 
     # ------------------------------------------------------------------------------------------ feed
     def feed(self, s: Sample) -> list[Action]:
@@ -64,6 +68,7 @@ class LossTracker:
         if self.state in ("unknown", "up"):
             if self.state == "up" and conn is False:
                 self.state, self.pre, self.ep = "pending", list(self.recent), [s]
+                self.start, self.start_evidence = c.loss_start(self.pre, s, self.rules)
                 self.up_at, self.overdue_sent, self._cell_lost = None, False, c.radio_down(s, self.rules)
                 return self._maybe_open(s)
             if conn is True:
@@ -90,11 +95,11 @@ class LossTracker:
 
     # ------------------------------------------------------------------------------------- internals
     def _maybe_open(self, s: Sample) -> list[Action]:
-        if s.t - self.ep[0].t < self.rules.loss_min_s:
+        if s.t - self.start < self.rules.loss_min_s:
             return []
         self.state = "open"
         self.episode = self.new_id()
-        return [Action("begin", self.episode, self._begin_fields(s), self.ep[0].t)]
+        return [Action("begin", self.episode, self._begin_fields(s), self.start)]
 
     def _while_open(self, s: Sample, conn: bool | None) -> list[Action]:
         if conn is False:
@@ -106,17 +111,18 @@ class LossTracker:
             if not self.wait_ack or acked or s.t - self.up_at >= self.rules.ack_wait_s:
                 return [self._end(s.t, {"ended_by": "recovered"})]
         if not self.overdue_sent and not c.is_network(self.ep, self.rules):
-            evidence = c.terminal_evidence(self.pre, self.ep, self.rules, s.t)
+            evidence = c.terminal_evidence(self.pre, self.ep, self.rules, s.t, self.start)
             if evidence:
                 self.overdue_sent = True
                 return [Action("overdue", self.episode,
                                {"cause": "terminal", "evidence": evidence,
-                                "since_s": round(s.t - self.ep[0].t, 2)}, self.ep[0].t)]
+                                "since_s": round(s.t - self.start, 2)}, self.start)]
         return []
 
     def _end(self, t: float, extra: dict[str, Any]) -> Action:
-        v = c.classify(self.pre, self.ep, self.rules, horizon=t, place=self.place)
-        a = Action("end", self.episode, {"cause": v.cause, "setting": v.setting, **v.fields, **extra}, self.ep[0].t)
+        v = c.classify(self.pre, self.ep, self.rules, horizon=t, place=self.place, start=self.start)
+        a = Action("end", self.episode, {"cause": v.cause, "setting": v.setting, **v.fields,
+                                         "start_evidence": self.start_evidence, **extra}, self.start)
         self.state = "up"
         for x in self.ep[-2:]:
             self._remember(x)
@@ -124,13 +130,14 @@ class LossTracker:
         return a
 
     def _begin_fields(self, s: Sample) -> dict[str, Any]:
-        start = self.ep[0].t
+        start = self.start
         both = [*self.pre, *self.ep]
         last_signal = next((x for x in reversed(self.pre) if x.signal_known), None)
         return {
             "lost": [n for n in ("registered", "attached", "datapath") if any(getattr(x, n) is False
                                                                                 for x in self.ep)],
             "detect_delay_s": round(s.t - start, 2),
+            "start_evidence": self.start_evidence,
             "entry": c.position(c.last_fix(both, start), start, self.place),
             "gnss_fix": s.fix,
             "trend": c.trend(both, start, self.rules),

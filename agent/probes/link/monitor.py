@@ -74,7 +74,7 @@ class LinkProbe(PeriodicProbe):
         else:
             return None
         return Poller("modem", src.read, m.interval_s, m.episode_interval_s, counters=self.counters, log=self.log,
-                      close=src.close)
+                      close=src.close, now=self.ctx.clock.mono)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -114,7 +114,8 @@ class LinkProbe(PeriodicProbe):
                 iface = read_iface(self.cfg.iface.name)
             except (OSError, psutil.Error):
                 self.counters.inc("iface_errors")
-        s = compose(now, self.modem.latest if self.modem else None, self.gnss.snapshot() if self.gnss else None,
+        reading, read_t = self.modem.snapshot() if self.modem else (None, None)
+        s = compose(now, reading, self.gnss.snapshot() if self.gnss else None, modem_t=read_t,
                     datapath=_all_true(up, tcp.ok if tcp else None), reach=tcp.ok if tcp else None,
                     rtt_ms=tcp.rtt_ms if tcp else None, last_ack_t=ack_time(view, now, self.mono_now()),
                     iface=iface)

@@ -1,10 +1,15 @@
 """A background thread that reads one slow source (the modem, a TCP probe) on its own schedule, so a modem that
-takes seconds to answer never delays the detector tick. Faster while an episode is open."""
+takes seconds to answer never delays the detector tick. Faster while an episode is open.
+
+`snapshot()` also says when the latest reading began (the `now` clock, the probe's monotonic clock): with a 5 s poll
+while the link is fine, a reading can be that old when the detector sees it, and the loss start is
+back-dated with it (classify.loss_start)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -15,7 +20,8 @@ T = TypeVar("T")
 
 class Poller(Generic[T]):
     def __init__(self, name: str, read: Callable[[], T], interval_s: float, fast_interval_s: float, *,
-                 counters: Counters, log: logging.Logger, close: Callable[[], None] | None = None) -> None:
+                 counters: Counters, log: logging.Logger, close: Callable[[], None] | None = None,
+                 now: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.read = read
         self.interval_s = interval_s
@@ -23,7 +29,9 @@ class Poller(Generic[T]):
         self.counters = counters
         self.log = log
         self._close = close
-        self._latest: T | None = None
+        self.now = now
+        # One tuple, replaced whole: the tick thread never sees a reading with another reading's time.
+        self._snap: tuple[T | None, float | None] = (None, None)
         self._fast = False
         self._ok: bool | None = None
         self._wake = threading.Event()
@@ -32,7 +40,11 @@ class Poller(Generic[T]):
 
     @property
     def latest(self) -> T | None:
-        return self._latest
+        return self._snap[0]
+
+    def snapshot(self) -> tuple[T | None, float | None]:
+        """(latest reading, when it began)."""
+        return self._snap
 
     def set_fast(self, fast: bool) -> None:
         if fast != self._fast:
@@ -57,16 +69,17 @@ class Poller(Generic[T]):
                 pass
 
     def poll_once(self) -> None:
+        began = self.now()
         try:
             value = self.read()
         except Exception as e:  # noqa: BLE001 - a source that fails is reported, never fatal
-            self._latest = None
+            self._snap = (None, None)
             self.counters.inc(f"{self.name}_errors")
             if self._ok is not False:
                 self.log.warning("%s unreadable: %s: %s", self.name, type(e).__name__, e)
             self._ok = False
             return
-        self._latest = value
+        self._snap = (value, began)
         if self._ok is not True:
             self.log.info("%s readable", self.name)
         self._ok = True

@@ -60,6 +60,7 @@ class Sample:
 
     t: float
     modem: bool = False             # a modem reading stands behind the radio fields
+    modem_t: float | None = None    # when that reading was taken (probe clock); None = at `t`
     signal_known: bool = False
     rsrp: float | None = None
     rsrq: float | None = None
@@ -87,11 +88,12 @@ class Sample:
 
 def compose(t: float, modem: ModemReading | None, gnss: GnssReading | None, *, datapath: bool | None = None,
             reach: bool | None = None, rtt_ms: float | None = None, last_ack_t: float | None = None,
-            iface: IfaceReading | None = None) -> Sample:
+            iface: IfaceReading | None = None, modem_t: float | None = None) -> Sample:
     m = modem or ModemReading()
     g = gnss or GnssReading()
     return Sample(
-        t=t, modem=modem is not None, signal_known=m.signal_known, rsrp=m.rsrp, rsrq=m.rsrq, rssi=m.rssi,
+        t=t, modem=modem is not None, modem_t=modem_t if modem is not None else None,
+        signal_known=m.signal_known, rsrp=m.rsrp, rsrq=m.rsrq, rssi=m.rssi,
         snr=m.snr, nr_rsrp=m.nr_rsrp, nr_rsrq=m.nr_rsrq, nr_snr=m.nr_snr, tech=m.tech, reg=m.reg,
         registered=m.registered, attached=m.attached, datapath=datapath, reach=reach, rtt_ms=rtt_ms,
         last_ack_t=last_ack_t, iface_up=None if iface is None else (iface.up if iface.present else False),

@@ -133,9 +133,13 @@ class RulesConfig:
     moving_min_kmh: float = opt(10.0, min=0.0, max=500.0)
     # Coverage hole: GNSS kept a fix in at least this share of the episode's samples.
     gnss_keep_ratio: float = opt(0.9, min=0.0, max=1.0)
-    # Terminal: 5 attach attempts T3411 (10 s) apart take ~50 s; after that the modem sits in T3402 (12 min).
-    defect_after_s: float = opt(60.0, min=0.0, max=86400.0)
-    # The data path gets longer: the uplink's own reconnect back-off (uplink.backoff_max_s, 120 s) plus TLS.
+    # Terminal: a healthy modem is registered and attached within one failed attempt and one retry of the
+    # signal being usable: guard T3410 (15 s) + retry wait T3411 (10 s) on LTE (T3510 + T3511 on 5G, the
+    # same), T3310 + T3311 (15 + 15 s) on GPRS, plus the attempt that succeeds (a few s) = 35 s
+    # (3GPP TS 24.301 Table 10.2.1, TS 24.501 Table 10.2.1, TS 24.008 Table 11.3a; docs/link.md).
+    defect_after_s: float = opt(35.0, min=0.0, max=86400.0)
+    # The data path gets longer: a PDN connection may take 5 x T3482 (8 s) = 40 s, then the uplink's own
+    # reconnect back-off (uplink.backoff_max_s, 120 s) plus DNS/TLS: 180 s.
     datapath_defect_after_s: float = opt(180.0, min=0.0, max=86400.0)
     # After the data path is back, wait this long for the first acknowledged publish before closing without it.
     ack_wait_s: float = opt(30.0, min=0.0, max=3600.0)
