@@ -200,7 +200,10 @@ def test_refused_certificate_is_explained_in_log_and_status(tmp_path: Path, rig:
     agent = agent_for(tmp_path, rig, name, name)
     try:
         agent.wait_log(f"certificate: it {'is' if word == 'revoked' else 'has'} {word}", 30)
-        st = status_of(tmp_path)["uplink"]
+        full = status_of(tmp_path)
+        st = full["uplink"]
+        assert full["verdict"]["state"] == "failing"
+        assert [r["code"] for r in full["verdict"]["reasons"]][:1] == ["certificate_refused"]
         assert not st["connected"]
         assert st["last_connect_error"]["code"] == code and word in st["last_connect_error"]["text"]
         assert word in st["last_error"]

@@ -35,7 +35,10 @@ def test_plaintext_off_loopback_holds_the_uplink_until_allowed(tmp_path: Path, b
     try:
         # Held, not exited: the probes record into the spool; nothing reaches the broker.
         agent.wait_log("uplink: not connecting", 10)
-        up = status_of(tmp_path)["uplink"]
+        st = status_of(tmp_path)
+        up = st["uplink"]
+        assert st["verdict"]["state"] == "failing" and "plaintext_refused" in {r["code"] for r in
+                                                                               st["verdict"]["reasons"]}
         assert up["transport"] == "plaintext-refused" and not up["connected"]
         assert up["last_connect_error"]["code"] == "plaintext_refused"
         assert "uplink.allow_plaintext" in up["last_connect_error"]["text"]
@@ -54,7 +57,10 @@ def test_plaintext_off_loopback_holds_the_uplink_until_allowed(tmp_path: Path, b
         rec.wait(lambda r: any(rc.name == "agent.start" for b in r.batches() for rc in b.records))
         births = [s for s in rec.statuses() if s.kind == "birth"]
         assert births and births[-1].fields["transport"] == "plaintext-allowed"
-        assert status_of(tmp_path)["uplink"]["transport"] == "plaintext-allowed"
+        st = status_of(tmp_path)
+        assert st["uplink"]["transport"] == "plaintext-allowed"
+        assert {"code": "plaintext_allowed", "severity": "note"}.items() <= next(
+            r for r in st["verdict"]["reasons"] if r["code"] == "plaintext_allowed").items()
     finally:
         assert agent.stop() == 0
         rec.stop()
