@@ -52,7 +52,8 @@ class Daemon:
         self.rec = RecordFactory(self.clock)
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
                            memory_max_records=cfg.spool.memory_max_records,
-                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512))
+                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512),
+                           min_free_bytes=int(cfg.spool.min_free_mib * 2**20))
         self.wire_vehicle = wire_vehicle(cfg.vehicle)  # the VIN or its pseudonym, fixed until restart
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
@@ -73,12 +74,15 @@ class Daemon:
     # ------------------------------------------------------------------------------------- lifecycle
     def _ctx(self) -> ProbeContext:
         return ProbeContext(clock=self.clock, emit=self.pipeline.intake, uplink=self.uplink.view,
-                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap)
+                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap,
+                            way_back=lambda reason: self.uplink.way_back(reason))
 
     def start(self) -> None:
         previous = self.spool.open()
         if previous == "unclean":
             log.warning("the previous run did not stop cleanly (power cut, crash or kill -9)")
+        elif previous == "unknown":
+            log.error("running without a writable spool: records are held in memory and still sent")
         start_event = self.rec.event("agent.start", {
             "version": __version__, "config": self.cfg.digest, "previous_shutdown": previous,
             "spool_records": self.spool.n_records, "spool_batches": self.spool.n_batches})

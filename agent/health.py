@@ -122,6 +122,7 @@ class Facts:
     transport: str = ""                         # agent/tls.py: tls | plaintext-loopback | -allowed | -refused
     connect_error_code: str = ""                # the uplink's last_connect_error (cleared on connect)
     connect_error_since: float | None = None
+    campaigns: tuple[str, ...] = ()             # backend collection campaigns running (agent/blackbox)
 
 
 def verdict(f: Facts) -> Verdict:
@@ -173,6 +174,9 @@ def verdict(f: Facts) -> Verdict:
                           "(uplink.allow_plaintext = true)"))
     if f.history_error:
         out.append(Reason("history_unwritable", DEGRADED, f"local history not writable: {f.history_error}"))
+    if f.campaigns:
+        out.append(Reason("campaigns_active", NOTE, f"{len(f.campaigns)} collection campaign(s) from the backend "
+                          f"running: {', '.join(f.campaigns)}"))
     if f.drops:
         n = sum(f.drops.values())
         out.append(Reason("dropped", NOTE, f"{n} records dropped since the spool was created: "
@@ -230,4 +234,5 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
         clock_synced=synced, clock_unsynced_since=d.onsets("clock_unsynced", not synced, now),
         history_error=d.history_error(), transport=up.transport,
         connect_error_code=(up.last_connect_error or {}).get("code", ""),
-        connect_error_since=(up.last_connect_error or {}).get("since"))
+        connect_error_since=(up.last_connect_error or {}).get("since"),
+        campaigns=tuple(bb.campaign_ids()) if (bb := getattr(d, "blackbox", None)) is not None else ())

@@ -73,6 +73,7 @@ ROWS: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("broker unreachable is only offline", {"connected": False, "connect_error_code": "unreachable"},
      "degraded", ["offline"]),
     ("plaintext allowed is a note", {"transport": "plaintext-allowed"}, "healthy", ["plaintext_allowed"]),
+    ("campaigns are a note", {"campaigns": ("radar-w49",)}, "healthy", ["campaigns_active"]),
     ("worst first", {"connected": False, "offline_since": NOW - 9, "drops": {"invalid": 1},
                      "probes": (ProbeFact("can", "error", "x", NOW),),
                      "spool_trouble": SpoolFact("low_headroom", NOW, "1 MiB free")}, "failing",
