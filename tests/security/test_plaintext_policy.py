@@ -57,7 +57,11 @@ def test_plaintext_off_loopback_holds_the_uplink_until_allowed(tmp_path: Path, b
         rec.wait(lambda r: any(rc.name == "agent.start" for b in r.batches() for rc in b.records))
         births = [s for s in rec.statuses() if s.kind == "birth"]
         assert births and births[-1].fields["transport"] == "plaintext-allowed"
-        st = status_of(tmp_path)
+        st = status_of(tmp_path)  # the control socket caches the status briefly: ask until it is fresh
+        deadline = time.monotonic() + 10
+        while st["uplink"]["transport"] != "plaintext-allowed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            st = status_of(tmp_path)
         assert st["uplink"]["transport"] == "plaintext-allowed"
         assert {"code": "plaintext_allowed", "severity": "note"}.items() <= next(
             r for r in st["verdict"]["reasons"] if r["code"] == "plaintext_allowed").items()

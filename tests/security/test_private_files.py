@@ -55,7 +55,9 @@ def test_agent_state_is_private_under_umask_022(tmp_path: Path, broker: Mosquitt
     assert mode(tmp_path / "hist") == 0o750 and mode(tmp_path / "run") == 0o750
     names = {p.name for p in files}
     assert {"spool.db", "spool.db-wal", "spool.db-shm", "history.db", "history.db-wal"} <= names, names
-    assert {p.name: m for p, m in files.items() if p.is_file() and m != 0o640} == {}
+    dbs = {"spool.db", "spool.db-wal", "spool.db-shm", "history.db", "history.db-wal", "history.db-shm"}
+    assert {p.name: oct(m) for p, m in files.items() if p.name in dbs and m != 0o640} == {}
+    assert {p.name: oct(m) for p, m in files.items() if m & 0o027} == {}  # nothing else open wider either
     assert mode(out) == 0o600
     assert mode(tmp_path / "agent.toml") == 0o644  # the test's own file: umask 022 was in force
 
