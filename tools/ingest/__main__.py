@@ -27,6 +27,7 @@ EPILOG = """\
 other commands:
   report   python -m tools.ingest report --db DB -o report.html   (self-contained HTML fleet report)
   predict  python -m tools.ingest predict --db DB [--json]        (rising risk, software regressions)
+  campaign python -m tools.ingest campaign --fleet F publish FILE | list | retire ID   (black-box campaigns)
   pseudonym python -m tools.ingest pseudonym --key K [--vins F] [VIN ...]  (vehicle pseudonyms, for provisioning)
 
 Several workers with the same --group split the traffic (MQTT v5 shared subscription); give each a distinct
@@ -130,8 +131,14 @@ def pseudonym(argv: list[str]) -> int:
     return pseudonym_main(argv)
 
 
+def campaign(argv: list[str]) -> int:
+    from .campaign import main as campaign_main
+
+    return campaign_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": run, "report": report, "predict": predict,
-                                                   "pseudonym": pseudonym}
+                                                   "pseudonym": pseudonym, "campaign": campaign}
 
 
 def main(argv: list[str] | None = None) -> int:
