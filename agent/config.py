@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from . import disabled
 from .blackbox.settings import BlackboxConfig
 from .errors import ConfigError
 from .schema import Origin, build, opt, to_plain
@@ -196,8 +197,9 @@ def dropin_dir(main: Path) -> Path:
     return main.with_name(main.stem + ".d") if main.suffix else main.parent / "agent.d"
 
 
-def load(path: Path | str | None = None, *, dropins: bool = True) -> AgentConfig:
-    """Load and validate; raises ConfigError naming the file and key path."""
+def load(path: Path | str | None = None, *, dropins: bool = True, lean: bool = False) -> AgentConfig:
+    """Load and validate; raises ConfigError naming the file and key path. `lean` (the daemon): disabled
+    probes keep only their plain values and their modules are unloaded (agent/disabled.py)."""
     main = Path(path) if path else DEFAULT_PATH
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -209,7 +211,7 @@ def load(path: Path | str | None = None, *, dropins: bool = True) -> AgentConfig
     for f in files:
         _merge(merged, _read_toml(f), str(f), origins)
     return from_mapping(merged, origin=lambda key: _origin_of(key, origins, str(main)),
-                        sources=tuple(map(str, files)))
+                        sources=tuple(map(str, files)), lean=lean)
 
 
 def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
@@ -221,7 +223,7 @@ def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
 
 
 def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
-                 sources: tuple[str, ...] = ()) -> AgentConfig:
+                 sources: tuple[str, ...] = (), lean: bool = False) -> AgentConfig:
     org: Origin = origin or (lambda _k: "")
     known = ("vehicle", "uplink", "spool", "history", "control", "agent", "blackbox", "probes")
     for key in data:
@@ -236,6 +238,7 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
             raise ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
                               source=org(f"probes.{key}"))
     probes: dict[str, Any] = {}
+    loaded_before = set(sys.modules)
     for name in names:
         table = probes_data.get(name, {})
         if not isinstance(table, Mapping):
@@ -265,7 +268,7 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
         history=section("history", HistoryConfig),
         control=section("control", ControlConfig),
         agent=section("agent", AgentSection),
-        probes=MappingProxyType(probes),
+        probes=MappingProxyType(disabled.release(probes, loaded_before) if lean else probes),
         sources=sources,
         blackbox=section("blackbox", BlackboxConfig),
     )

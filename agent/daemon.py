@@ -39,7 +39,8 @@ log = logging.getLogger("icvq.agent")
 def build_probes(cfg: AgentConfig, ctx: ProbeContext) -> list[Probe]:
     probes: list[Probe] = []
     for name, pcfg in cfg.probes.items():
-        probes.extend(probe_module(name).build(pcfg, ctx))
+        if getattr(pcfg, "enabled", True):  # a disabled probe's package is not even imported (issue 13)
+            probes.extend(probe_module(name).build(pcfg, ctx))
     return probes
 
 
@@ -127,7 +128,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read config; restart probes (and the uplink when its settings changed)."""
         try:
-            new = load(self.config_path)
+            new = load(self.config_path, lean=True)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
             return
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", action="version", version=f"icvq-agent {__version__}")
     args = ap.parse_args(argv)
     try:
-        cfg = load(args.config)
+        cfg = load(args.config, lean=True)
         wire_vehicle(cfg.vehicle)  # the fleet key file is read (and its mode checked) by --check-config too
     except ConfigError as e:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
