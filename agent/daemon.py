@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import __version__, health, inherited
+from . import __version__, health, inherited, tls
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
@@ -275,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        try:
+            tls.check(cfg)
+        except ConfigError as e:
+            print(f"icvq-agent: config error: {e}", file=sys.stderr)
+            return EX_CONFIG
         print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
         return 0
     setup_logging(args.log_level or cfg.agent.log_level)
