@@ -194,6 +194,7 @@ class Daemon:
             "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
             "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
                         "fleet": self.cfg.vehicle.fleet, "wire_id": self.wire_vehicle.id},
+            "software": {"versions": self.software[0], "swin": self.software[1]},
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
