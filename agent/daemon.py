@@ -60,7 +60,8 @@ class Daemon:
         self.software = read_software(cfg.agent.components, cfg.agent.software)  # (versions, SWINs) for births
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
-                                      send=lambda topic, payload: self.uplink.send(topic, payload))
+                                      send=lambda topic, payload: self.uplink.send(topic, payload),
+                                      software=self.software[0])
         self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
