@@ -71,6 +71,13 @@ class Unavailable(Exception):
         return f"agent {self.label}: {self}"
 
 
+def headline(state: str, reason: str) -> str:
+    """The first line when the agent could not be asked: which of the three, and why."""
+    if state == NO_PERMISSION:
+        return f"icvq-agent: NO PERMISSION to ask it ({reason})"
+    return f"icvq-agent is {LABELS.get(state, state.upper())} ({reason})"
+
+
 def peer_pid(s: socket.socket) -> int | None:
     """The pid that called listen() on the socket we connected to (0 from another pid namespace)."""
     try:
