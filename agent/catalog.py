@@ -151,8 +151,11 @@ RECORDS: tuple[RecordDef, ...] = (
               (F("version", "agent version"),)),
     RecordDef("agent.spool", (H,), "agent/pipeline.py", "proves the spool bounds hold", ALWAYS, (
         F("records", "records waiting"), F("batches", "sealed batches waiting"), F("bytes", "spool size"),
+        F("disk_bytes", "what the spool's files occupy on disk (db, WAL, -shm, reserve)"),
         F("memory_records", "records held in memory while the disk fails"),
-        F("degraded", "the disk is not writable"))),
+        F("degraded", "the disk is not writable"),
+        F("trouble", "disk_full / read_only / unopenable / io_error / low_headroom, or nil"),
+        F("trouble_since", "Unix time the trouble began"))),
     RecordDef("agent.uplink", (H,), "agent/pipeline.py", "delivery health", ALWAYS, (
         F("connected", "MQTT session up"), F("reconnects", "since start"), F("published", "batches published"),
         F("intake_overflow", "records refused by the full intake queue"))),
@@ -276,7 +279,9 @@ RECORDS: tuple[RecordDef, ...] = (
         F("frames_s", "frames/s"), F("load_pct", "bus load %"), F("tec", "transmit error counter"),
         F("rec", "receive error counter"), F("other_frames", "frames of unwatched ids"))),
     RecordDef("can.sensor", (M,), "agent/probes/can/monitor.py", "sensor message timing baseline", CAN, (
-        *_SENSOR, F("mode", "raw / bcm"), F("frames", "frames in window"), F("missed", "missed cycles"),
+        *_SENSOR, F("mode", "raw / bcm"), F("frames", "frames in window (null: not knowable)"),
+        F("frames_source", "what frames counts: read (raw) / kernel_bcm (the kernel's BCM count) / unknown"),
+        F("missed", "missed cycles"),
         F("bad_length", "frames of wrong length"), F("fd_frames", "FD frames on classic"),
         F("timeouts", "timeouts so far"), F("silent", "timed out now"), F("cycle_ms", "configured cycle"),
         F("changes", "bcm: content changes"), F("period_p50_ms", "median period"),
@@ -293,17 +298,35 @@ DROPS: tuple[DropReason, ...] = (
                                            "records of the oldest sealed batches"),
     DropReason("spool_full.incoming", "one write larger than the whole spool: its oldest records, keeping the "
                                       "newest that fit"),
+    DropReason("headroom.metric", "spool.min_free_mib: the file system ran short, the cap shrank; oldest "
+                                  "periodic samples first"),
+    DropReason("headroom.snapshot", "spool.min_free_mib, after every periodic sample is gone: oldest "
+                                    "black-box snapshots"),
+    DropReason("headroom.event", "spool.min_free_mib, after every periodic sample and snapshot is gone: "
+                                 "oldest events"),
+    DropReason("headroom.batch_records", "spool.min_free_mib, after every unsealed record is gone: the records "
+                                         "of the oldest sealed batches"),
+    DropReason("headroom.incoming", "one write larger than what the headroom leaves: its oldest records"),
     DropReason("memory_full.metric", "disk full or read-only beyond spool.memory_max_records: periodic samples"),
     DropReason("memory_full.event", "disk full or read-only beyond spool.memory_max_records: events"),
+    DropReason("memory_full.batch_records", "disk full or read-only beyond spool.memory_max_records, after "
+                                            "every unsealed record: the records of the oldest memory batches"),
+    DropReason("shutdown.unwritable", "records held in memory at a stop while the spool could not take them "
+                                      "(counted before the attempt, taken back for each chunk written)"),
     DropReason("invalid", "a record the strict wire decoder would reject"),
     DropReason("oversize", "one record larger than a batch may be"),
     DropReason("rejected.<code>", "a batch the broker refused with that MQTT 5 reason code (hex) five times"),
-    DropReason("spool_corrupt", "the database file was unreadable at start and moved aside (kept, not sent)"),
+    DropReason("spool_corrupt", "records in a database file that failed its check at start and was moved "
+                                "aside (kept, not sent); counted exactly from its tables"),
+    DropReason("spool_corrupt.estimated", "as spool_corrupt, when the file's tables were unreadable too: "
+                                          "estimated from its size at ~110 bytes per record"),
 )
 
 WIRE: tuple[WireItem, ...] = (
     WireItem("vehicle", "topic segment, batch identity, status messages, MQTT client id",
-             "the VIN or fleet asset id (vehicle.id)", PERSONAL, "-"),
+             "the VIN or fleet asset id (vehicle.id) — or its keyed pseudonym \"ps-\" + HMAC-SHA256(fleet key, "
+             "VIN)[:128 bits], which only the holder of the fleet key and the VIN register can map back", PERSONAL,
+             "vehicle.pseudonym_key_file (pseudonym instead of the VIN)"),
     WireItem("device", "topic segment, batch identity", "which computer in the vehicle (hu, adas, ...)",
              VEHICLE, "-"),
     WireItem("boot, sid, seq", "batch identity", "random boot id, spool id, batch sequence (dedup)", VEHICLE,

@@ -35,6 +35,8 @@ class VehicleConfig:
     id: str = opt()
     device: str = opt()
     fleet: str = opt()
+    # A file holding the fleet key: when set, an HMAC pseudonym replaces the id on the wire (agent/pseudonym.py).
+    pseudonym_key_file: str = ""
 
     def validate(self) -> None:
         for key in ("id", "device", "fleet"):
@@ -42,6 +44,8 @@ class VehicleConfig:
             # These become MQTT topic levels: wildcards or separators would break routing.
             if not v or any(c in v for c in "/+#\0 "):
                 raise ConfigError("must be non-empty without '/', '+', '#', NUL or spaces", key=key)
+        if self.pseudonym_key_file and not self.pseudonym_key_file.startswith("/"):
+            raise ConfigError("must be an absolute path", key="pseudonym_key_file")
 
 
 @dataclass(frozen=True)
@@ -67,19 +71,23 @@ class UplinkConfig:
     protocol: str = opt("auto", choices=("auto", "5", "3.1.1"))
     max_batch_kib: int = opt(96, min=1, max=16384)
     max_inflight: int = opt(8, min=1, max=100)
-    batch_linger_s: float = opt(2.0, min=0.0, max=3600.0)
+    # Samples only: events and episodes are sealed at once (agent/pacing.py). 300 s keeps a drive day on
+    # the default probes under 0.5 MB on the wire (docs/performance.md, "Live traffic").
+    batch_linger_s: float = opt(300.0, min=0.0, max=3600.0)
     compress: str = opt("auto", choices=("auto", "never", "always"))
     message_expiry_s: int = opt(0, min=0, max=2**32 - 1)
     retry_no_subscribers: bool = True
     connect_timeout_s: float = opt(10.0, min=1.0, max=300.0)
     backoff_min_s: float = opt(1.0, min=0.1, max=600.0)
     backoff_max_s: float = opt(120.0, min=1.0, max=3600.0)
+    reconnect_probe_s: float = opt(2.5, min=0.1, max=600.0)
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str = "/var/lib/icvq/spool.db"
-    max_mib: float = opt(64.0, min=0.05, max=65536.0)
+    max_mib: float = opt(64.0, min=0.25, max=65536.0)
+    min_free_mib: float = opt(8.0, min=0.0, max=65536.0)
     commit_interval_s: float = opt(1.0, min=0.05, max=600.0)
     memory_max_records: int = opt(20000, min=100, max=10_000_000)
 

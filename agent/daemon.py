@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from .errors import EX_CONFIG, ConfigError
 from .inventory import inventory
 from .pipeline import Pipeline
 from .probe import Probe, ProbeContext
+from .pseudonym import wire_vehicle
 from .records import RecordFactory
 from .sdnotify import Notifier
 from .spool import Spool
@@ -50,13 +52,16 @@ class Daemon:
         self.rec = RecordFactory(self.clock)
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
                            memory_max_records=cfg.spool.memory_max_records,
-                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512))
-        self.blackbox = BlackBoxParts(cfg, self.clock, emit=lambda r: self.pipeline.intake(r),
+                           max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512),
+                           min_free_bytes=int(cfg.spool.min_free_mib * 2**20))
+        self.wire_vehicle = wire_vehicle(cfg.vehicle)  # the VIN or its pseudonym, fixed until restart
+        on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
+        self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
                                       send=lambda topic, payload: self.uplink.send(topic, payload))
-        self.uplink = Uplink(cfg.uplink, cfg.vehicle, boot_id=self.clock.boot_id,
+        self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
-        self.pipeline = Pipeline(cfg, self.spool, self.uplink, self.rec)
+        self.pipeline = Pipeline(on_wire, self.spool, self.uplink, self.rec)
         self.blackbox.attach(self.pipeline)
         self.pipeline.health_sources.append(self._probe_health)
         self.pipeline.health_sources.append(self._verdict_health)
@@ -69,12 +74,15 @@ class Daemon:
     # ------------------------------------------------------------------------------------- lifecycle
     def _ctx(self) -> ProbeContext:
         return ProbeContext(clock=self.clock, emit=self.pipeline.intake, uplink=self.uplink.view,
-                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap)
+                            spool_dir=str(Path(self.cfg.spool.path).parent), context=self.blackbox.tap,
+                            way_back=lambda reason: self.uplink.way_back(reason))
 
     def start(self) -> None:
         previous = self.spool.open()
         if previous == "unclean":
             log.warning("the previous run did not stop cleanly (power cut, crash or kill -9)")
+        elif previous == "unknown":
+            log.error("running without a writable spool: records are held in memory and still sent")
         start_event = self.rec.event("agent.start", {
             "version": __version__, "config": self.cfg.digest, "previous_shutdown": previous,
             "spool_records": self.spool.n_records, "spool_batches": self.spool.n_batches})
@@ -124,10 +132,10 @@ class Daemon:
             p.stop()
         uplink_changed = new.uplink != self.cfg.uplink
         self.cfg = new
-        self.pipeline.cfg = new
+        self.pipeline.cfg = replace(new, vehicle=self.wire_vehicle)
         if uplink_changed:
             self.uplink.stop()
-            self.uplink = Uplink(new.uplink, self.cfg.vehicle, boot_id=self.clock.boot_id,
+            self.uplink = Uplink(new.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                                  birth_fields=self.birth_fields,
                                  wall_ms=lambda: int(self.clock.wall() * 1000), events=self.uplink.events,
                                  **self.blackbox.uplink_hooks())
@@ -178,7 +186,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
             "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
-                        "fleet": self.cfg.vehicle.fleet},
+                        "fleet": self.cfg.vehicle.fleet, "wire_id": self.wire_vehicle.id},
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
@@ -255,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
+        wire_vehicle(cfg.vehicle)  # the fleet key file is read (and its mode checked) by --check-config too
     except ConfigError as e:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
         return EX_CONFIG

@@ -114,6 +114,7 @@ class Facts:
     clock_synced: bool = True
     clock_unsynced_since: float | None = None
     history_error: str = ""
+    campaigns: tuple[str, ...] = ()             # backend collection campaigns running (agent/blackbox)
 
 
 def verdict(f: Facts) -> Verdict:
@@ -156,6 +157,9 @@ def verdict(f: Facts) -> Verdict:
                           "are re-anchored when it is)", since))
     if f.history_error:
         out.append(Reason("history_unwritable", DEGRADED, f"local history not writable: {f.history_error}"))
+    if f.campaigns:
+        out.append(Reason("campaigns_active", NOTE, f"{len(f.campaigns)} collection campaign(s) from the backend "
+                          f"running: {', '.join(f.campaigns)}"))
     if f.drops:
         n = sum(f.drops.values())
         out.append(Reason("dropped", NOTE, f"{n} records dropped since the spool was created: "
@@ -213,4 +217,5 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
         probes=tuple(ProbeFact(p.name, s["state"], s.get("last_error") or "", s.get("since"))
                      for p in d.probes for s in [p.status()]),
         clock_synced=synced, clock_unsynced_since=d.onsets("clock_unsynced", not synced, now),
-        history_error=d.history_error())
+        history_error=d.history_error(),
+        campaigns=tuple(bb.campaign_ids()) if (bb := getattr(d, "blackbox", None)) is not None else ())

@@ -2,7 +2,9 @@
 
 The intake is a bounded in-memory hand-off; the pipeline commits it to the spool in groups (every
 `commit_interval_s`, sooner when an event arrives), seals batches when the uplink has room, publishes them,
-and deletes them on PUBACK. Nothing here blocks on the network.
+and deletes them on PUBACK. Nothing here blocks on the network. When to seal and how long to sleep are
+agent/pacing.py's pure rules: events seal at once, samples linger; the thread sleeps until something is due
+or something happens (a record, an uplink event, a flush), never on a fixed poll.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import wire
+from . import pacing, wire
 from .config import AgentConfig
 from .counters import Counters
 from .records import Kind, Record, RecordFactory
 from .spool import Spool
-from .uplink import Acked, Down, Up, Uplink, UplinkEvent
+from .uplink import Acked, Down, EventQueue, Up, Uplink, UplinkEvent
 
 log = logging.getLogger("icvq.pipeline")
 
@@ -83,9 +85,17 @@ class Pipeline:
         self.no_subscribers_since: float | None = None   # wall clock of the first 0x10 of the current run
         self._flush_requested = False
         self._last_commit = time.monotonic()
+        self._intake_since = self._last_commit  # when the oldest record in the intake arrived
         self._last_health = time.monotonic()
         self._max_batch = cfg.uplink.max_batch_kib * 1024
         self._urgent = False
+        # Sealing policy state: an event/episode record is committed and not sealed yet (seal at once), and
+        # since when (monotonic) samples have been waiting unsealed. None = unknown, e.g. records left in
+        # the spool by the previous run: those are due at once.
+        self._event_unsealed = False
+        self._waiting_since: float | None = None
+        if uplink is not None and isinstance(uplink.events, EventQueue):
+            uplink.events.on_put = self._wake.set
         self.alive_mono = time.monotonic()
         self.last_ack_seq: int | None = None
 
@@ -96,10 +106,15 @@ class Pipeline:
                 # The pipeline thread is stalled; keep the newest, count what goes.
                 self._intake.popleft()
                 self.counters.inc("intake_overflow")
+            first = not self._intake
+            if first:
+                self._intake_since = time.monotonic()
             self._intake.append(record)
             if not record.kind.evictable_first:
                 self._urgent = True
-        if record.kind is not Kind.METRIC:
+        # One wake per group of samples (the thread then sleeps until their commit is due), every time for
+        # an event: it is committed, sealed and published at once.
+        if first or not record.kind.evictable_first:
             self._wake.set()
 
     def request_flush(self) -> None:
@@ -120,7 +135,8 @@ class Pipeline:
         if self.uplink and self.uplink.connected and drain_s > 0:
             deadline = time.monotonic() + drain_s
             self._flush_requested = True
-            while time.monotonic() < deadline and (self.spool.n_records or self.spool.n_batches):
+            while time.monotonic() < deadline and (self.spool.n_records or self.spool.n_batches
+                                                   or self.spool.memory_records):
                 self.step()
                 time.sleep(0.05)
         self._commit()
@@ -128,7 +144,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------ the loop
     def run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.25)
+            self._wake.wait(self._sleep_s())
             self._wake.clear()
             try:
                 self.step()
@@ -149,9 +165,26 @@ class Pipeline:
             self._last_health = now
             for r in self.health():
                 self.intake(r)
-        if self._urgent or now - self._last_commit >= self.cfg.spool.commit_interval_s or self._flush_requested:
+        if self._urgent or self._flush_requested or \
+                (self._intake and now - self._intake_since >= self.cfg.spool.commit_interval_s):
             self._commit()
         self._send()
+
+    def _sleep_s(self) -> float:
+        """Until the earliest due time: commit of a waiting intake, health, a sample's linger, a hold's end."""
+        now = time.monotonic()
+        due: list[float | None] = [self._last_health + self.cfg.agent.health_interval_s]
+        if self._intake:
+            due.append(now if self._urgent else self._intake_since + self.cfg.spool.commit_interval_s)
+        connected = self.uplink is not None and self.uplink.connected and self._live_gen is not None
+        if connected and len(self._inflight) < self.cfg.uplink.max_inflight:
+            if self._hold_until > now and (self.spool.n_records or self.spool.n_batches):
+                due.append(self._hold_until)
+            elif self.spool.n_records:
+                since = self._waiting_since
+                urgent = self._event_unsealed or self._flush_requested or since is None
+                due.append(now if urgent or since is None else since + self.cfg.uplink.batch_linger_s)
+        return pacing.sleep_s(now, due)
 
     def _commit(self) -> None:
         with self._intake_lock:
@@ -161,6 +194,10 @@ class Pipeline:
         self._last_commit = time.monotonic()
         if not batch:
             return
+        if not self.spool.n_records:
+            self._waiting_since = self._last_commit
+        if any(not r.kind.evictable_first for r in batch):
+            self._event_unsealed = True
         self.spool.put(batch)
         self.counters.inc("accepted", len(batch))
         for obs in self.observers:
@@ -239,6 +276,9 @@ class Pipeline:
                 return
         while len(self._inflight) < window and self._should_seal():
             new = self.spool.seal(self._batch_id, self._max_batch, compress=self.cfg.uplink.compress)
+            if not self.spool.n_records:
+                self._event_unsealed = False
+                self._waiting_since = time.monotonic()
             if new is None:
                 break
             if not self._publish(new.seq, new.payload):
@@ -261,13 +301,11 @@ class Pipeline:
         return True
 
     def _should_seal(self) -> bool:
-        n, body_bytes, oldest_ms = self.spool.unsealed_summary()
-        if n == 0:
-            return False
-        if self._flush_requested or self._stop.is_set() or body_bytes >= self._max_batch * 0.7:
-            return True
-        age_s = time.time() - (oldest_ms or 0) / 1000
-        return age_s >= self.cfg.uplink.batch_linger_s
+        n, body_bytes, _oldest_ms = self.spool.unsealed_summary()
+        return pacing.seal_due(n_unsealed=n, body_bytes=body_bytes, max_batch=self._max_batch,
+                               urgent=self._event_unsealed or self._flush_requested or self._stop.is_set(),
+                               waiting_since=self._waiting_since, now=time.monotonic(),
+                               linger_s=self.cfg.uplink.batch_linger_s)
 
     def _batch_id(self, boot: str, seq: int) -> wire.BatchId:
         v = self.cfg.vehicle
@@ -282,9 +320,12 @@ class Pipeline:
         s = self.spool
         c = self.counters.snapshot()
         up = self.uplink
+        trouble = s.trouble
         out = [self.rec.health("agent.spool", {"records": s.n_records, "batches": s.n_batches, "bytes": s.bytes,
-                                               "memory_records": s.memory_records,
-                                               "degraded": s.degraded}),
+                                               "disk_bytes": s.disk_bytes(), "memory_records": s.memory_records,
+                                               "degraded": s.degraded,
+                                               "trouble": trouble.state if trouble else None,
+                                               "trouble_since": trouble.since if trouble else None}),
                self.rec.health("agent.uplink", {"connected": bool(up and up.connected),
                                                 "reconnects": up.reconnects if up else 0,
                                                 "published": c.get("published", 0),

@@ -42,6 +42,8 @@ class ProbeContext:
     emit: Callable[[Record], None]
     uplink: Callable[[], UplinkView] = field(default=lambda: UplinkView())
     spool_dir: str = "/var/lib/icvq"
+    # "The way to the broker may be back" (modem registered, TCP target answers): the uplink retries at once.
+    way_back: Callable[[str], None] = field(default=lambda reason: None)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("icvq.probe"))
     # High-rate context for the black box's ring (agent/blackbox): channel, flat fields. A no-op unless the
     # black box runs; probes call it at their own sampling rate and the ring rate-limits.

@@ -3,26 +3,36 @@
 SQLite in WAL mode with synchronous=FULL: a committed record survives kill -9 and power cut, the WAL's
 checksums make a torn tail harmless, and one file is easy to inspect in the field. Records are committed in
 groups (the pipeline calls put() about once a second), not one write per sample, to spare the flash.
+Threads: none of its own; the pipeline thread is the only writer, the control thread reads stats().
 
 Records wait unsealed until the uplink has room; sealing encodes them into a wire batch with the next
 sequence number in the same transaction, so a sealed batch's bytes and identity never change: resends after
-a crash are byte-identical and the backend dedups them. A batch is deleted only on PUBACK.
+a crash are byte-identical and the backend dedups them. A batch is deleted on PUBACK — lazily, in the next
+write transaction, to save one WAL commit per batch on the flash (a crash in between only resends it).
 
-When full (max_mib), the oldest periodic samples go first, then the oldest events, then the oldest sealed
-batches; every drop is counted by reason and the counts are persisted and reported upstream. When the disk is
-full or read-only, new records wait in memory (bounded, same eviction order) and are written once it works.
+Disk use is bounded by `max_bytes` as a whole (db + -wal + -shm + the shutdown reserve; spool_disk.Budget):
+the WAL is checkpointed (PASSIVE) after a commit that takes it past its share and cut back by
+journal_size_limit, and the database is held under its share by page count. With `min_free_bytes` the cap
+shrinks so the file system keeps that much free; either way the oldest periodic samples go first, then the
+oldest events, then the oldest sealed batches, every drop counted by reason and reported upstream.
+
+When the disk is full, read-only, or the spool cannot be opened at all, the spool is *degraded*: records wait
+in memory (spool_memory, bounded, same eviction order), are sealed there under a memory sid and published,
+and go back to disk once it works (retried every RETRY_DISK_S). `trouble` says what is wrong, since when.
+At close a small preallocated reserve file is given back if the disk is full, so the clean-shutdown mark and
+the count of whatever could not be written still reach the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,30 +40,49 @@ from typing import Any
 
 import msgpack
 
-from . import wire
+from . import spool_disk, wire
 from .errors import WireError
 from .records import Kind, Record
+from .spool_memory import MemoryQueue
 
 log = logging.getLogger("icvq.spool")
 
 ROW_OVERHEAD = 64  # bytes of SQLite row, index and page slack per stored row, for the size cap
 RETRY_DISK_S = 5.0
 
+# New spools: no AUTOINCREMENT and no priority index — each would add a WAL frame to every commit
+# (measured in tools/bench/flash.py); eviction scans in id order and stops early instead.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, prio INTEGER NOT NULL, boot TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, prio INTEGER NOT NULL, boot TEXT NOT NULL,
     synced INTEGER NOT NULL, wall_ms INTEGER NOT NULL, mono_ms INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS records_prio ON records (prio, id);
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, n_records INTEGER NOT NULL,
     n_events INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS held (
+    sid TEXT NOT NULL, seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, n_records INTEGER NOT NULL,
+    payload BLOB NOT NULL, PRIMARY KEY (sid, seq));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+DROP INDEX IF EXISTS records_prio;
 """
+
+# Trouble states (docs/architecture.md, "Degraded states"). All but low_headroom keep records in memory.
+DISK_FULL, READ_ONLY, UNOPENABLE, IO_ERROR, LOW_HEADROOM = \
+    "disk_full", "read_only", "unopenable", "io_error", "low_headroom"
+
+
+@dataclass(frozen=True)
+class SpoolTrouble:
+    """Why the spool is not working normally (contract read by the health verdict, TEAM-RULES.md)."""
+
+    state: str      # disk_full | read_only | unopenable | io_error | low_headroom
+    since: float    # wall-clock seconds when this state began
+    detail: str
 
 
 @dataclass(frozen=True)
 class SealedBatch:
-    seq: int
+    seq: int        # the spool's seq; negative: a handle for a batch held in memory (spool_memory)
     payload: bytes
     n_records: int
     created_ms: int
@@ -69,25 +98,52 @@ def _record(boot: str, synced: int, wall_ms: int, mono_ms: int, body: bytes) -> 
     return Record(Kind(kind), name, wall_ms, mono_ms, boot, bool(synced), data, episode)
 
 
-def _disk_error(e: sqlite3.Error) -> bool:
+def _corrupt(e: BaseException) -> bool:
     text = str(e).lower()
-    return any(s in text for s in ("full", "readonly", "read-only", "disk i/o", "unable to open",
-                                   "locked", "no such table"))
+    return "malformed" in text or "not a database" in text
+
+
+def _classify(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        if e.errno == errno.ENOSPC:
+            return DISK_FULL
+        if e.errno == errno.EROFS:
+            return READ_ONLY
+        return UNOPENABLE
+    text = str(e).lower()
+    if "full" in text:
+        return DISK_FULL
+    if "readonly" in text or "read-only" in text:
+        return READ_ONLY
+    return IO_ERROR
 
 
 class Spool:
     def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, memory_max_records: int = 20000,
-                 max_record_bytes: int = 48 * 1024, now_ms: Callable[[], int] | None = None) -> None:
+                 max_record_bytes: int = 48 * 1024, now_ms: Callable[[], int] | None = None,
+                 min_free_bytes: int = 0) -> None:
         self.path = Path(path)
+        self.on_disk = str(path) != ":memory:"
         self.max_bytes = max_bytes
+        self.budget = spool_disk.Budget.for_cap(max_bytes)
+        self.min_free_bytes = min_free_bytes
         self.memory_max_records = memory_max_records
         self.max_record_bytes = max_record_bytes
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._db: sqlite3.Connection | None = None
-        self._mem: deque[Record] = deque()
-        self._degraded_since: float | None = None
+        self._mem = MemoryQueue(memory_max_records)
+        self._trouble: SpoolTrouble | None = None
+        self._blocked = False                   # writes go to memory (all trouble states but low_headroom)
+        self._blocked_mono = 0.0
         self._last_disk_try = 0.0
         self.last_disk_error = ""
+        self._acked: set[int] = set()           # acknowledged, deleted in the next write transaction
+        self._acked_held: set[tuple[int, int]] = set()
+        self._page_size = 4096
+        self._db_cap = self.budget.db_cap       # shrinks below the budget to keep min_free_bytes free
+        self._wal_limit = self.budget.wal_limit  # likewise
+        self._evict_reason = "spool_full"
+        self._has_reserve = False
         self.drops: dict[str, int] = {}
         self._drops_dirty = False
         self.sid = 0
@@ -100,31 +156,65 @@ class Spool:
     # ------------------------------------------------------------------------------------ open / close
     def open(self) -> str:
         """Open (creating, or recovering from corruption). Returns how the previous run ended: "clean",
-        "unclean" (power cut, crash, kill -9: a quality signal in itself) or "first" for a new spool."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        "unclean" (power cut, crash, kill -9: a quality signal in itself), "first" for a new spool, or
+        "unknown" when the spool cannot be opened: then the spool runs in memory and retries."""
         try:
-            return self._connect()
+            return self._open_disk()
+        except (sqlite3.Error, OSError) as e:
+            state = _classify(e)
+            if state == IO_ERROR:
+                state = READ_ONLY if self._read_only_fs() else UNOPENABLE
+            self._block(state, f"cannot open {self.path}: {e}")
+            return "unknown"
+
+    def _read_only_fs(self) -> bool:
+        try:
+            return bool(os.statvfs(self.path.parent).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+
+    def _open_disk(self) -> str:
+        if self.on_disk:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise OSError(errno.EISDIR, "a directory is in the way of the spool file", str(self.path))
+        try:
+            previous = self._connect()
         except sqlite3.DatabaseError as e:
-            if _disk_error(e) and "malformed" not in str(e).lower():
+            if not _corrupt(e):
                 raise
-            # A flash card that lied about a write: keep the evidence, start a fresh spool, say so.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("spool %s is corrupt (%s); moved aside to %s", self.path, e, aside)
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(str(self.path) + suffix)
-                if p.exists():
-                    p.rename(Path(str(aside) + suffix))
-            self.recovered_from_corruption = True
-            self._connect()
-            self._count_drop("spool_corrupt", 1)
-            return "unclean"
+            previous = self._quarantine(e)
+        self._after_open()
+        return previous
+
+    def _quarantine(self, e: BaseException) -> str:
+        # A flash card that lied about a write: keep the evidence, start a fresh spool, count what it held.
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        log.error("spool %s is corrupt (%s); moved aside to %s", self.path, e, aside)
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                p.rename(Path(str(aside) + suffix))
+        n, exact = spool_disk.count_lost(aside)
+        log.error("the corrupt spool held %s%d records; counted as dropped", "" if exact else "an estimated ",
+                  n)
+        self.recovered_from_corruption = True
+        self._connect()
+        if exact:
+            self._count_drop("spool_corrupt", n)
+        else:
+            self._count_drop("spool_corrupt.estimated", n)
+        return "unclean"
 
     def _connect(self) -> str:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
+            # Must precede the first table: lets a headroom squeeze give pages back to the file system.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=4194304")
+            db.execute(f"PRAGMA journal_size_limit={self.budget.wal_limit}")
+            db.execute("PRAGMA wal_autocheckpoint=0")    # ours: _after_commit
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {ok}")
@@ -139,32 +229,113 @@ class Spool:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                [("sid", meta["sid"]), ("next_seq", meta["next_seq"])])
                 db.execute("COMMIT")
+            self._page_size = db.execute("PRAGMA page_size").fetchone()[0]
         except BaseException:
             db.close()
             raise
         self._db = db
         self.sid = int(meta["sid"])
-        self.drops = {**json.loads(meta.get("drops", "{}")), **self.drops}
+        self.drops = self._merge(json.loads(meta.get("drops", "{}")), self.drops)
+        self._drops_dirty = self._drops_dirty or bool(self.drops)
         self._recount()
         return previous
+
+    def _after_open(self) -> None:
+        db = self._conn
+        known = {(b.sid, b.seq) for b in self._mem.batches.values()}
+        for sid, seq, created, n, payload in db.execute(
+                "SELECT sid, seq, created_ms, n_records, payload FROM held ORDER BY created_ms"):
+            if (int(sid), seq) not in known:
+                self._mem.adopt(int(sid), seq, payload, n, created)
+        if self.on_disk:
+            self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
+            if self.max_bytes < spool_disk.MIN_DB_BYTES * 2:
+                log.warning("spool.max_mib %.2f is too small to bound SQLite's files; the database needs "
+                            "at least %d KiB", self.max_bytes / 2**20, spool_disk.MIN_DB_BYTES // 512)
 
     def _recount(self) -> None:
         db = self._conn
         n, b = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records").fetchone()
         nb, bb = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM batches").fetchone()
+        nh, hb = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held").fetchone()
         self.n_records, self.n_batches = n, nb
         self.record_body_bytes = b
-        self.bytes = b + bb + (n + nb) * ROW_OVERHEAD
+        self.bytes = b + bb + hb + (n + nb + nh) * ROW_OVERHEAD
 
     def close(self) -> None:
-        if self._db is not None:
+        """Persist what memory holds (or count it), mark a clean stop, release the database."""
+        if self._db is None and self.on_disk:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self._open_disk()
+        if self._db is None:
+            self._give_up_memory("the spool cannot be opened")
+            return
+        if self._blocked or self._mem.n_records or self._unpersisted_batches():
+            self._final_flush()
+        else:
             try:
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
-            self._db.close()
-            self._db = None
+                with self._txn() as db:
+                    self._apply_acks(db)
+                    self._persist_drops(db, {})
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
+            except sqlite3.Error as e:
+                log.error("could not mark the spool's clean stop: %s", e)
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
+        self._db = None
+
+    def _final_flush(self) -> None:
+        """Stopping while degraded: commit the tally first (everything in memory counted as
+        `shutdown.unwritable`), then write batches and records chunk by chunk, each chunk taking its count
+        back off the tally in the same transaction. Whatever stays in memory is exactly what is counted."""
+        pending = self._mem.n_records + sum(b.n_records for b in self._unpersisted_batches())
+        for attempt in range(2):
+            try:
+                with self._txn() as db:
+                    self._apply_acks(db)
+                    self._persist_drops(db, {"shutdown.unwritable": pending})
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
+                break
+            except sqlite3.Error as e:
+                if attempt == 0 and self.on_disk and spool_disk.release_reserve(self.path):
+                    log.warning("disk full at shutdown (%s); released the %d KiB reserve", e,
+                                self.budget.reserve // 1024)
+                    self._has_reserve = False
+                    continue
+                self._give_up_memory(f"the spool cannot be written ({e})")
+                return
+        self.drops = self._merge(self.drops, {"shutdown.unwritable": pending})
+        written = 0
+        try:
+            for b in self._unpersisted_batches():
+                with self._txn() as db:
+                    self._insert_held(db, [b])
+                    self._persist_drops(db, {"shutdown.unwritable": -b.n_records})
+                b.persisted = True
+                self.drops = self._merge(self.drops, {"shutdown.unwritable": -b.n_records})
+                written += b.n_records
+            while self._mem.n_records:
+                chunk = self._mem.take(500)
+                try:
+                    self._write_chunk(chunk, {"shutdown.unwritable": -len(chunk)})
+                except sqlite3.Error:
+                    self._mem.add(chunk, front=True)
+                    raise
+                written += len(chunk)
+        except sqlite3.Error as e:
+            log.error("stopping with the spool not writable (%s): %d records written, %d counted as "
+                      "shutdown.unwritable", e, written, pending - written)
+            return
+        if pending:
+            log.warning("stopping: %d records held in memory were written to the spool", written)
+
+    def _give_up_memory(self, why: str) -> None:
+        n = self._mem.n_records + sum(b.n_records for b in self._unpersisted_batches())
+        if n:
+            self._count_drop("shutdown.unwritable", n)
+            log.error("stopping: %s; %d records held in memory are lost and could not be counted on disk "
+                      "(drops %s)", why, n, json.dumps(self.drops, sort_keys=True))
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -172,16 +343,58 @@ class Spool:
             raise RuntimeError("spool is not open")
         return self._db
 
-    # ------------------------------------------------------------------------------------------ write
+    # ---------------------------------------------------------------------------------------- trouble
     @property
-    def memory_records(self) -> int:
-        """Records waiting in memory while the disk is full or read-only."""
-        return len(self._mem)
+    def trouble(self) -> SpoolTrouble | None:
+        """None when the spool works normally (contract: TEAM-RULES.md, read by the health verdict)."""
+        return self._trouble
 
     @property
     def degraded(self) -> bool:
-        return self._degraded_since is not None
+        """Records are held in memory because the spool cannot be written."""
+        return self._blocked
 
+    @property
+    def memory_records(self) -> int:
+        """Records waiting in memory while the spool cannot be written (unsealed and in memory batches)."""
+        return self._mem.n_records + self._mem.n_batch_records
+
+    @property
+    def memory_batches(self) -> int:
+        return len(self._mem.batches)
+
+    def _set_trouble(self, state: str, detail: str) -> None:
+        if self._trouble is None or self._trouble.state != state:
+            self._trouble = SpoolTrouble(state, time.time(), detail)
+            log.error("spool %s: %s; %s", state.replace("_", " "), detail,
+                      f"holding up to {self.memory_max_records} records in memory" if self._blocked
+                      else "keeping the file system's headroom by a smaller cap")
+        elif detail != self._trouble.detail:
+            self._trouble = SpoolTrouble(state, self._trouble.since, detail)
+
+    def _block(self, state: str, detail: str) -> None:
+        if not self._blocked:
+            self._blocked = True
+            self._blocked_mono = time.monotonic()
+        self._last_disk_try = time.monotonic()
+        self.last_disk_error = detail
+        self._set_trouble(state, detail)
+
+    def _fail(self, e: BaseException) -> None:
+        self._block(_classify(e), f"{type(e).__name__}: {e}")
+
+    def _unblock(self, written: int) -> None:
+        if self._blocked:
+            log.warning("spool writable again after %.0f s (%s); %d records written from memory",
+                        time.monotonic() - self._blocked_mono, self._trouble.state if self._trouble else "?",
+                        written)
+        self._blocked = False
+        self.last_disk_error = ""
+        self._trouble = None
+        if self.on_disk and not self._has_reserve:
+            self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
+
+    # ------------------------------------------------------------------------------------------ write
     def put(self, records: Iterable[Record]) -> None:
         """Accept records durably (one transaction), or into the bounded memory queue when the disk fails."""
         incoming = []
@@ -196,61 +409,173 @@ class Spool:
                 self._count_drop("oversize", 1)
             else:
                 incoming.append(r)
-        if self.degraded:
-            self._mem.extend(incoming)
-            self._bound_memory()
-            if time.monotonic() - self._last_disk_try < RETRY_DISK_S:
-                return
-            incoming = list(self._mem)
-            self._mem.clear()
-        if not incoming:
+        if self._blocked:
+            self._count_drops(self._mem.add(incoming))
+            if time.monotonic() - self._last_disk_try >= RETRY_DISK_S:
+                self.retry_disk()
             return
-        try:
-            self._write(incoming)
-        except sqlite3.Error as e:
-            self._enter_degraded(e)
-            self._mem.extendleft(reversed(incoming))
-            self._bound_memory()
-            return
-        if self.degraded:
-            log.warning("spool writable again after %.0f s; %d records written from memory",
-                        time.monotonic() - (self._degraded_since or 0), len(incoming))
-            self._degraded_since = None
-            self.last_disk_error = ""
+        if self._mem.n_records:           # e.g. records an unseal put back: keep them ahead of the new ones
+            incoming = self._mem.take() + incoming
+        if incoming or self._acked or self._acked_held or self._unpersisted_batches():
+            self._write_all(incoming)
 
-    def _write(self, records: Sequence[Record]) -> None:
+    def retry_disk(self) -> bool:
+        """Try to write what memory holds to disk again (reopening if needed); True if writable now."""
+        self._last_disk_try = time.monotonic()
+        if self._db is None:
+            try:
+                self._open_disk()
+            except (sqlite3.Error, OSError) as e:
+                self._last_disk_try = time.monotonic()
+                self._set_trouble(self._trouble.state if self._trouble else UNOPENABLE,
+                                  f"cannot open {self.path}: {e}")
+                return False
+            log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
+        n = self._mem.n_records
+        if self._write_all(self._mem.take(), retrying=True):
+            self._unblock(n)
+            return True
+        return False
+
+    def _write_all(self, records: list[Record], *, retrying: bool = False) -> bool:
+        """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
+        error the rest goes back to memory and the spool is degraded. True if everything was written."""
+        if self._headroom_blocks():
+            self._count_drops(self._mem.add(records, front=True))
+            return False
+        chunk_bytes = max(4096, self.budget.wal_limit // 4)
+        i = 0
+        first = True
+        while first or i < len(records):
+            j, size = i, 0
+            while j < len(records) and (j == i or size < chunk_bytes):
+                size += len(_body(records[j])) + ROW_OVERHEAD
+                j += 1
+            try:
+                self._write_chunk(records[i:j], {}, persist_held=first)
+            except sqlite3.Error as e:
+                self._count_drops(self._mem.add(records[i:], front=True))
+                self._fail(e)
+                return False
+            first = False
+            i = j
+        return True
+
+    def _write_chunk(self, records: Sequence[Record], tally: dict[str, int], *, persist_held: bool = False) -> None:
         rows = [(r.priority, r.boot, int(r.synced), r.wall_ms, r.mono_ms, _body(r)) for r in records]
         need = sum(len(b) + ROW_OVERHEAD for *_, b in rows)
+        held = self._unpersisted_batches() if persist_held else []
         with self._txn() as db:
-            dropped = self._evict(self.bytes + need - self.max_bytes) if self.bytes + need > self.max_bytes \
-                else {}
-            if need > self.max_bytes:
+            self._apply_acks(db)
+            if held:
+                self._insert_held(db, held)
+            cap = self._db_cap
+            dropped = self._evict(self.bytes + need - cap) if self.bytes + need > cap else {}
+            if need > cap:
                 # A single put larger than the whole spool: keep the newest that fit.
                 keep, size = [], 0
                 for row in reversed(rows):
                     size += len(row[-1]) + ROW_OVERHEAD
-                    if size > self.max_bytes:
+                    if size > cap:
                         break
                     keep.append(row)
-                dropped["spool_full.incoming"] = len(rows) - len(keep)
+                if self._evict_reason == "headroom":
+                    dropped["headroom.incoming"] = dropped.get("headroom.incoming", 0) + len(rows) - len(keep)
+                else:
+                    dropped["spool_full.incoming"] = dropped.get("spool_full.incoming", 0) + len(rows) - len(keep)
                 rows = keep[::-1]
-                need = sum(len(b) + ROW_OVERHEAD for *_, b in rows)
             db.executemany("INSERT INTO records (prio, boot, synced, wall_ms, mono_ms, body) "
                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            pending = self._persist_drops(db, dropped) if dropped or self._drops_dirty else self.drops
+            dropped = self._merge(dropped, self._fit_pages(db))
+            merged = self._merge(dropped, tally)
+            pending = self._persist_drops(db, merged) if merged or self._drops_dirty else self.drops
+        for b in held:
+            b.persisted = True
         self.drops = pending
         self._drops_dirty = False
-        if dropped:
-            self._recount()
-        else:
-            self._add(len(rows), 0, need)
-            self.record_body_bytes += sum(len(row[-1]) for row in rows)
-        self._last_disk_try = time.monotonic()
+        self._recount()
+        self._after_commit()
 
-    def _add(self, n: int, nb: int, b: int) -> None:
-        self.n_records += n
-        self.n_batches += nb
-        self.bytes += b
+    def _fit_pages(self, db: sqlite3.Connection) -> dict[str, int]:
+        """Evict until the database's used pages fit its share of the cap: the real B-tree cost."""
+        dropped: dict[str, int] = {}
+        for _ in range(8):
+            used = (db.execute("PRAGMA page_count").fetchone()[0]
+                    - db.execute("PRAGMA freelist_count").fetchone()[0]) * self._page_size
+            if used <= self._db_cap:
+                break
+            more = self._evict(used - self._db_cap)
+            if not more:
+                break
+            dropped = self._merge(dropped, more)
+        return dropped
+
+    def _after_commit(self) -> None:
+        """Checkpoint policy: PASSIVE once the WAL outgrows its share (journal_size_limit then cuts the file
+        back when the next transaction restarts the log); give free pages back when headroom is short."""
+        if not self.on_disk:
+            return
+        try:
+            wal = Path(str(self.path) + "-wal").stat().st_size
+        except OSError:
+            wal = 0
+        try:
+            if wal > self._wal_limit:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if self._db_cap < self.budget.db_cap:
+                self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+        except sqlite3.Error as e:
+            log.debug("checkpoint deferred: %s", e)
+
+    def _headroom_blocks(self) -> bool:
+        """Recompute the cap from the file system's free space; True if it leaves no room to write at all."""
+        if not self.on_disk or self.min_free_bytes <= 0:
+            return False
+        free = spool_disk.free_bytes(self.path.parent)
+        if free is None:
+            return False
+        mine = spool_disk.disk_bytes(self.path)
+        allowed = min(self.max_bytes, mine + free - self.min_free_bytes)
+        squeezed = allowed < self.max_bytes
+        eff = spool_disk.Budget.for_cap(allowed, self.budget.reserve) if squeezed else self.budget
+        self._db_cap = eff.db_cap
+        if eff.wal_limit != self._wal_limit:
+            self._wal_limit = eff.wal_limit
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute(f"PRAGMA journal_size_limit={eff.wal_limit}").fetchall()
+        self._evict_reason = "headroom" if squeezed else "spool_full"
+        detail = (f"{free / 2**20:.1f} MiB free on the file system, keeping {self.min_free_bytes / 2**20:.1f} MiB: "
+                  f"spool cap cut to {max(self._db_cap, 0) / 2**20:.2f} MiB")
+        if self._db_cap < spool_disk.MIN_DB_BYTES:
+            self._block(LOW_HEADROOM, detail)
+            return True
+        if squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9:
+            self._set_trouble(LOW_HEADROOM, detail)
+        elif self._trouble is not None and self._trouble.state == LOW_HEADROOM and not self._blocked:
+            log.warning("spool headroom restored: %s", detail)
+            self._trouble = None
+        return False
+
+    def _unpersisted_batches(self) -> list[Any]:
+        if self._db is None:
+            return []
+        return [b for b in self._mem.batches.values() if not b.persisted]
+
+    def _insert_held(self, db: sqlite3.Connection, batches: Iterable[Any]) -> None:
+        db.executemany("INSERT OR IGNORE INTO held VALUES (?, ?, ?, ?, ?)",
+                       [(str(b.sid), b.seq, b.created_ms, b.n_records, b.payload) for b in batches])
+
+    def _apply_acks(self, db: sqlite3.Connection) -> None:
+        if self._acked:
+            seqs = list(self._acked)
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i:i + 500]
+                db.execute(f"DELETE FROM batches WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+            self._acked.clear()
+        if self._acked_held:
+            db.executemany("DELETE FROM held WHERE sid = ? AND seq = ?",
+                           [(str(sid), seq) for sid, seq in self._acked_held])
+            self._acked_held.clear()
 
     def _rollback(self) -> None:
         try:
@@ -260,30 +585,36 @@ class Spool:
 
     @contextlib.contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed whole, or rolled back whole."""
+        """One write transaction: committed whole, or rolled back whole (then acks stay pending)."""
         db = self._conn
+        acked, acked_held = set(self._acked), set(self._acked_held)
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
+            self._acked |= acked
+            self._acked_held |= acked_held
             raise
 
     def _persist_drops(self, db: sqlite3.Connection, dropped: dict[str, int]) -> dict[str, int]:
-        drops = self._merge_drops(dropped)
+        drops = self._merge(self.drops, dropped)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('drops', ?)", (json.dumps(drops),))
         return drops
 
     def _evict(self, excess: int) -> dict[str, int]:
         """Free at least `excess` bytes (plus 5 % headroom so we do not evict on every put)."""
-        target = excess + self.max_bytes // 20
+        target = excess + self._db_cap // 20
         db = self._conn
         freed = 0
         dropped: dict[str, int] = {}
         # Spools written before snapshots existed hold events at prio 1: they go with the snapshots, still
         # after every metric.
-        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.snapshot"), (2, "spool_full.event")):
+        for prio, reason in ((0, "spool_full.metric"), (1, "spool_full.snapshot"), (2, "spool_full.event"),
+                             (0, "headroom.metric"), (1, "headroom.snapshot"), (2, "headroom.event")):
+            if not reason.startswith(self._evict_reason + "."):
+                continue
             while freed < target:
                 rows = db.execute("SELECT id, LENGTH(body) FROM records WHERE prio = ? ORDER BY id LIMIT 256",
                                   (prio,)).fetchall()
@@ -303,55 +634,41 @@ class Spool:
                 break
             db.execute("DELETE FROM batches WHERE seq = ?", (row[0],))
             freed += row[2] + ROW_OVERHEAD
-            dropped["spool_full.batch_records"] = dropped.get("spool_full.batch_records", 0) + row[1]
+            if self._evict_reason == "headroom":
+                dropped["headroom.batch_records"] = dropped.get("headroom.batch_records", 0) + row[1]
+            else:
+                dropped["spool_full.batch_records"] = dropped.get("spool_full.batch_records", 0) + row[1]
+        # The loops above work on estimates; the caller recounts from the database afterwards.
+        self.bytes -= freed
         return dropped
 
-    def _merge_drops(self, dropped: dict[str, int]) -> dict[str, int]:
-        out = dict(self.drops)
-        for k, v in dropped.items():
+    @staticmethod
+    def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        out = dict(a)
+        for k, v in b.items():
             if v:
                 out[k] = out.get(k, 0) + v
+                if out[k] == 0:   # deltas may be negative (a shutdown tally taken back); counts never are
+                    del out[k]
         return out
 
     def _count_drop(self, reason: str, n: int) -> None:
         if n:
-            self.drops = self._merge_drops({reason: n})
+            self.drops = self._merge(self.drops, {reason: n})
             self._drops_dirty = True
 
-    def _enter_degraded(self, e: sqlite3.Error) -> None:
-        self._last_disk_try = time.monotonic()
-        msg = f"{type(e).__name__}: {e}"
-        if not self.degraded:
-            log.error("spool not writable (%s); keeping up to %d records in memory", msg,
-                      self.memory_max_records)
-            self._degraded_since = time.monotonic()
-        self.last_disk_error = msg
-
-    def _bound_memory(self) -> None:
-        excess = len(self._mem) - self.memory_max_records
-        if excess <= 0:
-            return
-        # Same policy as on disk: oldest periodic samples first, then oldest events.
-        kept: deque[Record] = deque()
-        dropped_m = 0
-        for r in self._mem:
-            if excess > 0 and r.kind.evictable_first:
-                excess -= 1
-                dropped_m += 1
-            else:
-                kept.append(r)
-        dropped_e = 0
-        while excess > 0 and kept:
-            kept.popleft()
-            excess -= 1
-            dropped_e += 1
-        self._mem = kept
-        self._count_drop("memory_full.metric", dropped_m)
-        self._count_drop("memory_full.event", dropped_e)
+    def _count_drops(self, dropped: dict[str, int]) -> None:
+        for k, v in dropped.items():
+            self._count_drop(k, v)
+        while self._mem.dropped_held:     # memory batches the bound dropped that also sit in `held`
+            self._acked_held.add(self._mem.dropped_held.pop())
 
     # ----------------------------------------------------------------------------------------- batches
     def unsealed_summary(self) -> tuple[int, int, int | None]:
-        """(records, body bytes, wall_ms of the oldest) waiting to be sealed; O(1), asked on every step."""
+        """(records, body bytes, wall_ms of the oldest) waiting to be sealed; O(1), asked on every step.
+        While degraded only the memory queue counts: records on disk wait for the disk."""
+        if self._blocked or (not self.n_records and self._mem.n_records):
+            return self._mem.n_records, self._mem.body_bytes(), self._mem.oldest_wall_ms()
         if not self.n_records:
             return 0, 0, None
         row = self._conn.execute("SELECT wall_ms FROM records ORDER BY id LIMIT 1").fetchone()
@@ -360,6 +677,18 @@ class Spool:
     def seal(self, make_id: Callable[[str, int], wire.BatchId], max_bytes: int, *,
              max_records: int = 5000, compress: str = "auto") -> SealedBatch | None:
         """Move the oldest unsealed records (one boot, one sync state) into a new batch of ≤ max_bytes."""
+        if self._blocked or (not self.n_records and self._mem.n_records):
+            b, oversize = self._mem.seal(make_id, max_bytes, max_records=max_records, compress=compress)
+            self._count_drop("oversize", oversize)
+            return SealedBatch(b.handle, b.payload, b.n_records, b.created_ms) if b else None
+        try:
+            return self._seal_disk(make_id, max_bytes, max_records, compress)
+        except sqlite3.Error as e:
+            self._fail(e)
+            return None
+
+    def _seal_disk(self, make_id: Callable[[str, int], wire.BatchId], max_bytes: int, max_records: int,
+                   compress: str) -> SealedBatch | None:
         db = self._conn
         rows = db.execute("SELECT id, boot, synced, wall_ms, mono_ms, body FROM records ORDER BY id LIMIT ?",
                           (max_records,)).fetchall()
@@ -384,23 +713,24 @@ class Spool:
         if len(payload) > max_bytes:
             # One record that cannot fit any batch: it would block the queue forever.
             self._drop_rows([take[0][0]], "oversize")
-            return self.seal(make_id, max_bytes, max_records=max_records, compress=compress)
+            return self._seal_disk(make_id, max_bytes, max_records, compress)
         n_events = sum(1 for r in records if not r.kind.evictable_first)
         ids = [row[0] for row in take]
         with self._txn():
+            self._apply_acks(db)
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
                        (seq, self._now_ms(), len(records), n_events, payload))
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             db.execute("UPDATE meta SET v = ? WHERE k = 'next_seq'", (str(seq + 1),))
-        freed = sum(len(row[5]) for row in take) + len(take) * ROW_OVERHEAD
-        self._add(-len(take), 1, len(payload) + ROW_OVERHEAD - freed)
-        self.record_body_bytes -= sum(len(row[5]) for row in take)
+        self._recount()
+        self._after_commit()
         return SealedBatch(seq, payload, len(records), self._now_ms())
 
     def _drop_rows(self, ids: list[int], reason: str) -> None:
         with self._txn() as db:
+            self._apply_acks(db)
             db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(ids))})", ids)
             self.drops = self._persist_drops(db, {reason: len(ids)})
         self._recount()
@@ -408,12 +738,26 @@ class Spool:
     def unseal(self, seq: int) -> None:
         """Put a sealed batch's records back in the queue (the broker refused its size); they are sealed
         again, smaller, under new sequence numbers. Safe because the broker never accepted the old one."""
+        if seq < 0:
+            b = self._mem.batches.get(seq)
+            if b is not None and b.persisted:
+                self._acked_held.add((b.sid, b.seq))
+            self._mem.unseal(seq)
+            self._count_drops(self._mem.bound())
+            return
+        try:
+            self._unseal_disk(seq)
+        except sqlite3.Error as e:
+            self._fail(e)
+
+    def _unseal_disk(self, seq: int) -> None:
         row = self._conn.execute("SELECT payload FROM batches WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return
         batch = wire.decode(row[0], wire.Limits(max_payload=1 << 30, max_inflated=1 << 30))
         assert isinstance(batch, wire.Batch)
         with self._txn() as db:
+            self._apply_acks(db)
             db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             # Negative ids sort first, so the re-queued records keep their place ahead of newer ones.
             low = db.execute("SELECT MIN(id) FROM records").fetchone()[0] or 1
@@ -425,23 +769,43 @@ class Spool:
         self._recount()
 
     def drop_batch(self, seq: int, reason: str) -> None:
+        if seq < 0:
+            b = self._mem.batches.pop(seq, None)
+            if b is not None:
+                if b.persisted:
+                    self._acked_held.add((b.sid, b.seq))
+                self._count_drop(reason, b.n_records)
+            return
+        if seq in self._acked:
+            return
         row = self._conn.execute("SELECT n_records FROM batches WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return
-        with self._txn() as db:
-            db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-            self.drops = self._persist_drops(db, {reason: row[0]})
-        self._recount()
+        try:
+            with self._txn() as db:
+                self._apply_acks(db)
+                db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                self.drops = self._persist_drops(db, {reason: row[0]})
+            self._recount()
+        except sqlite3.Error as e:
+            self._fail(e)
+            self._acked.add(seq)
+            self._count_drop(reason, row[0])
 
     def sealed(self, exclude: Iterable[int] = (), limit: int = 100) -> list[SealedBatch]:
-        """Sealed batches not yet acknowledged, oldest first, skipping those already in flight."""
-        if limit <= 0 or not self.n_batches:
+        """Sealed batches not yet acknowledged, oldest first, skipping those already in flight. Batches
+        held in memory come first: they are the ones a power cut would take."""
+        if limit <= 0:
             return []
         skip = set(exclude)
+        out = [SealedBatch(b.handle, b.payload, b.n_records, b.created_ms)
+               for b in list(self._mem.batches.values()) if b.handle not in skip][:limit]
+        if not self.n_batches or self._db is None or len(out) >= limit:
+            return out
+        skip |= self._acked
         # Sequence numbers first: payloads are read only for the batches about to be sent.
         want = [seq for (seq,) in self._conn.execute("SELECT seq FROM batches ORDER BY seq") if seq not in skip]
-        out = []
-        for seq in want[:limit]:
+        for seq in want[:limit - len(out)]:
             row = self._conn.execute("SELECT created_ms, n_records, payload FROM batches WHERE seq = ?",
                                      (seq,)).fetchone()
             if row is not None:
@@ -449,17 +813,33 @@ class Spool:
         return out
 
     def ack(self, seqs: Iterable[int]) -> int:
-        seqs = list(seqs)
-        if not seqs:
-            return 0
-        with self._txn() as db:
-            freed = db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM batches "
-                               f"WHERE seq IN ({','.join('?' * len(seqs))})", seqs).fetchone()
-            db.execute(f"DELETE FROM batches WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
-        self._add(0, -freed[0], -(freed[1] + freed[0] * ROW_OVERHEAD))
-        return int(freed[0])
+        """Forget acknowledged batches. Memory ones at once; the spool's are deleted in the next write
+        transaction (or at close), which saves a commit per batch; they stop counting now."""
+        n = 0
+        disk = []
+        for seq in seqs:
+            if seq < 0:
+                b = self._mem.batches.pop(seq, None)
+                if b is not None:
+                    n += 1
+                    if b.persisted:
+                        self._acked_held.add((b.sid, b.seq))
+            elif seq not in self._acked:
+                disk.append(seq)
+        if disk and self._db is not None:
+            found = self._conn.execute(f"SELECT seq, LENGTH(payload) FROM batches "
+                                       f"WHERE seq IN ({','.join('?' * len(disk))})", disk).fetchall()
+            for seq, size in found:
+                self._acked.add(seq)
+                self.n_batches -= 1
+                self.bytes -= size + ROW_OVERHEAD
+            n += len(found)
+        return n
 
     # ------------------------------------------------------------------------------------------ views
+    def disk_bytes(self) -> int:
+        return spool_disk.disk_bytes(self.path) if self.on_disk else 0
+
     def stats(self) -> dict[str, Any]:
         oldest = None
         if self._db is not None:
@@ -468,7 +848,11 @@ class Spool:
             b = self._db.execute("SELECT created_ms FROM batches ORDER BY seq LIMIT 1").fetchone()
             cands = [x[0] for x in (a, b) if x is not None]
             oldest = min(cands) if cands else None
+        t = self._trouble
         return {"path": str(self.path), "records": self.n_records, "batches": self.n_batches,
                 "bytes": self.bytes, "max_bytes": self.max_bytes, "oldest_wall_ms": oldest,
-                "memory_records": self.memory_records, "degraded": self.degraded,
-                "last_disk_error": self.last_disk_error, "drops": dict(self.drops), "sid": self.sid}
+                "disk_bytes": self.disk_bytes(), "cap_bytes": self._db_cap,
+                "memory_records": self.memory_records, "memory_batches": self.memory_batches,
+                "degraded": self.degraded, "last_disk_error": self.last_disk_error,
+                "trouble": None if t is None else {"state": t.state, "since": t.since, "detail": t.detail},
+                "drops": dict(self.drops), "sid": self.sid}

@@ -3,7 +3,23 @@
 One paho Client per connection (reconnect_on_failure off): a new connection gets a new generation number, so a
 PUBACK can never be matched to a message of an older connection (paho's `mid` restarts per connection), and
 paho never resends behind our back — the spool decides what is resent. paho's callbacks only put events on a
-queue the pipeline thread drains.
+queue the pipeline thread drains (and wake it).
+
+Reconnecting (issue 13; the old full-jitter back-off up to 120 s took 24-68 s after a 2-minute outage):
+- the way is back → try at once: agent/wayback.py wakes the wait when the link probe sees the modem
+  register/attach or its TCP target answer, or when the kernel reports an interface up or a new address;
+- the broker does not accept TCP (refused, unreachable, timed out) → probe again every
+  `reconnect_probe_s` * U(0.5, 1.5): a TCP SYN is all it costs, and it finds a restarted broker within ~3 s;
+- the broker accepted TCP and then refused (CONNACK failure, TLS, silence) or dropped a fresh session →
+  exponential back-off with full jitter (`backoff_min_s`..`backoff_max_s`): it is up but does not want us now.
+A fleet whose broker restarts: every car lost its session in the same second, so the first retry is drawn
+uniformly from [0, reconnect_probe_s] and each probe period is jittered again; the cars that find the broker
+back are spread over about 1.5 * reconnect_probe_s, and any that it then refuses under load fall into the
+exponential back-off, which spreads them over up to `backoff_max_s`.
+
+Idle wake-ups: paho's network loop selects with a timeout of keepalive/4 (paho's default 1 s was one wake-up
+a second; its keep-alive check only needs to run well within keepalive_s), and our connection thread blocks
+until the connection dies instead of checking every second.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from paho.mqtt.properties import Properties
 from . import wire
 from .config import UplinkConfig, VehicleConfig
 from .probe import UplinkView
+from .wayback import WayBack
 
 log = logging.getLogger("icvq.uplink")
 
@@ -62,6 +79,19 @@ class Acked:
 UplinkEvent = Up | Down | Acked
 
 
+class EventQueue(queue.Queue[UplinkEvent]):
+    """The uplink's events for the pipeline; `on_put` wakes the pipeline thread, which sleeps until something
+    is due instead of polling this queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_put: Callable[[], None] = lambda: None
+
+    def put(self, item: UplinkEvent, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self.on_put()
+
+
 def topics(cfg: UplinkConfig, v: VehicleConfig) -> tuple[str, str]:
     base = f"{cfg.topic_prefix.rstrip('/')}/{v.fleet}/{v.id}/{v.device}"
     return f"{base}/batch", f"{base}/status"
@@ -85,6 +115,33 @@ def backoff_s(attempt: int, lo: float, hi: float, rnd: Callable[[], float] = ran
     return lo + (cap - lo) * rnd()
 
 
+LOST, UNREACHABLE, REFUSED = "lost", "unreachable", "refused"
+
+
+def retry_delay_s(outcome: str, failures: int, cfg: UplinkConfig,
+                  rnd: Callable[[], float] = random.random) -> float:
+    """How long to wait before the next attempt (a nudge from agent/wayback.py cuts it short).
+    LOST: a session that had lasted ended; UNREACHABLE: TCP did not connect; REFUSED: the broker answered and
+    said no (or a fresh session died at once). See the module docstring for why each."""
+    if outcome == LOST:
+        return cfg.reconnect_probe_s * rnd()
+    if outcome == UNREACHABLE:
+        return cfg.reconnect_probe_s * (0.5 + rnd())
+    return backoff_s(failures, cfg.backoff_min_s, cfg.backoff_max_s, rnd)
+
+
+class _Client(mqtt.Client):
+    """paho's threaded loop with a longer select timeout (see the module docstring)."""
+
+    loop_timeout_s = 1.0
+
+    def _thread_main(self) -> None:  # paho 2.x: the body of loop_start()'s thread
+        try:
+            self.loop_forever(timeout=self.loop_timeout_s, retry_first_connection=True)
+        finally:
+            self._thread = None
+
+
 class Uplink:
     def __init__(self, cfg: UplinkConfig, vehicle: VehicleConfig, *, boot_id: str,
                  birth_fields: Callable[[], dict[str, Any]], wall_ms: Callable[[], int],
@@ -99,7 +156,7 @@ class Uplink:
         self.boot_id = boot_id
         self.birth_fields = birth_fields
         self.wall_ms = wall_ms
-        self.events: queue.Queue[UplinkEvent] = events or queue.Queue()
+        self.events: queue.Queue[UplinkEvent] = events or EventQueue()
         self.batch_topic, self.status_topic = topics(cfg, vehicle)
         self.protocol = "3.1.1" if cfg.protocol == "3.1.1" else "5"
         self._stop = threading.Event()
@@ -120,6 +177,8 @@ class Uplink:
         self.last_error = ""
         self.reconnects = 0
         self.published = 0
+        self._wayback = WayBack()
+        self.last_way_back = ""  # why the last reconnect wait was cut short
 
     # ------------------------------------------------------------------------------------------ public
     def start(self) -> None:
@@ -138,8 +197,16 @@ class Uplink:
                 pass
             client.disconnect()
         self._dead.set()
+        self._wayback.nudge("stopping")
         if self._thread:
             self._thread.join(timeout_s)
+        self._wayback.close()
+
+    def way_back(self, reason: str) -> None:
+        """Something outside the uplink saw the way to the broker come back (the link probe): while
+        disconnected, try at once instead of finishing the back-off. Any thread."""
+        if not self._connected.is_set():
+            self._wayback.nudge(reason)
 
     @property
     def connected(self) -> bool:
@@ -212,10 +279,11 @@ class Uplink:
 
     def _make_client(self, gen: int) -> mqtt.Client:
         v5 = self.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+        client = _Client(CallbackAPIVersion.VERSION2,
                              client_id=f"icvq-{self.vehicle.fleet}-{self.vehicle.id}-{self.vehicle.device}",
                              protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
                              clean_session=None if v5 else True, reconnect_on_failure=False)
+        client.loop_timeout_s = max(1.0, min(30.0, self.cfg.keepalive_s / 4))
         client.max_inflight_messages_set(self.cfg.max_inflight + 2)
         client.max_queued_messages_set(0)
         client.connect_timeout = self.cfg.connect_timeout_s
@@ -264,23 +332,33 @@ class Uplink:
 
     # ------------------------------------------------------------------------------------ connect loop
     def _run(self) -> None:
-        attempt = 0
+        failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
             code = self._one_connection()
             if self._stop.is_set():
                 break
             lasted = time.monotonic() - started
-            if code == 0 and lasted > 30:
-                attempt = 0
             new = next_protocol(self.protocol, self.cfg.protocol, code)
             if new != self.protocol:
                 log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
                 self.protocol = new
                 continue
-            delay = backoff_s(attempt, self.cfg.backoff_min_s, self.cfg.backoff_max_s)
-            attempt += 1
-            self._stop.wait(delay)
+            if code == 0 and lasted > 30:
+                failures, outcome = 0, LOST
+            elif code is None:
+                outcome = UNREACHABLE
+            else:
+                outcome = REFUSED
+            delay = retry_delay_s(outcome, failures, self.cfg)
+            if outcome == REFUSED:
+                failures += 1
+            why = self._wayback.wait(delay)
+            if why and not self._stop.is_set():
+                log.info("uplink: %s; reconnecting now", why)
+                self.last_way_back = why
+                # Never faster than twice a second, whatever the kernel or the link probe report.
+                self._stop.wait(max(0.0, started + 0.5 - time.monotonic()))
 
     def _one_connection(self) -> int | None:
         """Connect, run until the connection dies. Returns 0 after a successful session, the CONNACK failure
@@ -295,7 +373,11 @@ class Uplink:
         try:
             client = self._make_client(gen)
             client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-        except (OSError, ssl.SSLError, ValueError) as e:
+        except (ssl.SSLError, ValueError) as e:
+            # TCP connected and TLS said no (or the settings are unusable): the broker is there, back off.
+            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}")
+            return NO_CONNACK
+        except OSError as e:
             self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}")
             return None
         with self._lock:
@@ -326,8 +408,8 @@ class Uplink:
             self.last_error = ""
             client.publish(self.status_topic, self._status("birth"), qos=1, retain=True, properties=self._props())
             self.events.put(Up(gen, max_packet))
-            while not (self._dead.is_set() or self._stop.is_set()):
-                self._dead.wait(1.0)
+            self._wayback.drain()
+            self._dead.wait()  # set by on_disconnect and by stop()
             if not self._stop.is_set():
                 self._note_error("connection lost")
             return 0

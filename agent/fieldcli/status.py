@@ -91,6 +91,9 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
     else:
         rows.append(("history", f"{h.get('written', 0)} events written since start" +
                      (f"; {h['error']}" if h.get("error") else "")))
+    bb = st.get("blackbox")
+    if bb:
+        rows.append(("context", _blackbox(bb, t)))  # the black box (<= 7 chars: keeps the column)
     out.append(kv(rows))
     probes = st.get("probes")
     if probes:
@@ -120,6 +123,19 @@ def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) ->
     # The uplink counts every successful connect, the first one included.
     if (up.get("reconnects") or 0) > 1:
         s += f"; {up['reconnects'] - 1} reconnects"
+    return s
+
+
+def _blackbox(bb: dict[str, Any], t: Callable[[float | None], str]) -> str:
+    if not bb.get("enabled"):
+        return "off"
+    c = bb.get("counters") or {}
+    supp = sum(v for k, v in c.items() if k.startswith("suppressed."))
+    s = (f"ring {size((bb.get('ring') or {}).get('bytes'))}, {c.get('snapshots', 0)} snapshots sent"
+         + (f", {supp} suppressed by rate limits" if supp else ""))
+    camps = bb.get("campaigns") or []
+    s += "; campaigns: " + (", ".join(f"{x.get('id')} ({x.get('state')} until {t(x.get('end'))})" for x in camps)
+                            if camps else "none")
     return s
 
 

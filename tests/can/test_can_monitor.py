@@ -8,6 +8,7 @@ import pytest
 from canhelp import FORD, VSS_FRONT, agent_config, can_section, radar_frame
 
 from agent.clock import FakeClock
+from agent.probes.can.bcm_counts import parse_bcm_proc
 from agent.probes.can.bus_monitor import BusMonitor
 from agent.probes.can.dbc import resolve
 from agent.probes.can.e2e import E2ESpec, protect
@@ -171,6 +172,50 @@ def test_bcm_timeout_and_resume() -> None:
     assert out[1].data["duration_s"] == pytest.approx(1.0)
     m.close_window(2.0)
     assert out[-1].data["changes"] == 2 and "jitter_p50_ms" not in out[-1].data
+    assert out[-1].data["frames"] is None and out[-1].data["frames_source"] == "unknown"  # no count read
+
+
+def test_bcm_frames_are_the_kernels_count_not_the_notifications() -> None:
+    """33 frames/s with an unchanged status give no RX_CHANGED at all: `frames` is the kernel's per-operation
+    count (read once per window, cumulative), `changes` the notifications."""
+    m, out = monitor(ford(mode="bcm"), {"name": "radar", "interface": "socketcan", "dbc": FORD})
+    m.kernel_count_reset()
+    m.on_changed(0.0, radar_frame())      # the first frame is announced, the next 329 are not
+    m.on_kernel_count(330)                # read when the window closes
+    m.close_window(10.0)
+    m.on_kernel_count(660)
+    m.close_window(10.0)
+    m.on_kernel_count(None)               # /proc/net/can-bcm not readable
+    m.close_window(10.0)
+    m.on_kernel_count(990)                # the next readable count covers both windows
+    m.close_window(10.0)
+    m.kernel_count_reset()                # the bus reopened: a new operation counts from 0
+    m.on_kernel_count(40)
+    m.close_window(10.0)
+    got = [(r.data["frames"], r.data["frames_source"], r.data["changes"]) for r in out if r.name == "can.sensor"]
+    assert got == [(330, "kernel_bcm", 1), (330, "kernel_bcm", 0), (None, "unknown", 0), (330, "kernel_bcm", 0),
+                   (40, "kernel_bcm", 0)]
+
+
+def test_raw_frames_are_the_frames_read() -> None:
+    m, out = monitor(plain())
+    for i in range(5):
+        m.on_frame(i * 0.01, bytes(8))
+    m.close_window(1.0)
+    assert (out[-1].data["frames"], out[-1].data["frames_source"]) == (5, "read")
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    (">>> socket 0000000012345678 / sk 00000000abcdef00 / bo 00000000abcdef00 / dropped 0 / bound vcan0 <<<\n"
+     "rx_op: 101 vcan0 [1]d timeo=600000 # recv 4 (198) => reduction: 98%\n"
+     "rx_op: 80012345 vcan0 [1]  # recv 198 (198) => reduction: 0%\n\n", {0x101: 198, 0x80012345: 198}),
+    ("rx_op: 7A0 can1  [1]d timeo=500000 thr=100000 # recv 10 (5000) => reduction: near 100%\n", {0x7A0: 5000}),
+    ("tx_op: 101 vcan0 [1] t1=100000 # sent 5\n", {}),                      # transmit ops are not sensors
+    (">>> socket 0 / sk 0 / bo 0 / dropped 0 / bound vcan0 <<<\n\n", {}),  # no frame yet: no rx_op line
+    ("rx_op: zz vcan0 [1] # recv x (y)\ngarbage\n", {}),
+])
+def test_bcm_proc_parser(text: str, want: dict[int, int]) -> None:
+    assert parse_bcm_proc(text) == want
 
 
 def bus_monitor() -> tuple[BusMonitor, list[Record]]:

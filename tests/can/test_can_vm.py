@@ -61,6 +61,17 @@ def test_one_second_of_silence_is_one_timeout_episode(run: dict[str, Any], senso
                 if m["name"] == "can.sensor" and m["data"]["sensor"] == sensor) == mode
 
 
+def test_bcm_mode_reports_the_frames_the_kernel_received(run: dict[str, Any]) -> None:
+    """The radar (33 frames/s, BCM mode) sends ~170 frames with a status that rarely changes: `frames` is the
+    kernel's count from /proc/net/can-bcm (every frame, the 6-byte one included), `changes` the few
+    notifications the agent read."""
+    windows = records(run, "can.sensor", windows=True, sensor="mrr")
+    assert windows and {w["data"]["frames_source"] for w in windows} == {"kernel_bcm"}
+    assert sum(w["data"]["frames"] for w in windows) == run["radar_frames"]
+    assert max(w["data"]["frames"] for w in windows) >= 25  # ~33 in a full one-second window
+    assert sum(w["data"]["changes"] for w in windows) < run["radar_frames"] / 5
+
+
 def test_radar_blockage_is_a_fault_episode_with_vss(run: dict[str, Any]) -> None:
     [(begin, end)] = episodes(run, "sensor.fault", sensor="mrr")
     assert begin["data"]["signal"] == "CAN_BLOCKAGE_MNR" and begin["data"]["value"] == 1

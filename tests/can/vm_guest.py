@@ -222,6 +222,7 @@ def main() -> int:
                      "data": r.data} for r in records],
         "injected": {"vcan0": injected["vcan0"] + len(ERROR_FRAMES), "vcan1": injected["vcan1"] + 1},
         "injected_data_frames": injected["vcan0"] + injected["vcan1"] + 1,
+        "radar_frames": sum(" vcan0 101#" in ln for ln in log_lines),
         "tx_delta": {i: tx1[i] - tx0[i] for i in tx0}, "wire_frames": len(wire),
         "probe_sends": spy.calls, "error_frames": len(ERROR_FRAMES),
         "fallback": check_fallback_reader(), "bcm_guard": check_bcm_guard(),

@@ -60,6 +60,7 @@ ROWS: list[tuple[str, dict[str, Any], str, list[str]]] = [
      "degraded", ["clock_unsynced"]),
     ("history unwritable", {"history_error": "disk I/O error"}, "degraded", ["history_unwritable"]),
     ("old drops are a note", {"drops": {"spool_full.metric": 12}}, "healthy", ["dropped"]),
+    ("campaigns are a note", {"campaigns": ("radar-w49",)}, "healthy", ["campaigns_active"]),
     ("worst first", {"connected": False, "offline_since": NOW - 9, "drops": {"invalid": 1},
                      "probes": (ProbeFact("can", "error", "x", NOW),),
                      "spool_trouble": SpoolFact("low_headroom", NOW, "1 MiB free")}, "failing",

@@ -163,6 +163,8 @@ def test_can_probe_reads_vcan0_under_the_hardening(guest: dict[str, Any]) -> Non
     cam = [m for m in sensors["cam"] if m.get("changes", 0) > 0]
     assert radar and all(m["mode"] == "raw" for m in radar), sensors["radar"]  # raw socket
     assert cam and all(m["mode"] == "bcm" for m in cam), sensors["cam"]  # CAN_BCM socket
+    # The kernel's BCM frame count is readable under the sandbox (/proc/net/can-bcm, ProtectProc=default).
+    assert any(m["frames_source"] == "kernel_bcm" and m["frames"] for m in cam), sensors["cam"]
     bus = [r.data for b in batches(guest) for r in b.records if r.name == "can.bus"]
     assert bus and any(m.get("frames_s", 0) > 0 for m in bus), bus
 

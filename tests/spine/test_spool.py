@@ -76,11 +76,11 @@ def test_sealed_batch_is_resent_byte_identical_after_reopen(tmp_path: Path) -> N
 
 
 def test_cap_evicts_metrics_before_events_oldest_first(tmp_path: Path) -> None:
-    sp = Spool(tmp_path / "s.db", 64 * 1024)
+    sp = Spool(tmp_path / "s.db", 512 * 1024)
     sp.open()
-    sp.put([rec(i, Kind.EVENT, size=100) for i in range(100)])          # ~17 KiB of events
-    sp.put([rec(1000 + i, Kind.METRIC, size=100) for i in range(200)])  # ~34 KiB of metrics
-    sp.put([rec(5000 + i, Kind.METRIC, size=100) for i in range(100)])  # over the cap
+    sp.put([rec(i, Kind.EVENT, size=1000) for i in range(100)])          # ~100 KiB of events
+    sp.put([rec(1000 + i, Kind.METRIC, size=1000) for i in range(200)])  # ~200 KiB of metrics
+    sp.put([rec(5000 + i, Kind.METRIC, size=1000) for i in range(100)])  # over the database's share
     assert sp.bytes <= sp.max_bytes
     left = drain(sp)
     kept = [r for b in left for r in b.records]
@@ -90,16 +90,16 @@ def test_cap_evicts_metrics_before_events_oldest_first(tmp_path: Path) -> None:
     assert metrics == sorted(metrics) and metrics[-1] == 5099, "newest data kept, oldest metrics dropped"
     assert sp.drops.get("spool_full.metric", 0) == 300 - len(metrics)
     sp.close()
-    sp2 = Spool(tmp_path / "s.db", 64 * 1024)
+    sp2 = Spool(tmp_path / "s.db", 512 * 1024)
     sp2.open()
     assert sp2.drops["spool_full.metric"] == 300 - len(metrics), "drop counts survive restarts"
 
 
 def test_cap_then_events_oldest_first(tmp_path: Path) -> None:
-    sp = Spool(tmp_path / "s.db", 32 * 1024)
+    sp = Spool(tmp_path / "s.db", 256 * 1024)
     sp.open()
     for i in range(400):
-        sp.put([rec(i, Kind.EVENT, size=100)])
+        sp.put([rec(i, Kind.EVENT, size=600)])
     kept = [r.data["i"] for b in drain(sp) for r in b.records]  # type: ignore[index]
     assert kept == list(range(400 - len(kept), 400))
     assert sp.drops["spool_full.event"] == 400 - len(kept)

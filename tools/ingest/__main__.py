@@ -18,12 +18,14 @@ from collections.abc import Callable
 from agent import wire
 
 from .consumer import Consumer
+from .pseudonyms import Pseudonyms
 from .store import open_store
 
 EPILOG = """\
 other commands:
   report   python -m tools.ingest report --db DB -o report.html   (self-contained HTML fleet report)
   predict  python -m tools.ingest predict --db DB [--json]        (rising risk, software regressions)
+  pseudonym python -m tools.ingest pseudonym --key K [--vins F] [VIN ...]  (vehicle pseudonyms, for provisioning)
 
 Several workers with the same --group split the traffic (MQTT v5 shared subscription); give each a distinct
 --worker number (or --client-id) and restart it under the same one: the broker keeps what it had not
@@ -60,6 +62,10 @@ def run_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stats", action="store_true", help="print throughput and lag lines on stderr")
     ap.add_argument("--stats-interval", type=float, default=5.0, metavar="S", help="(default %(default)s s)")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ap.add_argument("--pseudonym-key", metavar="FILE",
+                    help="fleet key of cars that send a pseudonym instead of the VIN (vehicle.pseudonym_key_file); "
+                         "with --vin-register, pseudonyms are mapped back and VINs stored")
+    ap.add_argument("--vin-register", metavar="FILE", help="the fleet's VINs, one per line (with --pseudonym-key)")
     return ap
 
 
@@ -72,11 +78,14 @@ def run(argv: list[str]) -> int:
         client_id = f"icvq-ingest-{args.group}-{socket.gethostname()}-{args.worker}" if args.group else ""
     limits = wire.Limits(max_payload=args.max_payload, max_inflated=max(args.max_payload * 4,
                                                                         wire.DEFAULT_LIMITS.max_inflated))
+    if bool(args.pseudonym_key) != bool(args.vin_register):
+        run_parser().error("--pseudonym-key and --vin-register go together")
+    resolve = Pseudonyms.from_files(args.pseudonym_key, args.vin_register).resolve if args.pseudonym_key else None
     store = open_store(args.db)
     c = Consumer(store, args.host, args.port, args.topic_prefix, args.group, client_id, stats=args.stats,
                  session_expiry_s=args.session_expiry, receive_max=args.receive_max, max_group=args.max_group,
                  limits=limits, stats_interval_s=args.stats_interval, status=not args.no_status,
-                 name=f"ingest[{client_id or 'solo'}]", leave_on_stop=args.leave)
+                 name=f"ingest[{client_id or 'solo'}]", leave_on_stop=args.leave, resolve=resolve)
     signal.signal(signal.SIGTERM, lambda *_: c.stop_ev.set())
     try:
         c.run(args.duration)
@@ -101,7 +110,14 @@ def predict(argv: list[str]) -> int:
     return predict_main(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": run, "report": report, "predict": predict}
+def pseudonym(argv: list[str]) -> int:
+    from .pseudonyms import main as pseudonym_main
+
+    return pseudonym_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"run": run, "report": report, "predict": predict,
+                                                   "pseudonym": pseudonym}
 
 
 def main(argv: list[str] | None = None) -> int:

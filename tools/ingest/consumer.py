@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ class Consumer:
                  session_expiry_s: int = 3600, receive_max: int = 256, max_group: int = 1000,
                  limits: wire.Limits = wire.DEFAULT_LIMITS, stats_interval_s: float = 5.0,
                  keepalive_s: int = 30, status: bool = True, name: str = "ingest",
-                 leave_on_stop: bool = False) -> None:
+                 leave_on_stop: bool = False, resolve: Callable[[str], str] | None = None) -> None:
         self.store = store
         self.host, self.port = host, port
         prefix = topic_prefix.rstrip("/")
@@ -60,6 +61,7 @@ class Consumer:
         self.batch_filter = f"$share/{group}/{batch}" if group else batch
         self.status_filter = f"{prefix}/+/+/+/status" if status else None
         self.limits = limits
+        self.resolve = resolve  # vehicle pseudonym -> VIN (pseudonyms.py), or None to store what arrives
         self.max_group = max_group
         self.keepalive_s = keepalive_s
         self.q: queue.SimpleQueue[Entry] = queue.SimpleQueue()
@@ -193,7 +195,8 @@ class Consumer:
                 break
         t0 = time.perf_counter()
         decoded = [e if e.msg.obj is not None or e.msg.reason else
-                   Entry(e.gen, e.mid, e.qos, rows.decode(e.msg.topic, e.msg.payload, e.msg.received, self.limits))
+                   Entry(e.gen, e.mid, e.qos, rows.decode(e.msg.topic, e.msg.payload, e.msg.received, self.limits,
+                                                          self.resolve))
                    for e in entries]
         t1 = time.perf_counter()
         done = self._write(decoded)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent import wire
@@ -94,10 +94,12 @@ def check_batch(b: wire.Batch) -> None:
             raise WireError("out_of_range", "time")
 
 
-def decode(topic: str, payload: bytes, received: float, limits: wire.Limits = wire.DEFAULT_LIMITS) -> Message:
+def decode(topic: str, payload: bytes, received: float, limits: wire.Limits = wire.DEFAULT_LIMITS,
+           resolve: Callable[[str], str] | None = None) -> Message:
     """Strictly decode one untrusted payload; never raises. The payload's identity must match its topic
     (`.../<fleet>/<vehicle>/<device>/batch|status`): that is what makes per-device broker ACLs mean
-    something."""
+    something. `resolve` maps vehicle pseudonyms to VINs (pseudonyms.py): topic and payload are compared, and
+    the payload stored, in VIN terms."""
     try:
         obj = wire.decode(payload, limits)
         if isinstance(obj, wire.Batch):
@@ -106,8 +108,12 @@ def decode(topic: str, payload: bytes, received: float, limits: wire.Limits = wi
         else:
             veh, dev, want = obj.vehicle, obj.device, "status"
         parts = topic.split("/")
-        if len(parts) < 5 or parts[-1] != want or parts[-3] != veh or parts[-2] != dev:
+        r = resolve or (lambda v: v)
+        if len(parts) < 5 or parts[-1] != want or r(parts[-3]) != r(veh) or parts[-2] != dev:
             raise WireError("topic_mismatch", topic[:200])
+        if r(veh) != veh:
+            obj = replace(obj, id=replace(obj.id, vehicle=r(veh))) if isinstance(obj, wire.Batch) else \
+                replace(obj, vehicle=r(veh))
         return Message(topic, payload, received, obj)
     except WireError as e:
         return Message(topic, payload, received, None, e.reason, str(e))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .bcm_counts import proc_path, read_bcm_counts
 from .bus_monitor import BusMonitor
 from .bus_state import LinkInfo, read_counters, read_link
 from .config import BusConfig
@@ -69,6 +70,7 @@ class SocketCanBus(Bus):
         self.link = LinkInfo()
         self.link_polled = -1e18
         self._reader = ""
+        self._bcm_proc = ""
 
     def open(self, now: float, allow_transmit: bool) -> None:
         ifname = self.cfg.ifname
@@ -82,6 +84,8 @@ class SocketCanBus(Bus):
                 for key, s in self.bcm_table.items():
                     mask = or_masks([st.field.mask(8) for st in s.spec.status], 8)
                     self.bcm.rx_setup(key, s.spec.timeout_s, mask)
+                    s.kernel_count_reset()  # a new operation counts from 0
+                self._bcm_proc = proc_path(self.bcm.fileno())
         except BaseException:
             self.close()
             raise
@@ -167,6 +171,11 @@ class SocketCanBus(Bus):
         c = read_counters(self.cfg.ifname, self.link.kind)
         if c is not None:
             self.monitor.traffic(c[0], c[1], now)
+        if self.bcm is not None:
+            # BCM sensors: the frames the kernel received for them (their notifications are changes only).
+            counts = read_bcm_counts(self._bcm_proc)
+            for key, mon in self.bcm_table.items():
+                mon.on_kernel_count(None if counts is None else counts.get(key, 0))
 
     def poll_link(self, now: float, every_s: float) -> None:
         """Controller state and error counters: only real CAN controllers have them (not vcan)."""

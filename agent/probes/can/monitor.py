@@ -75,10 +75,14 @@ class SensorMonitor:
         self.silent_since = 0.0
         self.prev_counter: int | None = None
         self.total_frames = 0
+        self._kernel_base = 0  # BCM: the kernel's frame count of this id at the last read
         self._new_window()
 
     def _new_window(self) -> None:
         self.frames = 0
+        # What `frames` counts: frames read (raw), frames the kernel's BCM received (bcm_counts.py, read when
+        # the window closes), or "unknown" when that count was not readable (then `frames` is null).
+        self.frames_source = "unknown" if self.spec.mode == "bcm" else "read"
         self.changes = 0
         self.periods: list[float] = []
         self.missed = 0
@@ -158,6 +162,20 @@ class SensorMonitor:
         """BCM RX_CHANGED: first frame, masked content or length changed, or the frame after a timeout."""
         self.changes += 1
         self.on_frames([(t, data)], timing=False)
+
+    def kernel_count_reset(self) -> None:
+        """A new BCM receive operation was set up: the kernel's count starts again at 0."""
+        self._kernel_base = 0
+
+    def on_kernel_count(self, total: int | None) -> None:
+        """The kernel's cumulative frame count for this id (None: not readable). The window gets what arrived
+        since the last read; a count that went backwards means a new operation, counting from 0."""
+        if total is None:
+            self.frames_source = "unknown"
+            return
+        self.frames += total - self._kernel_base if total >= self._kernel_base else total
+        self._kernel_base = total
+        self.frames_source = "kernel_bcm"
 
     def on_kernel_timeout(self, t: float) -> None:
         """BCM RX_TIMEOUT: the kernel's timer ran out `timeout` after the last frame."""
@@ -285,7 +303,9 @@ class SensorMonitor:
     def close_window(self, window_s: float) -> dict[str, int]:
         """Emit the window's metric and any counter/CRC findings; returns counts for the probe's counters."""
         base = self._base
-        m: dict[str, Any] = {**base, "mode": self.spec.mode, "frames": self.frames, "missed": self.missed,
+        frames = None if self.frames_source == "unknown" else self.frames
+        m: dict[str, Any] = {**base, "mode": self.spec.mode, "frames": frames, "frames_source": self.frames_source,
+                             "missed": self.missed,
                              "bad_length": self.bad_length, "fd_frames": self.fd_frames, "timeouts": self.timeouts,
                              "silent": self.timeout_episode is not None, "cycle_ms": round(self.cycle * 1000, 3)}
         if self.spec.mode == "bcm":

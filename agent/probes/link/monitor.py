@@ -163,6 +163,11 @@ class LinkProbe(PeriodicProbe):
         changed = {k: v for k, v in now.items() if self._seen.get(k, "?") != v}
         if changed and self._seen:
             self.log.info("link state: %s", ", ".join(f"{k} {self._seen.get(k)}→{v}" for k, v in changed.items()))
+        back = [k for k in ("registered", "attached") if self._seen and changed.get(k) is True]
+        if s.reach and self._last is not None and not self._last.reach:
+            back.append("TCP target answers")
+        if back:  # the uplink need not sit out its back-off: the way to the broker may be open again
+            self.ctx.way_back(f"link probe: {', '.join(back)}")
         self._seen = now
 
     def _metrics(self, s: Sample, iface: IfaceReading | None) -> list[Record]:

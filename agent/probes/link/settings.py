@@ -52,8 +52,8 @@ class ModemConfig:
     source: str = "mmcli"
     mmcli: str = "mmcli"
     modem: str = "any"
-    # ChromeOS shill polls signal every 5 s: cheap when healthy. During an episode we poll faster because the
-    # recovery figures are only as precise as this interval.
+    # While healthy the poll only bounds how late a loss is seen (its start is back-dated to the reading, see
+    # classify.loss_start). During an episode we poll faster: the recovery figures are only as precise as this.
     interval_s: float = opt(5.0, min=0.01, max=3600.0)
     episode_interval_s: float = opt(1.0, min=0.01, max=3600.0)
     timeout_s: float = opt(3.0, min=0.05, max=60.0)
@@ -117,12 +117,13 @@ class DatapathConfig:
 class RulesConfig:
     """Thresholds of the pure classifier (classify.py). docs/link.md gives the reasons for each default."""
 
-    # Shorter outages are counted as blips, not episodes (a cell handover can drop registration for ~1 s).
+    # Shorter outages are counted as blips, not episodes (one odd reading, e.g. "searching" in a reselection).
     loss_min_s: float = opt(3.0, min=0.0, max=3600.0)
-    # Below these the signal is not usable: LTE loses the cell around -120…-124 dBm RSRP; CSQ ≤ 4 (-105 dBm).
+    # Below these the signal is not usable: cells are selectable above q-RxLevMin, commonly -124…-128 dBm RSRP
+    # (TS 36.304); CSQ ≤ 4 (-105 dBm, TS 27.007).
     usable_rsrp_dbm: float = opt(-120.0, min=-160.0, max=-40.0)
     usable_rssi_dbm: float = opt(-105.0, min=-130.0, max=-20.0)
-    # "Weak" before a coverage hole: RSRP below -110 dBm; RSSI below -95 dBm (CSQ ≤ 9, "marginal").
+    # "Weak" before a coverage hole: RSRP below -110 dBm (Android's "moderate" bar ends at -108); CSQ ≤ 9.
     weak_rsrp_dbm: float = opt(-110.0, min=-160.0, max=-40.0)
     weak_rssi_dbm: float = opt(-95.0, min=-130.0, max=-20.0)
     # A decay is a drop of at least this much inside the trend window.

@@ -1,0 +1,131 @@
+"""What the spool costs on disk, and what the file system can spare: pure arithmetic plus a few syscalls.
+
+No threads; called by the `Spool` on the pipeline thread. Hand-written because SQLite's own limits are
+about pages, not about a partition: `max_mib` has to cover the database, its WAL, the WAL index (-shm) and
+the shutdown reserve, all at once, and the free-space headroom has to be read from statvfs.
+
+Budget for a cap C (`Budget.for_cap`), measured on the default 64 MiB: WAL checkpoint threshold W = C/8
+clamped to 16 KiB..4 MiB (`journal_size_limit` = W, so a checkpointed WAL is cut back to W), allowance for the
+WAL 1.5 W (one transaction may cross W before the checkpoint after its commit), -shm 32 KiB (one wal-index
+block covers 4,096 frames, more than 1.5 W ever holds), reserve R = C/16 clamped to 16..128 KiB. The database
+itself may use the rest; the spool evicts by page count (`PRAGMA page_count - freelist_count`), so B-tree
+overhead is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+KIB = 1024
+SHM_BYTES = 32 * KIB
+MIN_DB_BYTES = 64 * KIB            # below this the spool is not worth writing: hold records in memory
+SUFFIXES = ("", "-wal", "-shm", "-journal")
+RESERVE_SUFFIX = ".reserve"
+# Average disk bytes per record in a spool (64-byte row overhead + ~40-byte body, measured on system-probe
+# samples in tools/bench/flash.py); used only to estimate what an unreadable corrupt file held.
+EST_BYTES_PER_RECORD = 110
+
+
+@dataclass(frozen=True)
+class Budget:
+    cap: int            # everything on disk: db + wal + shm + reserve
+    wal_limit: int      # checkpoint when the WAL is larger; also journal_size_limit
+    reserve: int
+    db_cap: int         # what the database file may use
+
+    @staticmethod
+    def for_cap(cap: int, reserve: int | None = None) -> Budget:
+        """The split of `cap`; `reserve` fixes the reserve's size (it is allocated once, at open)."""
+        wal = min(4096 * KIB, max(16 * KIB, cap // 8))
+        if reserve is None:
+            reserve = min(128 * KIB, max(16 * KIB, cap // 16))
+        # 2 % + 4 pages of slack: the file holds free pages the page count of a transaction does not show.
+        db = (cap - wal * 3 // 2 - SHM_BYTES - reserve) * 49 // 50 - 4 * 4096
+        return Budget(cap, wal, reserve, max(db, 0))
+
+
+def files(path: Path) -> list[Path]:
+    return [Path(str(path) + s) for s in SUFFIXES] + [reserve_path(path)]
+
+
+def reserve_path(path: Path) -> Path:
+    return Path(str(path) + RESERVE_SUFFIX)
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes the spool's files occupy (allocated blocks, so a sparse or preallocated file counts right)."""
+    total = 0
+    for p in files(path):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            total += max(st.st_blocks * 512, 0) if st.st_blocks else st.st_size
+    return total
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the spool's file system (None if unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def make_reserve(path: Path, size: int) -> bool:
+    """Keep `size` bytes allocated beside the spool, to give back at shutdown when the disk is full so the
+    final drop counts and the clean-shutdown mark can still be committed. True if it exists afterwards."""
+    p = reserve_path(path)
+    try:
+        if p.exists() and p.stat().st_size >= size:
+            return True
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError:
+                os.ftruncate(fd, 0)
+                raise
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            if p.exists() and p.stat().st_size < size:
+                p.unlink()
+        return False
+
+
+def release_reserve(path: Path) -> bool:
+    try:
+        reserve_path(path).unlink()
+        return True
+    except OSError:
+        return False
+
+
+def count_lost(path: Path) -> tuple[int, bool]:
+    """How many records a quarantined spool file held: (count, exact). Exact when SQLite can still read the
+    two tables; otherwise estimated from the file sizes (database + WAL)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            n = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            nb = db.execute("SELECT COALESCE(SUM(n_records), 0) FROM batches").fetchone()[0]
+            held = 0
+            with contextlib.suppress(sqlite3.Error):
+                held = db.execute("SELECT COALESCE(SUM(n_records), 0) FROM held").fetchone()[0]
+            return int(n) + int(nb) + int(held), True
+        finally:
+            db.close()
+    except sqlite3.Error:
+        pass
+    size = 0
+    for s in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += Path(str(path) + s).stat().st_size
+    return max(1, size // EST_BYTES_PER_RECORD), False

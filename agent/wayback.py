@@ -1,0 +1,118 @@
+""""The way to the broker may be back": what cuts the uplink's reconnect wait short (issue 13).
+
+While the uplink is disconnected its thread sleeps here between attempts. It wakes early when
+- another part of the agent says so (`nudge`): the link probe saw the modem register/attach or its TCP target
+  answer again;
+- the kernel says a network interface came up or got an address (rtnetlink multicast groups RTMGRP_LINK and
+  RTMGRP_IPV4/IPV6_IFADDR, read on the same wait: no thread, no polling).
+Waking is a select() on a socketpair and the netlink socket, so an idle disconnected agent costs no CPU.
+Hand-written because nothing in the standard library or our dependencies listens to rtnetlink; the parsing is
+the 16-byte nlmsghdr and the 16-byte ifinfomsg, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("icvq.uplink")
+
+_NLMSG_HDR = struct.Struct("=IHHII")
+_IFINFO = struct.Struct("=BxHiII")
+RTM_NEWLINK, RTM_NEWADDR = 16, 20
+IFF_RUNNING = 0x40
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+
+
+def interface_came_up(data: bytes) -> str | None:
+    """The first "up" news in one rtnetlink datagram: an interface RUNNING (carrier) or a new address."""
+    off = 0
+    while off + _NLMSG_HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
+        if length < _NLMSG_HDR.size:
+            return None
+        body = off + _NLMSG_HDR.size
+        if kind == RTM_NEWADDR:
+            return "an interface got an address"
+        if kind == RTM_NEWLINK and body + _IFINFO.size <= len(data):
+            _family, _type, index, flags, _change = _IFINFO.unpack_from(data, body)
+            if flags & IFF_RUNNING:
+                return f"interface #{index} is up"
+        off += (length + 3) & ~3
+    return None
+
+
+def _netlink() -> socket.socket | None:
+    try:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        s.setblocking(False)
+        return s
+    except (OSError, AttributeError) as e:  # not Linux, or a sandbox without netlink: nudges still work
+        log.debug("no rtnetlink (%s): interface changes will not cut the reconnect wait short", e)
+        return None
+
+
+class WayBack:
+    """One per uplink; `wait` runs on the uplink thread, `nudge` from any thread."""
+
+    def __init__(self, netlink: bool = True, now: Callable[[], float] = time.monotonic) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._nl = _netlink() if netlink else None
+        self._now = now
+        self._reason = ""
+
+    def nudge(self, reason: str) -> None:
+        self._reason = reason
+        try:
+            self._w.send(b"!")
+        except OSError:  # buffer full: a wake-up is pending anyway
+            pass
+
+    def drain(self) -> None:
+        """Forget news from while connected: only what happens during a wait counts."""
+        for s in (self._r, self._nl):
+            if s is None:
+                continue
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+        self._reason = ""
+
+    def wait(self, timeout_s: float) -> str | None:
+        """Sleep up to timeout_s; returns why the way may be back, or None when the time ran out."""
+        deadline = self._now() + timeout_s
+        socks = [self._r] + ([self._nl] if self._nl is not None else [])
+        while True:
+            left = deadline - self._now()
+            if left <= 0:
+                return None
+            try:
+                ready, _, _ = select.select(socks, [], [], left)
+            except InterruptedError:
+                continue
+            for s in ready:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    continue
+                if s is self._r:
+                    reason = self._reason or "nudged"
+                    self.drain()
+                    return reason
+                up = interface_came_up(data)
+                if up:
+                    return up
+
+    def close(self) -> None:
+        for s in (self._r, self._w, self._nl):
+            if s is not None:
+                s.close()

@@ -1,0 +1,173 @@
+"""Campaign documents: the schema refuses wrong types, unknown keys and absurd sizes with the key path; the
+manager applies a document whole or not at all, persists it privately and atomically, restores it, retires
+it at its end date, and acknowledges every decision."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.blackbox.campaign import CampaignError, Identity, parse, targets, validate
+from agent.blackbox.campaigns import Campaigns, topics
+from agent.blackbox.triggers import Trigger
+from agent.clock import FakeClock
+from agent.records import RecordFactory
+
+NOW = 1_767_225_600.0  # FakeClock's wall start
+GOOD: dict[str, Any] = {
+    "id": "radar-w49", "revision": 2, "trigger": {"name": "can.timeout", "kinds": ["begin"],
+                                                   "where": [{"field": "sensor", "op": "eq", "value": "front"}]},
+    "capture": ["system", "can"], "pre_s": 20, "post_s": 5, "min_interval_s": 60, "max_snapshots": 3,
+    "start": "2025-12-31T00:00:00Z", "end": NOW + 3600,
+    "target": {"fleets": ["test"], "vehicles": ["VIN0001"], "software": {"agent": ["0.1.0"]}},
+}
+ME = Identity("test", "VIN0001", "hu", {"agent": "0.1.0", "hmi": "3.2.1"})
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(GOOD))
+    *parents, last = path.split(".")
+    d = doc
+    for p in parents:
+        d = d[p]
+    if value is KeyError:
+        del d[last]
+    else:
+        d[last] = value
+    return doc
+
+
+def test_a_good_campaign_validates_into_its_trigger() -> None:
+    c = validate(GOOD, window_s=60, now_wall=NOW)
+    t = c.trigger
+    assert (c.id, c.revision, t.names, t.capture, t.pre_s, t.post_s, t.max_snapshots) == \
+        ("radar-w49", 2, ("can.timeout",), ("system", "can"), 20, 5, 3)
+    rec = RecordFactory(FakeClock())
+    assert t.matches(rec.begin("can.timeout", {"sensor": "front"}))
+    assert not t.matches(rec.begin("can.timeout", {"sensor": "rear"}))
+    assert not t.matches(rec.end("can.timeout", 7, {"sensor": "front"}))  # kinds: begin only
+    assert c.state(NOW) == "active" and c.state(NOW + 7200) == "ended"
+    assert targets(c, ME) is None
+    assert targets(c, Identity("test", "VIN0002", "hu", {"agent": "0.1.0"})) == "vehicle VIN0002 not targeted"
+    assert targets(c, Identity("test", "VIN0001", "hu", {"agent": "0.2.0"})) == "agent 0.2.0 not targeted"
+
+
+@pytest.mark.parametrize("doc, key", [
+    (_with("pre_s", "30"), "pre_s"),                                   # wrong types
+    (_with("revision", 1.5), "revision"),
+    (_with("trigger.kinds", "begin"), "trigger.kinds"),
+    (_with("capture", [1]), "capture[0]"),
+    (_with("trigger.where", [{"field": "x", "op": "gt", "value": "high"}]), "trigger.where[0].value"),
+    (_with("end", True), "end"),
+    (_with("command", "reboot"), "command"),                           # unknown keys
+    (_with("trigger.can_tx", {"id": 0x123}), "trigger.can_tx"),
+    (_with("target.region", ["EU"]), "target.region"),
+    (_with("trigger.where", [{"field": "x", "value": 1, "exec": "sh"}]), "trigger.where[0].exec"),
+    (_with("capture", ["system", "gps"]), "capture[1]"),               # not a channel the agent has
+    (_with("pre_s", 1e9), "pre_s"),                                    # absurd sizes
+    (_with("pre_s", 56), "pre_s"),                                     # does not fit the 60 s ring
+    (_with("max_snapshots", 10**9), "max_snapshots"),
+    (_with("end", NOW + 400 * 86400), "end"),
+    (_with("target.vehicles", ["V"] * 5000), "target.vehicles"),
+    (_with("trigger.where", [{"field": "a", "value": 1}] * 9), "trigger.where"),
+    (_with("id", "../../etc/passwd"), "id"),
+    (_with("id", "batch"), "id"),
+    (_with("end", KeyError), "end"),                                   # required
+    (_with("trigger", {"family": "can", "name": "can.timeout"}), "trigger"),
+    (_with("end", "2026-01-01T00:00:00"), "end"),                      # no time zone
+])
+def test_bad_campaigns_are_refused_with_the_key_path(doc: dict[str, Any], key: str) -> None:
+    with pytest.raises(CampaignError) as e:
+        validate(doc, window_s=60, now_wall=NOW)
+    assert e.value.key == key, str(e.value)
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"{", "not JSON"), (b"\xff\xfe", "not JSON"), (b"[1, 2]", "a campaign is a JSON object"),
+    (b"{\"id\": \"" + b"a" * 20000 + b"\"}", "exceeds 16384"), (b"[" * 5000 + b"]" * 5000, ""),
+])
+def test_garbage_payloads_are_refused(payload: bytes, reason: str) -> None:
+    with pytest.raises(CampaignError) as e:
+        parse(payload, window_s=60, now_wall=NOW)
+    assert reason in str(e.value)
+
+
+class Harness:
+    def __init__(self, tmp: Path, clock: FakeClock) -> None:
+        self.path = tmp / "state" / "campaigns.json"
+        self.clock = clock
+        self.acks: list[dict[str, Any]] = []
+        self.triggers: list[Trigger] = []
+        subs, ack = topics("icvq/v1", "test", "VIN0001", "hu")
+        assert subs == ["icvq/v1/test/_campaigns/+", "icvq/v1/test/VIN0001/_campaigns/+"]
+        self.m = Campaigns(self.path, ME, window_s=60, max_campaigns=2, wall=clock.wall, on_change=self._set,
+                           send=self._send, ack_topic=ack)
+
+    def _set(self, t: list[Trigger]) -> None:
+        self.triggers = t
+
+    def _send(self, topic: str, payload: bytes) -> bool:
+        assert topic == "icvq/v1/test/VIN0001/hu/campaign"
+        self.acks.append(json.loads(payload))
+        return True
+
+    def put(self, doc: dict[str, Any] | bytes, cid: str | None = None) -> dict[str, Any]:
+        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        n = len(self.acks)
+        self.m.on_message(f"icvq/v1/test/_campaigns/{cid or (doc['id'] if isinstance(doc, dict) else 'x')}", body)
+        return self.acks[-1] if len(self.acks) > n else {}
+
+
+def test_manager_applies_persists_restores_and_retires(tmp_path: Path) -> None:
+    clock = FakeClock()
+    h = Harness(tmp_path, clock)
+    h.m.restore()
+    assert h.put(GOOD)["state"] == "active" and [t.campaign for t in h.triggers] == ["radar-w49"]
+    assert stat.S_IMODE(os.stat(h.path).st_mode) == 0o600
+    assert h.put(GOOD) == {}  # the retained copy again after a reconnect: nothing to say
+    bad = h.put(_with("pre_s", "x"))
+    assert bad["state"] == "rejected" and bad["reason"].startswith("pre_s:")
+    assert [t.campaign for t in h.triggers] == ["radar-w49"], "a bad revision leaves the running one alone"
+    assert h.put(_with("target.vehicles", ["VIN0009"]))["state"] == "retired"  # retargeted away from us
+    assert h.triggers == []
+    assert h.put(GOOD)["state"] == "active"
+    later = _with("id", "later")
+    later["start"] = NOW + 60
+    assert h.put(later)["state"] == "scheduled"
+    assert h.put(_with("id", "third"))["reason"] == "this agent runs at most 2 campaigns"
+    # A reboot without a broker: a new manager reads the file.
+    h2 = Harness(tmp_path, clock)
+    h2.m.restore()
+    assert sorted(a["id"] for a in h2.m.active()) == ["later", "radar-w49"]
+    assert [t.campaign for t in h2.triggers] == ["radar-w49"]
+    clock.advance(61)
+    h2.m.tick()
+    assert sorted(t.campaign or "" for t in h2.triggers) == ["later", "radar-w49"]  # the scheduled one starts
+    clock.advance(3600)
+    h2.m.tick()
+    assert h2.triggers == [] and {a["state"] for a in h2.acks} == {"retired"}
+    assert json.loads(h2.path.read_text())["campaigns"] == [], "retired campaigns leave the file"
+
+
+def test_removal_and_unwritable_store(tmp_path: Path) -> None:
+    clock = FakeClock()
+    h = Harness(tmp_path, clock)
+    h.m.restore()
+    h.put(GOOD)
+    assert h.put(b"", "radar-w49")["state"] == "retired" and h.triggers == []
+    h.path.parent.chmod(0o500)
+    try:
+        if os.access(h.path.parent, os.W_OK):  # root ignores the mode: make the directory a file instead
+            h.path.parent.chmod(0o700)
+            h.m.path = tmp_path / "a-file" / "campaigns.json"
+            (tmp_path / "a-file").write_text("")
+        ack = h.put(GOOD)
+    finally:
+        h.path.parent.chmod(0o700)
+    assert ack["state"] == "rejected" and "stored" in ack["reason"] and h.triggers == []
+    assert h.m.active() == []

@@ -1,0 +1,145 @@
+"""Sealing policy (issue 13): events go out at once, samples linger; and the pipeline sleeps on events, not polls.
+
+The rules are tables over agent/pacing.py; one test drives a real Pipeline over a real spool with a stand-in
+for the uplink (pure bookkeeping: it only records what was published), one runs the real daemon against a
+real mosquitto with a one-hour linger.
+"""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentproc import AgentProc, base_config, write_config
+from broker import Mosquitto
+from recorder import Recorder
+
+from agent import pacing, wire
+from agent.config import from_mapping
+from agent.pipeline import Pipeline
+from agent.records import Kind, RecordFactory
+from agent.spool import Spool
+from agent.uplink import EventQueue, Up
+
+LINGER = 300.0
+
+SEAL = [
+    # n, body bytes, urgent, waiting since, now → seal?
+    (0, 0, True, 0.0, 1000.0, False),           # nothing waiting
+    (5, 400, False, 990.0, 1000.0, False),      # samples within their linger wait
+    (5, 400, True, 990.0, 1000.0, True),        # an event waiting seals them all at once
+    (5, 400, False, 700.0, 1000.0, True),       # linger over
+    (5, 70_000, False, 999.0, 1000.0, True),    # a batch's worth is waiting
+    (5, 400, False, None, 1000.0, True),        # left by the previous run: due at once
+]
+
+
+@pytest.mark.parametrize(("n", "body", "urgent", "since", "now", "expected"), SEAL)
+def test_seal_due_table(n: int, body: int, urgent: bool, since: float | None, now: float, expected: bool) -> None:
+    assert pacing.seal_due(n_unsealed=n, body_bytes=body, max_batch=96 * 1024, urgent=urgent,
+                           waiting_since=since, now=now, linger_s=LINGER) is expected
+
+
+SLEEP = [
+    ([], pacing.MAX_SLEEP_S),
+    ([None, None], pacing.MAX_SLEEP_S),
+    ([1003.0, None], 3.0),
+    ([1003.0, 1001.5], 1.5),
+    ([990.0], 0.0),          # overdue: no sleep
+    ([5000.0], pacing.MAX_SLEEP_S),
+]
+
+
+@pytest.mark.parametrize(("due", "expected"), SLEEP)
+def test_sleep_until_the_earliest_due_time(due: list[float | None], expected: float) -> None:
+    assert pacing.sleep_s(1000.0, due) == expected
+
+
+class Clock:
+    boot_id = "ab" * 16
+
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def wall(self) -> float:
+        return 1_767_225_600.0 + self.t
+
+    def mono(self) -> float:
+        return self.t
+
+    def synced(self) -> bool:
+        return True
+
+
+class RecordingUplink:
+    """Stands in for the MQTT side: connected, never acknowledges, remembers every payload."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Any] = EventQueue()
+        self.connected = True
+        self.payloads: list[bytes] = []
+
+    def publish(self, payload: bytes) -> tuple[int, int]:
+        self.payloads.append(payload)
+        return 1, len(self.payloads)
+
+    def note_ack(self) -> None:
+        pass
+
+
+def test_an_event_is_sealed_without_waiting_for_the_metric_linger(tmp_path: Path) -> None:
+    cfg = from_mapping({"vehicle": {"id": "V1", "device": "hu", "fleet": "f"},
+                        "uplink": {"batch_linger_s": 3600.0}, "spool": {"path": str(tmp_path / "s.db")},
+                        "agent": {"health_interval_s": 86400.0}})
+    spool = Spool(tmp_path / "s.db", 1 << 24)
+    spool.open()
+    up = RecordingUplink()
+    rec = RecordFactory(Clock())  # type: ignore[arg-type]
+    pl = Pipeline(cfg, spool, up, rec)  # type: ignore[arg-type]
+    up.events.put(Up(1, None))
+    pl.step()                                     # sees the connection
+    for i in range(20):
+        pl.intake(rec.metric("system.cpu_pct", float(i)))
+    pl.request_flush()                            # commit now (a flush would also seal: undo that below)
+    pl.step()
+    assert up.payloads and spool.n_records == 0  # a flush seals at once: that is what it is for
+    up.payloads.clear()
+
+    for i in range(20):
+        pl.intake(rec.metric("system.cpu_pct", float(i)))
+    pl._commit()
+    pl.step()
+    assert up.payloads == [] and spool.n_records == 20, "samples must wait for their linger"
+    assert pl._sleep_s() > 0, "and the thread may sleep meanwhile"
+
+    pl.intake(rec.event("display.gpu_hang", {"driver": "etnaviv"}))
+    assert pl._sleep_s() == 0.0, "an event wakes the pipeline at once"
+    pl.step()
+    assert len(up.payloads) == 1 and spool.n_records == 0
+    batch = wire.decode(up.payloads[0])
+    assert isinstance(batch, wire.Batch)
+    kinds = [r.kind for r in batch.records]
+    assert kinds.count(Kind.METRIC) == 20 and kinds[-1] is Kind.EVENT  # the samples rode along
+    spool.close()
+
+
+def test_daemon_sends_events_at_once_while_metrics_linger(tmp_path: Path, broker: Mosquitto) -> None:
+    """Real daemon, real broker, linger one hour: the agent.start event arrives (with the samples taken before
+    it); afterwards samples keep waiting in the spool, and every batch that left carries an event."""
+    cfg = base_config(tmp_path, broker.port, uplink={"host": "127.0.0.1", "port": broker.port,
+                                                     "batch_linger_s": 3600.0},
+                      agent={"nice": 0, "io_idle": False, "health_interval_s": 3600})
+    rec = Recorder(broker.port).start()
+    agent = AgentProc(write_config(tmp_path, cfg), tmp_path / "agent.log").start()
+    try:
+        rec.wait(lambda r: any(x.name == "agent.start" for b in r.batches() for x in b.records))
+    finally:
+        assert agent.stop() == 0
+    rec.stop()
+    batches = rec.batches()
+    assert batches
+    for b in batches:
+        assert any(r.kind is not Kind.METRIC and r.kind is not Kind.HEALTH for r in b.records), \
+            "a batch of samples alone left before the linger"
