@@ -80,11 +80,11 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     home.chmod(0o755)
     mnt = tmp / "spoolfs"
     mnt.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mnt))
+    _run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt))
     broker = Mosquitto(tmp / "broker").start()
     backend = Backend(broker.port)
     notify = NotifySocket(tmp / "notify.sock")
-    cfg = base_config(tmp, broker.port, spool={"path": str(mnt / "spool.db"), "max_mib": 16},
+    cfg = base_config(tmp, broker.port, spool={"path": str(mnt / "spool.db"), "max_mib": 2, "min_free_mib": 0},
                       control={"socket": str(home / "control.sock"), "group": ""}, blackbox={"enabled": False})
     config = home / "agent.toml"
     shutil.copy(write_config(tmp, cfg), config)
@@ -207,7 +207,7 @@ def test_5_spool_on_a_full_filesystem(sshd: Sshd, car: Car) -> None:
                 f.flush()
         except OSError:
             pass  # ENOSPC: the filesystem under the spool is full
-    st = see(sshd, car, "failing", "spool_", "spool ", 1)
+    st = see(sshd, car, "failing", "spool_disk_full", "spool disk full", 1)
     assert "held in memory" in st["verdict"]["reasons"][0]["text"]
 
 
