@@ -95,9 +95,33 @@ def _sensitive() -> list[str]:
     return out
 
 
+PRIVACY = """\
+## Location and identity: what the switches do
+
+**Location** (sensitive personal information) travels only in `link.loss` BEGIN (`entry`) and END (`entry`,
+`exit`): the position of the last fix before a connectivity loss and at its end — never periodically, never a
+track; no other record has a position (tests/link/test_link_privacy.py). Precision fitted to purpose: the
+point is the centre of the `probes.link.position_grid_m` grid cell (default 500 m) the fix fell in, at most
+354 m from the fix — enough to say which tunnel or coverage hole, not which house; altitude is rounded to
+10 m and speed to 10 km/h. `probes.link.send_position = false` sends no position, altitude or speed at all;
+the cause is still classified in the car from the full fix. `probes.link.enabled = false` (the default)
+sends nothing about the link.
+
+**Vehicle identity** (personal information: the VIN identifies the registered keeper). With
+`vehicle.pseudonym_key_file`, the agent sends `ps-` + the first 128 bits of HMAC-SHA256(fleet key, VIN)
+instead of the VIN, everywhere the VIN would leave the car: the topic level, the batch identity (`veh`), the
+status messages, the MQTT client id and black-box campaign topics. Batch identity and dedup are unchanged (the
+pseudonym is stable for the life of the key). To map it back the backend needs the same key and its register
+of VINs (an HMAC cannot be inverted): `python -m tools.ingest run --pseudonym-key K --vin-register F` stores
+VINs; without them the backend only ever sees pseudonyms. Batches sealed before the key was configured keep
+the VIN they were sealed with (docs/wire-format.md, "Vehicle pseudonym"). With per-vehicle client
+certificates, the certificate names the pseudonym too.
+"""
+
+
 def render() -> str:
     assert CATEGORIES
-    parts = [HEADER, *_sensitive(), "", *_wire(), "", *_summary(), "", "## Fields", ""]
+    parts = [HEADER, PRIVACY, *_sensitive(), "", *_wire(), "", *_summary(), "", "## Fields", ""]
     for r in RECORDS:
         parts += _fields(r)
     parts += _drops()

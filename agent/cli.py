@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import __version__, fieldcli, wire
+from . import __version__, fieldcli, tls, wire
 from .config import DEFAULT_PATH, load
 from .errors import EX_CONFIG, ConfigError, WireError
 from .fieldcli.client import EPILOG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EXIT_OK
@@ -24,6 +24,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = getattr(args, "config", None) or os.environ.get("ICVQ_CONFIG") or str(DEFAULT_PATH)
     try:
         cfg = load(path)
+        tls.check(cfg)
     except ConfigError as e:
         if args.json:
             print(json.dumps({"ok": False, "path": path, "errors": [x.as_dict() for x in e.errors]}, indent=2))

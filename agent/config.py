@@ -18,9 +18,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from . import disabled
 from .blackbox.settings import BlackboxConfig
 from .errors import ConfigError, collecting, raise_collected
 from .schema import Origin, build, opt, to_plain
+from .software import SoftwareSource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +55,7 @@ class TlsConfig:
     ca: str = ""
     cert: str = ""
     key: str = ""
+    min_version: str = opt("1.2", choices=("1.2", "1.3"))
 
     def validate(self) -> None:
         if bool(self.cert) != bool(self.key):
@@ -66,6 +69,7 @@ class UplinkConfig:
     topic_prefix: str = "icvq/v1"
     keepalive_s: int = opt(60, min=5, max=3600)
     tls: TlsConfig = opt(factory=TlsConfig)
+    allow_plaintext: bool = False  # plaintext off loopback: agent/tls.py decides and says why
     username: str = opt("", secret=True)  # token-auth brokers put the token here
     password_file: str = ""
     protocol: str = opt("auto", choices=("auto", "5", "3.1.1"))
@@ -112,6 +116,8 @@ class AgentSection:
     io_idle: bool = True
     health_interval_s: float = opt(60.0, min=1.0, max=86400.0)
     components: Mapping[str, str] = opt(factory=dict)
+    # Where to read a component's version and SWIN (GB 44496) at start: [agent.software.<name>] (software.py).
+    software: Mapping[str, SoftwareSource] = opt(factory=dict)
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,10 @@ def dropin_dir(main: Path) -> Path:
     return main.with_name(main.stem + ".d") if main.suffix else main.parent / "agent.d"
 
 
-def load(path: Path | str | None = None, *, dropins: bool = True) -> AgentConfig:
-    """Load and validate; raises ConfigError naming the file and key path (ConfigErrors: all of them)."""
+def load(path: Path | str | None = None, *, dropins: bool = True, lean: bool = False) -> AgentConfig:
+    """Load and validate; raises ConfigError naming the file and key path (ConfigErrors: all of them). `lean`
+    (the daemon): disabled probes keep only their plain values and their modules are unloaded
+    (agent/disabled.py)."""
     main = Path(path) if path else DEFAULT_PATH
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -211,7 +219,7 @@ def load(path: Path | str | None = None, *, dropins: bool = True) -> AgentConfig
 
     def build_all() -> AgentConfig:
         return from_mapping(merged, origin=lambda key: _origin_of(key, origins, str(main)),
-                            sources=tuple(map(str, files)), require_vehicle=not errors)
+                            sources=tuple(map(str, files)), lean=lean, require_vehicle=not errors)
 
     if not errors:
         return build_all()
@@ -230,7 +238,7 @@ def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
 
 
 def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
-                 sources: tuple[str, ...] = (), require_vehicle: bool = True) -> AgentConfig:
+                 sources: tuple[str, ...] = (), lean: bool = False, require_vehicle: bool = True) -> AgentConfig:
     """Build and validate; goes on after an error and raises them all (ConfigErrors when several)."""
     org: Origin = origin or (lambda _k: "")
     errors: list[ConfigError] = []
@@ -251,6 +259,7 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
             errors.append(ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
                                       source=org(f"probes.{key}")))
     probes: dict[str, Any] = {}
+    loaded_before = set(sys.modules)
     for name in names:
         table = probes_data.get(name, {})
         if not isinstance(table, Mapping):
@@ -283,4 +292,5 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
     raise_collected(errors)
     if parts.get("vehicle") is None:  # only when a file failed to load (require_vehicle=False)
         raise ConfigError("required section is missing", key="vehicle", source=org("vehicle"))
-    return AgentConfig(**parts, probes=MappingProxyType(probes), sources=sources)
+    kept = disabled.release(probes, loaded_before) if lean else probes
+    return AgentConfig(**parts, probes=MappingProxyType(kept), sources=sources)

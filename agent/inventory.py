@@ -26,9 +26,10 @@ def os_release(path: str = "/etc/os-release") -> dict[str, str]:
     return out
 
 
-def inventory(components: Mapping[str, str]) -> dict[str, Any]:
+def inventory(components: Mapping[str, str], swin: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`swin`: software identification numbers by component (software.py), sent only when there are any."""
     rel = os_release()
-    return {
+    out = {
         "agent": __version__,
         "os": rel.get("PRETTY_NAME", ""),
         "os_version": rel.get("VERSION_ID", ""),
@@ -39,3 +40,6 @@ def inventory(components: Mapping[str, str]) -> dict[str, Any]:
         "components": dict(components),
         "argv0": os.path.basename(sys.argv[0]),
     }
+    if swin:
+        out["swin"] = dict(swin)
+    return out

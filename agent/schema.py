@@ -148,6 +148,9 @@ def build(cls: type[T], data: Mapping[str, Any], *, path: str = "", origin: Orig
 
 def to_plain(obj: Any, *, redact: bool = False) -> Any:
     """Back to plain data (for digests, dumps and `check-config`); secrets become "<redacted>"."""
+    plain = getattr(obj, "plain", None)
+    if callable(plain) and not dataclasses.is_dataclass(obj):  # e.g. agent.disabled.DisabledProbe
+        return plain(redact=redact)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}
         for f in dataclasses.fields(obj):

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", help="SQLite path or postgresql:// URL")
     params_args(ap)
+    ap.add_argument("--by-swin", action="store_true",
+                    help="compare software by its SWIN (GB 44496 software identification number, from the birth "
+                         "message) where the vehicle reports one, instead of by version string")
     ap.add_argument("--json", action="store_true", help="print the full analysis as JSON")
     ap.add_argument("--truth", help="score against a simulator truth file (tools.sim fleet --truth)")
     ap.add_argument("--evaluate", action="store_true",
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--db is required (or --evaluate)")
     store = open_store(args.db)
     try:
-        fd = load(store)
+        fd = load(store, by="swin" if args.by_swin else "version")
     finally:
         store.close()
     result = analyse(fd, p)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .families import NAMES, classify
+from .rows import SWIN_PREFIX
 from .store import Store
 
 Unit = tuple[str, str]  # (vehicle, device)
@@ -87,10 +88,25 @@ def _fields(v: Any) -> dict[str, Any]:
     return {}
 
 
-def load(store: Store) -> FleetData:
+def software_view(sw: Mapping[str, str], by: str) -> dict[str, str]:
+    """A boot's software as the version test sees it: by "version", the versions (SWIN rows left out); by
+    "swin", each component's SWIN where the vehicle reported one, else its version — so a regression can be
+    pinned to one software build even when two builds carry the same version string."""
+    versions = {c: v for c, v in sw.items() if not c.startswith(SWIN_PREFIX)}
+    if by == "swin":
+        for c, v in sw.items():
+            if c.startswith(SWIN_PREFIX):
+                versions[c[len(SWIN_PREFIX):]] = f"SWIN {v}"
+    return versions
+
+
+def load(store: Store, by: str = "version") -> FleetData:
     sw_rows: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
+    raw_sw: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
     for v, d, boot, comp, ver in store.query("SELECT vehicle, device, boot, component, version FROM software"):
-        sw_rows[(v, d, boot)][comp] = ver
+        raw_sw[(v, d, boot)][comp] = ver
+    for k, comps in raw_sw.items():
+        sw_rows[k] = software_view(comps, by)
     raw = store.query("SELECT vehicle, device, boot, first_t, last_t, first_mono, last_mono FROM boots "
                       "ORDER BY vehicle, device, first_t")
     boots: list[Boot] = []

@@ -2,11 +2,12 @@
 
 A pseudonym is HMAC-SHA256(fleet key, VIN) cut to 128 bits, so it cannot be inverted: the backend needs the
 fleet key AND its register of VINs, and recomputes the table pseudonym → VIN (one HMAC per VIN: a million
-VINs take about a second). With the table the ingest checks a payload against its topic in VIN terms — so
-batches sealed under the VIN before the switch, published on the pseudonym's topic after it, still match and
-dedup with their first copy — and stores the VIN. An unknown pseudonym (a VIN missing from the register) is
-stored as received, never guessed. `python -m tools.ingest pseudonym` prints the table or one entry, for
-provisioning (the vehicle's certificate and ACL name its pseudonym).
+VINs took 4.4 s on the shared 2-core test machine, docs/performance.md). With the table the ingest checks a
+payload against its topic in VIN terms — so batches sealed under the VIN before the switch, published on the
+pseudonym's topic after it, still match and dedup with their first copy — and stores the VIN. An unknown
+pseudonym (a VIN missing from the register) is stored as received, never guessed. `python -m tools.ingest
+pseudonym` prints the table or one entry, for provisioning (the vehicle's certificate and ACL name its
+pseudonym).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from . import svg
+from . import report_context, svg
 from .families import BY_KEY, FAMILIES
 from .predict import analyse, quantile, rates_over_time, recovery
 from .predict_data import FleetData, load
@@ -133,7 +133,7 @@ def render(store: Store, p: Params, title: str = "Fleet quality report") -> str:
             f"operating hours, {_date(fd.t_min) if fd.boots else '-'} to {_date(fd.t_max) if fd.boots else '-'}; "
             f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>")
     body = "\n".join([head, _rates_section(fd), _versions_section(res), _recovery_section(fd), _risk_section(res),
-                      _ingest_section(store)])
+                      report_context.section(store), _ingest_section(store)])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
 

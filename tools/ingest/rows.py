@@ -21,6 +21,7 @@ INT64_MAX = 2**63 - 1
 # Inventory keys that describe the platform, not a versioned software component.
 SYSTEM_KEYS = frozenset({"os", "os_version", "kernel", "arch", "python", "hostname", "argv0"})
 MAX_COMPONENTS = 64
+SWIN_PREFIX = "swin:"
 
 BatchKey = tuple[str, str, int, str, int]
 
@@ -138,6 +139,19 @@ def components(fields: Mapping[str, Any]) -> dict[str, str]:
     return dict(list(out.items())[:MAX_COMPONENTS])
 
 
+def swins(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Software identification numbers (GB 44496 SWIN) of a birth message's inventory.swin, stored in the
+    software table as components named "swin:<component>" so the version-regression test can compare SWINs
+    exactly as it compares versions (predict_data.load(by="swin"))."""
+    inv = fields.get("inventory")
+    sw = inv.get("swin") if isinstance(inv, dict) else None
+    if not isinstance(sw, dict):
+        return {}
+    out = {SWIN_PREFIX + k: v for k, v in sw.items()
+           if isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 120 and 0 < len(v) <= 128}
+    return dict(list(out.items())[:MAX_COMPONENTS])
+
+
 def build(msgs: Iterable[Message]) -> Rows:
     rows = Rows()
     for m in msgs:
@@ -155,7 +169,7 @@ def add_status(rows: Rows, s: wire.Status, received: float) -> None:
     fields = dict(s.fields)
     rows.status.append((s.vehicle, s.device, s.kind, s.t_ms / 1000, s.boot, dumps(fields), received))
     if s.kind == wire.KIND_BIRTH:
-        for comp, ver in components(fields).items():
+        for comp, ver in {**components(fields), **swins(fields)}.items():
             rows.software.append((s.vehicle, s.device, s.boot, comp, ver, s.t_ms / 1000))
 
 

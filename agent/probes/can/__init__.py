@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from ...probe import Probe, ProbeContext
 from .config import BusConfig, Config, CounterConfig, E2EConfig, SensorConfig, StatusConfig
-from .dbc import resolve
 
 __all__ = ["BusConfig", "Config", "CounterConfig", "E2EConfig", "SensorConfig", "StatusConfig", "build", "check"]
 
@@ -20,6 +19,8 @@ def check(cfg: Config) -> None:
     """What build() validates beyond the config's structure (DBC files, message and signal names), without
     opening anything: for `--check-config`. Raises ConfigError naming the key path."""
     if cfg.enabled:
+        from .dbc import resolve  # here: a disabled probe's config loads nothing else (issue 13)
+
         resolve(cfg)
 
 
@@ -27,6 +28,7 @@ def build(cfg: Config, ctx: ProbeContext) -> list[Probe]:
     """ConfigError from here (unknown DBC message or signal, missing cantools) stops the daemon with 78."""
     if not cfg.enabled:
         return []
+    from .dbc import resolve
     from .probe import CanProbe
 
     return [CanProbe(cfg, resolve(cfg), ctx)]

@@ -9,12 +9,26 @@ HMI processes. Records: episodes `display.freeze` and `display.black` (BEGIN/END
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...probe import Probe, ProbeContext
-from .probe import DisplayProbe
 from .settings import Config, PatternConfig, RegionConfig
 
 __all__ = ["Config", "DisplayProbe", "PatternConfig", "RegionConfig", "build"]
 
 
 def build(cfg: Config, ctx: ProbeContext) -> list[Probe]:
-    return [DisplayProbe(cfg, ctx)] if cfg.enabled else []
+    if not cfg.enabled:
+        return []
+    # Imported here, not at the top: reading the config must not load the probe (3 MiB with psutil, issue 13).
+    from .probe import DisplayProbe
+
+    return [DisplayProbe(cfg, ctx)]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DisplayProbe":
+        from .probe import DisplayProbe
+
+        return DisplayProbe
+    raise AttributeError(name)

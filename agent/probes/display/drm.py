@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 # _IOWR('d', nr, sizeof(struct)) and _IOW for the two write-only ones.
 SET_CLIENT_CAP = 0x4010640D        # struct drm_set_client_cap {u64 capability, value}
+DROP_MASTER = 0x0000641F           # _IO('d', 0x1f), no argument
 GEM_CLOSE = 0x40086409             # struct drm_gem_close {u32 handle, pad}
 MODE_GETRESOURCES = 0xC04064A0     # struct drm_mode_card_res, 64 bytes
 MODE_GETCRTC = 0xC06864A1          # struct drm_mode_crtc, 104 bytes
@@ -95,6 +96,13 @@ def open_card(path: str) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise DrmError("open_failed", f"{path}: {e.strerror or e}") from None
+    # The first process to open a card with no master becomes its master, and then the compositor cannot start
+    # (weston exits at once; seen in the VM test when the helper started first). Give it back right away: the
+    # kernel lets an fd that became master on open drop it without privilege (Linux 5.8+). EINVAL = not master.
+    try:
+        fcntl.ioctl(fd, DROP_MASTER, 0)
+    except OSError:
+        pass
     for cap in (CLIENT_CAP_UNIVERSAL_PLANES, CLIENT_CAP_ATOMIC):
         buf = bytearray(_CAP.pack(cap, 1))
         try:

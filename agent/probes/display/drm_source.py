@@ -156,11 +156,12 @@ class ScanoutClient:
                 raise FrameUnavailable(str(r.get("reason", "malformed")), str(r.get("detail", "")))
             width, height, fmt = int(r["width"]), int(r["height"]), str(r["format"])
             regions = tuple(None if c is None else int(c) for c in r["regions"])
-            sample = FrameSample(int(r["grid"]), regions, float(r["lit"]), bool(r["black"]))
+            region_lit = tuple(None if v is None else float(v) for v in r["region_lit"])
+            sample = FrameSample(int(r["grid"]), regions, float(r["lit"]), bool(r["black"]), region_lit)
             self.fb_id = int(r["fb_id"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise FrameUnavailable("malformed", f"sampler answer {data[:120]!r}") from None
-        if len(regions) != len(self.regions):
+        if len(regions) != len(self.regions) or len(region_lit) != len(self.regions):
             raise FrameUnavailable("malformed", "sampler answered for other regions")
         # A new geometry or format is a new picture (console ↔ compositor, mode change): history restarts.
         layout = Layout(f"drm {fmt}", width, height, 32 if fmt != "RG16" else 16, 0, 0, True, (0, 0, 0), height)

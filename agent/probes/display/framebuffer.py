@@ -178,9 +178,8 @@ class _Plan:
     # grid points inside them (only counted for the black test, which must see the whole screen).
     outside: list[list[slice]]
     inside: list[list[slice]]
-    regions: list[list[slice] | None]
     n_pixels: int
-    # Per region and channel byte: the region's rows, strided to one channel (for its lit share).
+    # Per region and colour byte: the region's rows (at most MAX_REGION_ROWS), strided to that byte.
     region_channels: list[list[list[slice]] | None]
 
 
@@ -222,16 +221,18 @@ class GridSampler:
                        for out, row_slices in zip(streams, plan.inside, strict=True)]
         region_crcs: list[int | None] = []
         region_lit: list[float | None] = []
-        for slices, channels in zip(plan.regions, plan.region_channels, strict=True):
-            if slices is None or channels is None:
+        for channels in plan.region_channels:
+            if channels is None:
                 region_crcs.append(None)
                 region_lit.append(None)
                 continue
-            rc = 0
-            for s in slices:
-                rc = zlib.crc32(buf[s], rc)
-            region_crcs.append(rc)
+            # Colour bytes only: a padding or alpha byte (the X of XRGB8888) is not part of the picture and some
+            # writers leave garbage there.
             rstreams = [b"".join([buf[s] for s in ch]) for ch in channels]
+            rc = 0
+            for data in rstreams:
+                rc = zlib.crc32(data, rc)
+            region_crcs.append(rc)
             n = len(rstreams[0])
             region_lit.append(round(self._bright(rstreams, layout) / n, 6) if n else 0.0)
         bright = self._bright(streams, layout) / plan.n_pixels if plan.n_pixels else 0.0
@@ -266,18 +267,15 @@ class GridSampler:
                 for s, c in zip(target, byte_positions, strict=True):
                     s.append(slice(base + first * bpp + c, base + last * bpp + c + 1, sx * bpp))
                 i = k
-        regions: list[list[slice] | None] = []
         region_channels: list[list[list[slice]] | None] = []
         for r in clipped:
             if r is None:
-                regions.append(None)
                 region_channels.append(None)
                 continue
             step = max(1, -(-r.height // MAX_REGION_ROWS))
             rows = [layout.offset + (y + yoff) * layout.stride + r.x * bpp for y in range(r.y, r.y + r.height, step)]
-            regions.append([slice(a, a + r.width * bpp) for a in rows])
             region_channels.append([[slice(a + c, a + r.width * bpp, bpp) for a in rows] for c in byte_positions])
-        return _Plan(yoff, outside, inside, regions, nx * ny, region_channels)
+        return _Plan(yoff, outside, inside, nx * ny, region_channels)
 
     @staticmethod
     def _clip(r: Rect, layout: Layout) -> Rect | None:

@@ -12,7 +12,8 @@ default) and each costs a few ioctls, an mmap and ~2,300 grid pixels.
 Protocol (SOCK_SEQPACKET, one datagram each way, JSON, ≤ 4 KiB request):
   request  {"v": 1, "grid": [cols, rows], "black_level": 16, "black_fraction": 0.98, "regions": [[x, y, w, h], ...]}
   response {"v": 1, "ok": true, "plane": id, "crtc": id, "fb_id": id, "width": w, "height": h, "format": "XR24",
-            "modifier": 0, "grid": crc, "regions": [crc | null, ...], "lit": fraction, "black": bool}
+            "modifier": 0, "grid": crc, "regions": [crc | null, ...], "region_lit": [fraction | null, ...],
+            "lit": fraction, "black": bool}
         or {"v": 1, "ok": false, "reason": "no_plane" | "no_handle" | "unsupported_format" | ..., "detail": str}
 A plane with no framebuffer (fb_id 0) scans out nothing: answered as an all-black 0x0 frame.
 """
@@ -116,7 +117,7 @@ class ScanoutSampler:
                                "fb_id": plane.fb_id}
         if plane.fb_id == 0:
             out.update(width=0, height=0, format="", modifier=0, grid=0, regions=[0] * len(req["regions"]),
-                       lit=0.0, black=True)
+                       region_lit=[0.0] * len(req["regions"]), lit=0.0, black=True)
             return out
         fb = scanout_fb(self.fd, plane.fb_id)
         name = fourcc(fb.pixel_format)
@@ -128,7 +129,8 @@ class ScanoutSampler:
         with mapped(self.fd, fb) as mm:
             s = self._grid(req).sample(mm, layout)
         out.update(width=fb.width, height=fb.height, format=name, modifier=fb.modifier, grid=s.grid,
-                   regions=list(s.regions), lit=round(s.bright_fraction, 6), black=s.black)
+                   regions=list(s.regions), region_lit=list(s.region_lit), lit=round(s.bright_fraction, 6),
+                   black=s.black)
         return out
 
     def answer(self, data: bytes) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""Disabled probes cost nothing at run time (issue 13): their config is validated, then their modules released.
+
+Unknown keys in `[probes.display]` must stop the daemon even when the probe is off, so its `Config` class is
+imported to check the table. The running daemon (`load(..., lean=True)`) then keeps only a `DisabledProbe`
+— the table's plain values, for the config digest and `icvq status` — and drops the probe package from
+`sys.modules`, so nothing of it stays loaded: the settings modules of display, link and CAN were ≈ 1 MiB of
+RSS, and the display package imported whole (with its sources) ≈ 3 MiB before build() imported it lazily.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .schema import to_plain
+
+
+class DisabledProbe(Mapping[str, Any]):
+    """What stays of a disabled probe's config: its plain values (same digest as the full Config)."""
+
+    enabled = False
+
+    def __init__(self, cfg: Any) -> None:
+        self._plain: dict[str, Any] = to_plain(cfg)
+        self._redacted: dict[str, Any] = to_plain(cfg, redact=True)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._plain[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plain)
+
+    def __len__(self) -> int:
+        return len(self._plain)
+
+    def plain(self, *, redact: bool = False) -> dict[str, Any]:
+        return self._redacted if redact else self._plain
+
+
+def release(probes: dict[str, Any], loaded_before: set[str]) -> dict[str, Any]:
+    """Replace each disabled probe's Config by a DisabledProbe and unload the modules that reading it loaded
+    (only those: a module someone imported before, e.g. a test, stays)."""
+    out: dict[str, Any] = {}
+    dropped = False
+    for name, cfg in probes.items():
+        if getattr(cfg, "enabled", True):
+            out[name] = cfg
+            continue
+        out[name] = DisabledProbe(cfg)
+        pkg = f"agent.probes.{name}"
+        for mod in [m for m in sys.modules if (m == pkg or m.startswith(pkg + ".")) and m not in loaded_before]:
+            del sys.modules[mod]
+            dropped = True
+        parent = sys.modules.get("agent.probes")
+        if parent is not None and pkg not in loaded_before and hasattr(parent, name):
+            delattr(parent, name)
+    if dropped:
+        gc.collect()  # module dicts and classes sit in reference cycles
+    return out

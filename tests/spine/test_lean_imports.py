@@ -1,0 +1,56 @@
+"""A disabled probe costs nothing at run time: the daemon's config keeps no module of it loaded (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# What the daemon does at start (agent/daemon.py main: load(lean=True), then build_probes), in a fresh
+# interpreter so no other test's imports count.
+SCRIPT = """
+import json, sys
+from agent.config import load
+from agent.daemon import build_probes
+from agent.probe import ProbeContext
+from agent.clock import SystemClock
+lean = load(sys.argv[1], lean=True)
+probes = build_probes(lean, ProbeContext(clock=SystemClock(), emit=lambda r: None))
+modules = sorted(m for m in sys.modules if m.startswith("agent.probes."))
+full = load(sys.argv[1])
+print(json.dumps({"modules": modules,
+                  "enabled": sorted(n for n, c in lean.probes.items() if c.enabled),
+                  "probes": sorted(p.name for p in probes),
+                  "same_digest": full.digest == lean.digest,
+                  "plain": lean.plain()["probes"]["display"] == full.plain()["probes"]["display"]}))
+"""
+
+
+def test_disabled_probes_import_nothing() -> None:
+    """config/agent.toml, the documented default: system on; display, link and CAN off (their tables are
+    there in full, and are still validated)."""
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / "config" / "agent.toml")], cwd=REPO,
+                         capture_output=True, text=True, check=True, env={"PYTHONPATH": str(REPO)})
+    res = json.loads(out.stdout)
+    assert res["enabled"] == ["system"] and res["probes"] == ["system"]
+    assert [m for m in res["modules"] if not m.startswith("agent.probes.system")] == [], \
+        "modules of disabled probes stayed loaded"
+    assert res["same_digest"] and res["plain"], "the lean config must describe the same configuration"
+
+
+def test_a_disabled_probe_table_is_still_checked(tmp_path: Path) -> None:
+    from agent.config import load
+    from agent.errors import ConfigError
+
+    p = tmp_path / "agent.toml"
+    p.write_text('[vehicle]\nid = "V"\ndevice = "hu"\nfleet = "f"\n'
+                 '[probes.display]\nenabled = false\nfb_pth = "/dev/fb0"\n')
+    try:
+        load(p, lean=True)
+    except ConfigError as e:
+        assert "probes.display.fb_pth" in str(e)
+    else:
+        raise AssertionError("an unknown key in a disabled probe's table must stop the agent")

@@ -1,0 +1,187 @@
+"""python -m tools.ingest campaign publish|list|retire: the backend's side of black-box collection campaigns.
+
+`publish FILE|-` validates the JSON document with the agent's own schema (agent/blackbox/campaign.py, against
+the largest ring an agent may have, 600 s; each agent checks its own), then publishes it retained (QoS 1) on
+`<prefix>/<fleet>/_campaigns/<id>`, or `<prefix>/<fleet>/<vehicle>/_campaigns/<id>` with --vehicle.
+`list` reads the retained documents and the retained birth messages (which campaigns each unit runs).
+`retire ID` republishes the document with `end` = now — units offline now learn it when they reconnect — and
+with --purge clears the retained message instead (units then keep the campaign until its own end date unless
+they are online to see the removal). Topics and acknowledgements: docs/blackbox.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from agent import wire
+from agent.blackbox.campaign import CampaignError, validate
+from agent.errors import WireError
+
+MAX_WINDOW_S = 600.0
+
+
+def _topic(prefix: str, fleet: str, vehicle: str | None, cid: str) -> str:
+    p = prefix.rstrip("/")
+    return f"{p}/{fleet}/{vehicle}/_campaigns/{cid}" if vehicle else f"{p}/{fleet}/_campaigns/{cid}"
+
+
+def _client(host: str, port: int) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    c.connect(host, port)
+    c.loop_start()
+    return c
+
+
+def _publish(args: argparse.Namespace, topic: str, body: bytes) -> None:
+    c = _client(args.host, args.port)
+    try:
+        c.publish(topic, body, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def retained(host: str, port: int, topics: list[str], wait_s: float) -> dict[str, bytes]:
+    """Retained messages on these topic filters (collected for wait_s after subscribing)."""
+    got: dict[str, bytes] = {}
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+
+    def on_message(cl: Any, u: Any, m: Any) -> None:
+        if m.retain and m.payload:
+            got[m.topic] = bytes(m.payload)
+
+    c.on_message = on_message
+    c.connect(host, port)
+    c.loop_start()
+    try:
+        c.subscribe([(t, 1) for t in topics])
+        time.sleep(wait_s)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return got
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        doc = json.loads(body)
+        c = validate(doc, window_s=MAX_WINDOW_S, now_wall=time.time())
+    except (ValueError, CampaignError) as e:
+        print(f"campaign refused: {e}", file=sys.stderr)
+        return 1
+    topic = _topic(args.topic_prefix, args.fleet, args.vehicle, c.id)
+    _publish(args, topic, json.dumps(doc, separators=(",", ":")).encode())
+    print(f"published {c.id} (revision {c.revision}) retained on {topic}")
+    return 0
+
+
+def campaigns(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    p = args.topic_prefix.rstrip("/")
+    msgs = retained(args.host, args.port, [f"{p}/{args.fleet}/_campaigns/+", f"{p}/{args.fleet}/+/_campaigns/+",
+                                           f"{p}/{args.fleet}/+/+/status"], args.wait)
+    docs: dict[str, dict[str, Any]] = {}
+    running: dict[str, list[str]] = {}
+    for topic, body in sorted(msgs.items()):
+        if topic.endswith("/status"):
+            try:
+                st = wire.decode(body)
+            except WireError:
+                continue
+            if isinstance(st, wire.Status) and st.kind == wire.KIND_BIRTH:
+                for cid in st.fields.get("campaigns") or []:
+                    running.setdefault(str(cid), []).append(f"{st.vehicle}/{st.device}")
+            continue
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            doc["_topic"] = topic
+            docs[topic] = doc
+    return docs, running
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    docs, running = campaigns(args)
+    now = time.time()
+    rows = []
+    for topic, d in docs.items():
+        cid = str(d.get("id"))
+        try:
+            state = validate({k: v for k, v in d.items() if k != "_topic"}, window_s=MAX_WINDOW_S,
+                             now_wall=now).state(now)
+        except CampaignError as e:
+            state = f"invalid ({e})"
+        trig = d.get("trigger") or {}
+        scope = topic.split("/")[-3] if topic.split("/")[-3] != args.fleet else "fleet"
+        rows.append({"id": cid, "scope": scope, "state": state, "revision": d.get("revision", 0),
+                     "trigger": trig.get("name") or trig.get("family"), "end": d.get("end"),
+                     "units_running": running.get(cid, [])})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no campaigns retained for fleet {args.fleet}")
+    for r in rows:
+        print(f"{r['id']:<24} {r['scope']:<18} {r['state']:<10} rev {r['revision']:<3} trigger {r['trigger']:<20} "
+              f"end {r['end']}  running on {len(r['units_running'])} unit(s)")
+    return 0
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    topic = _topic(args.topic_prefix, args.fleet, args.vehicle, args.id)
+    if args.purge:
+        _publish(args, topic, b"")
+        print(f"cleared the retained campaign {args.id} on {topic}")
+        return 0
+    got = retained(args.host, args.port, [topic], args.wait)
+    if topic not in got:
+        print(f"no retained campaign {args.id} on {topic}", file=sys.stderr)
+        return 1
+    doc = json.loads(got[topic])
+    now = time.time()
+    doc["end"] = round(now, 3)
+    doc.pop("start", None)  # a start after the new end would make the document invalid; ended needs none
+    doc["revision"] = int(doc.get("revision", 0)) + 1
+    _publish(args, topic, json.dumps(doc, separators=(",", ":")).encode())
+    print(f"retired {args.id} (revision {doc['revision']}, end now) on {topic}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.ingest campaign", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1", help="broker host (default %(default)s)")
+    ap.add_argument("--port", type=int, default=1883, help="broker port (default %(default)s)")
+    ap.add_argument("--topic-prefix", default="icvq/v1", help="topic prefix (default %(default)s)")
+    ap.add_argument("--fleet", required=True, help="the fleet (first topic level after the prefix)")
+    ap.add_argument("--wait", type=float, default=1.0, metavar="S",
+                    help="how long to collect retained messages (default %(default)s s)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("publish", help="validate and publish a campaign document (retained)")
+    p.add_argument("file", help="JSON document, or - for stdin")
+    p.add_argument("--vehicle", help="publish for this vehicle only (default: the whole fleet)")
+    p.set_defaults(fn=cmd_publish)
+    p = sub.add_parser("list", help="retained campaigns and which units report running them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("retire", help="end a campaign now (republished with end = now)")
+    p.add_argument("id")
+    p.add_argument("--vehicle", help="the campaign was published for this vehicle")
+    p.add_argument("--purge", action="store_true", help="clear the retained message instead")
+    p.set_defaults(fn=cmd_retire)
+    args = ap.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
