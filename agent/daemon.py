@@ -61,7 +61,7 @@ class Daemon:
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
                                       send=lambda topic, payload: self.uplink.send(topic, payload),
-                                      software=self.software[0])
+                                      software=self.software[0], refresh_birth=lambda: self.uplink.refresh_birth())
         self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
@@ -134,6 +134,8 @@ class Daemon:
             return
         if new.spool.path != self.cfg.spool.path or new.vehicle != self.cfg.vehicle:
             log.warning("spool path or vehicle identity changed: takes effect on restart only")
+        if new.blackbox != self.cfg.blackbox:
+            log.warning("[blackbox] changed: takes effect on restart only (the ring keeps running as it was)")
         for p in self.probes:
             p.stop()
         uplink_changed = new.uplink != self.cfg.uplink
