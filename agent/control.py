@@ -386,11 +386,12 @@ class ControlServer:
                 self._status_cache = (now, {**self.daemon.status(), "history": self._history_status()})
             st = dict(self._status_cache[1])
         d = self.daemon
-        st["now"] = time.time()
+        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
+        v = d.verdict()
+        st["verdict"] = v.as_dict()
+        st["now"] = v.now  # ages in the status and the verdict's since-times share one clock reading
         st["healthy"] = d.healthy()
         st["pipeline_age_s"] = round(time.monotonic() - d.pipeline.alive_mono, 1)
-        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
-        st["verdict"] = d.verdict().as_dict()
         with self._lock:
             st["control"] = {**self.stats, "clients": len(self._conns), "tails": len(self._subs),
                              "tail_dropped": self.stats["tail_dropped"] + sum(s.dropped for s in self._subs)}
