@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, history
 from .peercred import Peer, allowed, peer_of
+from .private import private_dir
 from .records import Kind, Record
 from .wire import record_json
 
@@ -169,7 +170,7 @@ class ControlServer:
                 log.warning("control group %r does not exist: only root and uid %d may connect",
                             self.group, self.own_uid)
         self._clear_stale()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.bind(str(self.path))
@@ -391,11 +392,12 @@ class ControlServer:
                 self._status_cache = (now, {**self.daemon.status(), "history": self._history_status()})
             st = dict(self._status_cache[1])
         d = self.daemon
-        st["now"] = time.time()
+        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
+        v = d.verdict()
+        st["verdict"] = v.as_dict()
+        st["now"] = v.now  # ages in the status and the verdict's since-times share one clock reading
         st["healthy"] = d.healthy()
         st["pipeline_age_s"] = round(time.monotonic() - d.pipeline.alive_mono, 1)
-        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
-        st["verdict"] = d.verdict().as_dict()
         with self._lock:
             st["control"] = {**self.stats, "clients": len(self._conns), "tails": len(self._subs),
                              "tail_dropped": self.stats["tail_dropped"] + sum(s.dropped for s in self._subs)}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import __version__, health, inherited
+from . import __version__, health, inherited, tls
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
@@ -60,7 +60,8 @@ class Daemon:
         self.software = read_software(cfg.agent.components, cfg.agent.software)  # (versions, SWINs) for births
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
-                                      send=lambda topic, payload: self.uplink.send(topic, payload))
+                                      send=lambda topic, payload: self.uplink.send(topic, payload),
+                                      software=self.software[0], refresh_birth=lambda: self.uplink.refresh_birth())
         self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
@@ -133,6 +134,8 @@ class Daemon:
             return
         if new.spool.path != self.cfg.spool.path or new.vehicle != self.cfg.vehicle:
             log.warning("spool path or vehicle identity changed: takes effect on restart only")
+        if new.blackbox != self.cfg.blackbox:
+            log.warning("[blackbox] changed: takes effect on restart only (the ring keeps running as it was)")
         for p in self.probes:
             p.stop()
         uplink_changed = new.uplink != self.cfg.uplink
@@ -193,6 +196,7 @@ class Daemon:
             "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
             "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
                         "fleet": self.cfg.vehicle.fleet, "wire_id": self.wire_vehicle.id},
+            "software": {"versions": self.software[0], "swin": self.software[1]},
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
@@ -276,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        try:
+            tls.check(cfg)
+        except ConfigError as e:
+            print(f"icvq-agent: config error: {e}", file=sys.stderr)
+            return EX_CONFIG
         print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
         return 0
     setup_logging(args.log_level or cfg.agent.log_level)

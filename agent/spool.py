@@ -17,7 +17,7 @@ shrinks so the file system keeps that much free; either way the oldest periodic 
 oldest events, then the oldest sealed batches, every drop counted by reason and reported upstream.
 
 When the disk is full, read-only, or the spool cannot be opened at all, the spool is *degraded*: records wait
-in memory (spool_memory, bounded, same eviction order), are sealed there under a memory sid and published,
+in memory (spool_memory, bounded, same eviction order), are sealed there under a sid of their own and sent,
 and go back to disk once it works (retried every RETRY_DISK_S). `trouble` says what is wrong, since when.
 At close a small preallocated reserve file is given back if the disk is full, so the clean-shutdown mark and
 the count of whatever could not be written still reach the disk.
@@ -42,6 +42,7 @@ import msgpack
 
 from . import spool_disk, wire
 from .errors import WireError
+from .private import private_db, private_dir
 from .records import Kind, Record
 from .spool_memory import MemoryQueue
 
@@ -175,7 +176,7 @@ class Spool:
 
     def _open_disk(self) -> str:
         if self.on_disk:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             if self.path.is_dir():
                 raise OSError(errno.EISDIR, "a directory is in the way of the spool file", str(self.path))
         try:
@@ -207,6 +208,7 @@ class Spool:
         return "unclean"
 
     def _connect(self) -> str:
+        private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             # Must precede the first table: lets a headroom squeeze give pages back to the file system.
@@ -678,7 +680,8 @@ class Spool:
              max_records: int = 5000, compress: str = "auto") -> SealedBatch | None:
         """Move the oldest unsealed records (one boot, one sync state) into a new batch of ≤ max_bytes."""
         if self._blocked or (not self.n_records and self._mem.n_records):
-            b, oversize = self._mem.seal(make_id, max_bytes, max_records=max_records, compress=compress)
+            b, oversize = self._mem.seal(make_id, max_bytes, max_records=max_records, compress=compress,
+                                         avoid_sid=self.sid)
             self._count_drop("oversize", oversize)
             return SealedBatch(b.handle, b.payload, b.n_records, b.created_ms) if b else None
         try:

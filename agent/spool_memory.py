@@ -5,9 +5,10 @@ read-only or the spool cannot be opened at all, the agent must keep delivering, 
 are sealed into batches here. Two things make that safe:
 
 - **Identity.** A batch sealed in memory cannot advance the persisted `next_seq`, so it gets a sid of its
-  own: a random 63-bit number with bit 63 set (`MEMORY_SID_BIT`), drawn once per process the first time it
-  seals in memory, with `seq` counting from 1. Spool sids never have bit 63 set, so memory batches can never
-  collide with batches the spool seals before or after (docs/wire-format.md, "Identity").
+  own: a random 63-bit number (like a spool sid, and never equal to this spool's), drawn once per process the
+  first time it seals in memory, with `seq` counting from 1. Two random 63-bit sids of one device meet with
+  probability ~2^-63 per pair, the same odds the spool sid itself relies on; 63 bits, not 64, because the
+  backend stores sid in a signed 64-bit column (docs/wire-format.md, "Identity").
 - **Bounds.** Unsealed records plus the records inside memory batches are capped at `max_records`; the
   eviction order is the spool's (oldest metrics, oldest events, oldest sealed batches), counted by reason.
 
@@ -27,8 +28,6 @@ from dataclasses import dataclass, replace
 
 from . import wire
 from .records import Record
-
-MEMORY_SID_BIT = 1 << 63
 
 
 @dataclass
@@ -114,7 +113,7 @@ class MemoryQueue:
 
     # ---------------------------------------------------------------------------------------- batches
     def seal(self, make_id: Callable[[str, int], wire.BatchId], max_bytes: int, *, max_records: int,
-             compress: str) -> tuple[MemBatch | None, int]:
+             compress: str, avoid_sid: int = 0) -> tuple[MemBatch | None, int]:
         """Seal the oldest records (one boot, one sync state) into a memory batch of ≤ max_bytes.
         Returns (batch or None, records dropped as oversize)."""
         oversize = 0
@@ -128,8 +127,8 @@ class MemoryQueue:
                         or (take and budget > max_bytes * 2):
                     break
                 take.append(r)
-            if not self.sid:
-                self.sid = MEMORY_SID_BIT | secrets.randbits(63)
+            while not self.sid or self.sid == avoid_sid:
+                self.sid = secrets.randbits(63)
             bid = replace(make_id(first.boot, self._next_seq), sid=self.sid, seq=self._next_seq)
             payload = wire.encode_batch(bid, take, compress=compress)
             while len(payload) > max_bytes and len(take) > 1:

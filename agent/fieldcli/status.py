@@ -14,7 +14,7 @@ from typing import Any
 
 from ..control import json_default
 from . import offline
-from .client import EXIT_DEGRADED, EXIT_FAILING, EXIT_OK, LABELS, Context, Unavailable, ask, context
+from .client import EXIT_DEGRADED, EXIT_FAILING, EXIT_OK, Context, Unavailable, ask, context, headline
 from .fmt import age, fields, kv, size, table, ts
 
 VERDICT_EXIT = {"healthy": EXIT_OK, "degraded": EXIT_DEGRADED, "failing": EXIT_FAILING}
@@ -58,8 +58,7 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
         lines += [("note", reason_text(r, now, t)) for r in notes]
         out.append(kv(lines))
     else:
-        out.append(f"icvq-agent is {LABELS.get(agent, agent.upper())} ({st.get('reason')}); "
-                   "read from disk, read-only")
+        out.append(f"{headline(agent, str(st.get('reason')))}; read from disk, read-only")
     out.append("")
     rows: list[tuple[str, str]] = []
     veh = st.get("vehicle")
@@ -114,7 +113,7 @@ def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) ->
     if up.get("connected"):
         s = f"connected to {up.get('broker')}"
         if up.get("protocol"):
-            s += f" (MQTT {up['protocol']})"
+            s += f" (MQTT {up['protocol']}{', ' + up['transport'] if up.get('transport') else ''})"
         if up.get("connected_since"):
             s += f" since {t(up['connected_since'])} ({age(now - up['connected_since'])})"
     else:

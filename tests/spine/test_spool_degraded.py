@@ -13,7 +13,6 @@ import pytest
 from agent import spool_disk, wire
 from agent.records import Kind, Record
 from agent.spool import Spool
-from agent.spool_memory import MEMORY_SID_BIT
 
 BOOT = "cd" * 16
 
@@ -122,7 +121,7 @@ def test_full_disk_seals_in_memory_under_a_memory_sid_then_writes_back(mount) ->
     mem = sp.seal(make_id(sp), 4096)
     assert mem is not None and mem.seq < 0, "sealed in memory, addressed by a negative handle"
     mb = decode(mem.payload)
-    assert mb.id.sid & MEMORY_SID_BIT and mb.id.sid != sp.sid and mb.id.seq == 1
+    assert mb.id.sid and mb.id.sid != sp.sid and mb.id.seq == 1
     assert [b.seq for b in sp.sealed()][:1] == [mem.seq], "memory batches go first"
     assert sp.ack([mem.seq]) == 1
     sp.put([rec(4000 + k, Kind.EVENT) for k in range(10)])
@@ -156,7 +155,9 @@ def test_unopenable_at_start_runs_in_memory_and_adopts_the_disk_later(tmp_path: 
     assert sp.degraded and sp.trouble is not None and sp.trouble.state == "unopenable"
     sp.put([rec(i) for i in range(30)])
     b = sp.seal(make_id(sp), 1 << 16)
-    assert b is not None and decode(b.payload).id.sid & MEMORY_SID_BIT
+    assert b is not None
+    memory_sid = decode(b.payload).id.sid
+    assert 0 < memory_sid < 2**63
     sp.put([rec(100 + i) for i in range(5)])
     path.rmdir()
     spool_mod.RETRY_DISK_S, old = 0.0, spool_mod.RETRY_DISK_S
@@ -164,7 +165,7 @@ def test_unopenable_at_start_runs_in_memory_and_adopts_the_disk_later(tmp_path: 
         sp.put([rec(200)])
     finally:
         spool_mod.RETRY_DISK_S = old
-    assert not sp.degraded and sp.n_records == 6 and sp.sid and not sp.sid & MEMORY_SID_BIT
+    assert not sp.degraded and sp.n_records == 6 and sp.sid and sp.sid != memory_sid
     sp.close()
 
 

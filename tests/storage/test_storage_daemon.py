@@ -20,8 +20,6 @@ from broker import Mosquitto
 from conftest import Mount, fill, remount
 from recorder import Recorder
 
-from agent.spool_memory import MEMORY_SID_BIT
-
 
 def config(tmp: Path, fs: Path, port: int) -> Path:
     cfg = base_config(tmp, port, **{"probes__system": {"interval_s": 0.1}},
@@ -43,6 +41,14 @@ def left_in(spool: Path) -> tuple[int, dict[str, int]]:
         n += db.execute("SELECT COALESCE(SUM(n_records), 0) FROM held").fetchone()[0]
         meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
         return n, json.loads(meta.get("drops", "{}"))
+    finally:
+        db.close()
+
+
+def spool_sid(spool: Path) -> int:
+    db = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT v FROM meta WHERE k = 'sid'").fetchone()[0])
     finally:
         db.close()
 
@@ -107,7 +113,7 @@ def test_read_only_file_system_at_start_still_delivers_then_recovers(
     rec = Recorder(broker.port).start()
     agent = AgentProc(conf, log).start()
     try:
-        rec.wait(lambda r: any(b.id.sid & MEMORY_SID_BIT for b in r.batches()), 20)
+        rec.wait(lambda r: bool(r.batches()), 20)    # only memory can seal now
         st = status_json(conf)
         assert st["spool"]["trouble"]["state"] == "read_only"
         remount(fs, "rw")
@@ -123,7 +129,7 @@ def test_read_only_file_system_at_start_still_delivers_then_recovers(
     left, drops = left_in(fs / "icvq" / "spool.db")
     assert n_delivered(rec) + sum(drops.values()) + left == accepted(log)
     sids = {b.id.sid for b in rec.unique().values()}
-    assert any(s & MEMORY_SID_BIT for s in sids) and any(not s & MEMORY_SID_BIT for s in sids)
+    assert spool_sid(fs / "icvq" / "spool.db") in sids and len(sids) == 2, "a memory sid, then the spool's"
 
 
 def test_directory_at_the_spool_path_runs_in_memory_until_it_is_gone(tmp_path: Path, broker: Mosquitto) -> None:
@@ -135,7 +141,7 @@ def test_directory_at_the_spool_path_runs_in_memory_until_it_is_gone(tmp_path: P
     rec = Recorder(broker.port).start()
     agent = AgentProc(conf, log).start()
     try:
-        rec.wait(lambda r: any(b.id.sid & MEMORY_SID_BIT for b in r.batches()), 20)
+        rec.wait(lambda r: bool(r.batches()), 20)    # only memory can seal now
         assert status_json(conf)["spool"]["trouble"]["state"] == "unopenable"
         shutil.rmtree(spool)
         agent.wait_log("spool writable again", 20)

@@ -22,7 +22,6 @@ from agent.config import from_mapping
 from agent.pipeline import Pipeline
 from agent.records import Kind, Record, RecordFactory
 from agent.spool import Spool
-from agent.spool_memory import MEMORY_SID_BIT
 from agent.uplink import Uplink
 
 
@@ -130,7 +129,7 @@ def test_full_disk_with_broker_up_still_delivers_then_recovers_through_the_spool
             time.sleep(0.01)
         assert rig.spool.degraded and rig.spool.trouble is not None
         assert rig.spool.trouble.state == "disk_full"
-        rec.wait(lambda r: any(b.id.sid & MEMORY_SID_BIT for b in r.batches()), 15)
+        rec.wait(lambda r: any(b.id.sid != rig.spool.sid for b in r.batches()), 15)
         assert rig.pipeline.counters.snapshot().get("step_errors", 0) == 0
         monkeypatch.setattr(spool_mod, "RETRY_DISK_S", 0.0)
         filler.unlink()
