@@ -182,7 +182,9 @@ class ControlServer:
                 except OSError as e:
                     log.warning("cannot give %s to group %s: %s", self.path, self.group, e.strerror)
             s.listen(16)
-            s.settimeout(0.5)
+            # Blocking accept: stop() shuts the listener down, which wakes accept() on Linux. A 0.5 s timeout
+            # to look at the stop flag was two wake-ups a second of an idle agent (issue 13).
+            s.settimeout(None)
         except BaseException:
             s.close()
             raise
@@ -212,6 +214,10 @@ class ControlServer:
     def stop(self) -> None:
         self._stop.set()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
         with self._lock:
             conns = list(self._conns)

@@ -196,6 +196,7 @@ class Daemon:
             "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
             "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
                         "fleet": self.cfg.vehicle.fleet, "wire_id": self.wire_vehicle.id},
+            "software": {"versions": self.software[0], "swin": self.software[1]},
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
@@ -218,7 +219,9 @@ class Daemon:
         last_ping = 0.0
         last_status = ""
         while True:
-            self._stop.wait(min(ping_every, 2.0))
+            # Signals set _stop; otherwise only the watchdog ping and the STATUS line need a turn (issue 13:
+            # this was a wake-up every 2 s; 5 s keeps `systemctl status` current enough).
+            self._stop.wait(min(ping_every, 5.0))
             if self._reload.is_set():
                 self._reload.clear()
                 self._stop.clear()
