@@ -337,6 +337,9 @@ WIRE: tuple[WireItem, ...] = (
              "software identity for OTA consistency: versions and SWINs (GB 44496-2024) per component, OS, "
              "kernel", VEHICLE, "agent.components, agent.software (what is reported)"),
     WireItem("birth: inventory.hostname", "status message (retained)", "the unit's host name", VEHICLE, "-"),
+    WireItem("birth: transport", "status message (retained)", "tls, plaintext-loopback or plaintext-allowed: "
+             "whether the data crossed the network encrypted (docs/security.md)", VEHICLE,
+             "uplink.tls.*, uplink.allow_plaintext"),
     WireItem("birth: campaigns; campaign acknowledgements", "status message (retained); .../campaign topic",
              "which backend collection campaigns the unit runs, and why one was refused", VEHICLE,
              "blackbox.campaigns"),

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import __version__, fieldcli, wire
+from . import __version__, fieldcli, tls, wire
 from .config import load
 from .errors import EX_CONFIG, ConfigError, WireError
 
@@ -18,6 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load(args.config)
+        tls.check(cfg)
     except ConfigError as e:
         print(f"icvq: config error: {e}", file=sys.stderr)
         return EX_CONFIG

@@ -55,6 +55,7 @@ class TlsConfig:
     ca: str = ""
     cert: str = ""
     key: str = ""
+    min_version: str = opt("1.2", choices=("1.2", "1.3"))
 
     def validate(self) -> None:
         if bool(self.cert) != bool(self.key):
@@ -68,6 +69,7 @@ class UplinkConfig:
     topic_prefix: str = "icvq/v1"
     keepalive_s: int = opt(60, min=5, max=3600)
     tls: TlsConfig = opt(factory=TlsConfig)
+    allow_plaintext: bool = False  # plaintext off loopback: agent/tls.py decides and says why
     username: str = opt("", secret=True)  # token-auth brokers put the token here
     password_file: str = ""
     protocol: str = opt("auto", choices=("auto", "5", "3.1.1"))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, history
 from .peercred import Peer, allowed, peer_of
+from .private import private_dir
 from .records import Kind, Record
 from .wire import record_json
 
@@ -169,7 +170,7 @@ class ControlServer:
                 log.warning("control group %r does not exist: only root and uid %d may connect",
                             self.group, self.own_uid)
         self._clear_stale()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.bind(str(self.path))

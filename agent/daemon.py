@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import __version__, health, inherited
+from . import __version__, health, inherited, tls
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
@@ -60,7 +60,8 @@ class Daemon:
         self.software = read_software(cfg.agent.components, cfg.agent.software)  # (versions, SWINs) for births
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
-                                      send=lambda topic, payload: self.uplink.send(topic, payload))
+                                      send=lambda topic, payload: self.uplink.send(topic, payload),
+                                      software=self.software[0])
         self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
@@ -274,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"icvq-agent: config error: {e}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        try:
+            tls.check(cfg)
+        except ConfigError as e:
+            print(f"icvq-agent: config error: {e}", file=sys.stderr)
+            return EX_CONFIG
         print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
         return 0
     setup_logging(args.log_level or cfg.agent.log_level)

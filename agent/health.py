@@ -38,6 +38,11 @@ SPOOL_FILL_WARN = 0.8       # share of [spool] max_mib; beyond it eviction (coun
 CLOCK_UNSYNCED_GRACE_S = 600.0
 # Spool trouble states (agent.spool.SpoolTrouble.state) that still write to disk: merely worth a look.
 SPOOL_TROUBLE_DEGRADED = frozenset({"low_headroom"})
+# Connect refusals (agent/tls.py codes) that no retry can cure: the car keeps recording but will never deliver
+# until someone installs a certificate or fixes the config, so they are failing, not merely offline.
+REFUSALS_FAILING = frozenset({"plaintext_refused", "client_cert_revoked", "client_cert_expired",
+                              "client_cert_required", "client_cert_unknown_ca", "client_cert_refused",
+                              "client_key_mismatch", "config"})
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,9 @@ class Facts:
     clock_synced: bool = True
     clock_unsynced_since: float | None = None
     history_error: str = ""
+    transport: str = ""                         # agent/tls.py: tls | plaintext-loopback | -allowed | -refused
+    connect_error_code: str = ""                # the uplink's last_connect_error (cleared on connect)
+    connect_error_since: float | None = None
     campaigns: tuple[str, ...] = ()             # backend collection campaigns running (agent/blackbox)
 
 
@@ -135,7 +143,13 @@ def verdict(f: Facts) -> Verdict:
         elif p.state == "degraded":
             out.append(Reason("probe_degraded", DEGRADED, f"probe {p.name} degraded: {p.last_error or '?'}",
                               p.since))
-    if not f.connected:
+    if not f.connected and f.connect_error_code in REFUSALS_FAILING:
+        code = {"plaintext_refused": "plaintext_refused", "config": "uplink_config"}.get(
+            f.connect_error_code, "certificate_refused")
+        out.append(Reason(code, FAILING,
+                          f"uplink held ({f.broker}): {f.uplink_error}; records wait in the spool",
+                          f.connect_error_since))
+    elif not f.connected:
         out.append(Reason("offline", DEGRADED, f"uplink offline ({f.broker}): "
                           f"{f.uplink_error or 'not connected yet'}", f.offline_since))
     elif f.no_subscribers_since is not None:
@@ -155,6 +169,9 @@ def verdict(f: Facts) -> Verdict:
         late = since is not None and f.now - since >= CLOCK_UNSYNCED_GRACE_S
         out.append(Reason("clock_unsynced", DEGRADED if late else NOTE, "wall clock not synchronised (records "
                           "are re-anchored when it is)", since))
+    if f.transport == "plaintext-allowed":
+        out.append(Reason("plaintext_allowed", NOTE, "uplink WITHOUT TLS to a non-loopback broker "
+                          "(uplink.allow_plaintext = true)"))
     if f.history_error:
         out.append(Reason("history_unwritable", DEGRADED, f"local history not writable: {f.history_error}"))
     if f.campaigns:
@@ -215,5 +232,7 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
         probes=tuple(ProbeFact(p.name, s["state"], s.get("last_error") or "", s.get("since"))
                      for p in d.probes for s in [p.status()]),
         clock_synced=synced, clock_unsynced_since=d.onsets("clock_unsynced", not synced, now),
-        history_error=d.history_error(),
+        history_error=d.history_error(), transport=up.transport,
+        connect_error_code=(up.last_connect_error or {}).get("code", ""),
+        connect_error_since=(up.last_connect_error or {}).get("since"),
         campaigns=tuple(bb.campaign_ids()) if (bb := getattr(d, "blackbox", None)) is not None else ())

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import HistoryConfig
+from .private import private_db, private_dir
 from .records import Kind, Record
 
 log = logging.getLogger("icvq.history")
@@ -71,7 +72,7 @@ class History:
             self._open_locked()
 
     def _open_locked(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         try:
             self._connect()
         except sqlite3.DatabaseError as e:
@@ -87,6 +88,7 @@ class History:
         self._prune_locked()
 
     def _connect(self) -> None:
+        private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
         try:
             # Must precede the first table so freed pages can be handed back to the filesystem after pruning.

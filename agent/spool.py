@@ -42,6 +42,7 @@ import msgpack
 
 from . import spool_disk, wire
 from .errors import WireError
+from .private import private_db, private_dir
 from .records import Kind, Record
 from .spool_memory import MemoryQueue
 
@@ -175,7 +176,7 @@ class Spool:
 
     def _open_disk(self) -> str:
         if self.on_disk:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             if self.path.is_dir():
                 raise OSError(errno.EISDIR, "a directory is in the way of the spool file", str(self.path))
         try:
@@ -207,6 +208,7 @@ class Spool:
         return "unclean"
 
     def _connect(self) -> str:
+        private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             # Must precede the first table: lets a headroom squeeze give pages back to the file system.

@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -41,8 +40,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from . import wire
+from . import private, tls, wire
 from .config import UplinkConfig, VehicleConfig
+from .errors import ConfigError
 from .probe import UplinkView
 from .wayback import WayBack
 
@@ -175,6 +175,8 @@ class Uplink:
         self.last_ack_wall: float | None = None
         self.last_ack_mono: float | None = None
         self.last_error = ""
+        self.last_connect_error: dict[str, Any] | None = None  # {code, text, since}: why we are not connected
+        self.transport = tls.transport(cfg)
         self.reconnects = 0
         self.published = 0
         self._wayback = WayBack()
@@ -273,7 +275,7 @@ class Uplink:
         return p
 
     def _status(self, kind: str, **extra: Any) -> bytes:
-        fields = self.birth_fields() if kind == "birth" else {}
+        fields = {**self.birth_fields(), "transport": self.transport} if kind == "birth" else {}
         return wire.encode_status(kind, self.vehicle.id, self.vehicle.device, self.boot_id, self.wall_ms(),
                                   {**fields, **extra})
 
@@ -287,14 +289,10 @@ class Uplink:
         client.max_inflight_messages_set(self.cfg.max_inflight + 2)
         client.max_queued_messages_set(0)
         client.connect_timeout = self.cfg.connect_timeout_s
-        tls = self.cfg.tls
-        if tls.ca or tls.cert:
-            client.tls_set(ca_certs=tls.ca or None, certfile=tls.cert or None, keyfile=tls.key or None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+        if self.transport == tls.TLS:
+            client.tls_set_context(tls.client_context(self.cfg.tls))
         if self.cfg.username:
-            password = None
-            if self.cfg.password_file:
-                password = Path(self.cfg.password_file).read_text().rstrip("\r\n")
+            password = private.read_password(self.cfg.password_file) if self.cfg.password_file else None
             client.username_pw_set(self.cfg.username, password)
         client.will_set(self.status_topic, self._status("death", clean=False), qos=1, retain=True,
                         properties=self._props())
@@ -332,6 +330,10 @@ class Uplink:
 
     # ------------------------------------------------------------------------------------ connect loop
     def _run(self) -> None:
+        refusal = tls.plaintext_refusal(self.cfg)
+        if refusal is not None:  # held, not exited: probes and spool go on (see agent/tls.py)
+            self._note_error(f"not connecting: {refusal}", "plaintext_refused", logging.ERROR)
+            return
         failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
@@ -373,12 +375,18 @@ class Uplink:
         try:
             client = self._make_client(gen)
             client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        except ConfigError as e:
+            # A secret file others may read (agent/private.py): a local matter, back off as after a refusal.
+            self._note_error(str(e), "config")
+            return NO_CONNACK
         except (ssl.SSLError, ValueError) as e:
             # TCP connected and TLS said no (or the settings are unusable): the broker is there, back off.
-            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}")
+            why = tls.classify(str(e))
+            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {why.text if why else e}",
+                             why.code if why else "tls_failed")
             return NO_CONNACK
         except OSError as e:
-            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}")
+            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}", "unreachable")
             return None
         with self._lock:
             self._client = client
@@ -387,17 +395,19 @@ class Uplink:
             deadline = time.monotonic() + self.cfg.connect_timeout_s + 2
             while not (self._connected.is_set() or self._dead.is_set() or self._stop.is_set()):
                 if time.monotonic() > deadline:
-                    self._note_error("no CONNACK from broker")
+                    self._note_error("no CONNACK from broker", "no_connack")
                     return NO_CONNACK
                 self._connected.wait(0.1)
             if not self._connected.is_set():
                 if self._stop.is_set():
                     return NO_CONNACK
                 if self._connack:
-                    self._note_error(f"broker refused the connection: CONNACK reason {self._connack[0]:#x}")
+                    self._note_error(f"broker refused the connection: CONNACK reason {self._connack[0]:#x}",
+                                     "connack_refused")
                     return self._connack[0]
-                self._note_error("broker closed the connection before CONNACK (client certificate, "
-                                 "credentials or protocol refused?)")
+                why = self._diagnose()
+                self._note_error(why.text if why else "broker closed the connection before CONNACK (client "
+                                 "certificate, credentials or protocol refused?)", why.code if why else "no_connack")
                 return NO_CONNACK
             max_packet = self._connack[1] if self._connack else None
             self.connected_since = time.time()
@@ -406,6 +416,11 @@ class Uplink:
             if self.last_error:
                 log.info("connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.protocol)
             self.last_error = ""
+            self.last_connect_error = None
+            if self.transport == tls.PLAINTEXT_ALLOWED:
+                log.warning("connected WITHOUT TLS to %s:%d (uplink.allow_plaintext = true): telemetry and "
+                            "credentials cross the network readable by anyone on the path", self.cfg.host,
+                            self.cfg.port)
             client.publish(self.status_topic, self._status("birth"), qos=1, retain=True, properties=self._props())
             self.events.put(Up(gen, max_packet))
             self._wayback.drain()
@@ -429,7 +444,21 @@ class Uplink:
                 if self._client is client:
                     self._client = None
 
-    def _note_error(self, msg: str) -> None:
+    def _diagnose(self) -> tls.Refusal | None:
+        if self.transport != tls.TLS:
+            return None
+        try:
+            ctx = tls.client_context(self.cfg.tls)
+        except (OSError, ValueError, ConfigError):
+            return None
+        return tls.diagnose(self.cfg.host, self.cfg.port, ctx, min(self.cfg.connect_timeout_s, 5.0))
+
+    def _note_error(self, msg: str, code: str = "", level: int = logging.WARNING) -> None:
+        """Log a new failure once; `code` marks a failed connect attempt (the last_connect_error fact)."""
         if msg != self.last_error:
-            log.warning("uplink: %s", msg)
+            log.log(level, "uplink: %s", msg)
         self.last_error = msg
+        if code:
+            prev = self.last_connect_error
+            since = prev["since"] if prev and prev["code"] == code else time.time()
+            self.last_connect_error = {"code": code, "text": msg, "since": since}

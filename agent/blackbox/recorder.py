@@ -81,7 +81,8 @@ class BlackBox:
         for r in records:
             if r.kind is Kind.METRIC:
                 if r.name == "can.bus" and "can" in self.enabled_channels and isinstance(r.data, dict):
-                    self.ring.add("can", r.mono_ms / 1000, {k: r.data[k] for k in CAN_KEYS if k in r.data})
+                    self.ring.add("can", r.mono_ms / 1000, {k: r.data[k] for k in CAN_KEYS if k in r.data},
+                                  key=str(r.data.get("bus", "")))
             elif r.kind in (Kind.BEGIN, Kind.EVENT, Kind.END) and not r.name.startswith("blackbox."):
                 self._trigger(r)
 

@@ -5,7 +5,7 @@ thread through the record observer), read by the snapshot builder; one lock, hel
 
 Bytes are an estimate of what the samples cost as Python objects (`approx_size`), not of their wire size:
 the bound is about the car's RAM. At defaults the ring holds ~60 system samples, 12 process tables, ≤ 300 kmsg
-lines and ~60 samples each of link, CAN and display: ~0.4 MiB measured with tracemalloc
+lines and ~60 samples each of link, display and 4 CAN buses: 0.33 MiB measured with tracemalloc
 (docs/performance.md), well inside `max_kib` (1.5 MiB), which is there for a kernel log storm.
 
 Rate limits: every channel but kmsg keeps at most one sample per `min_gap_s` (the first one wins; later ones
@@ -52,13 +52,15 @@ class ContextRing:
         self._tokens = float(kmsg_burst)
         self._tokens_t: float | None = None
         self._skipped = 0
+        self._last: dict[tuple[str, str], float] = {}
 
     @property
     def bytes(self) -> int:
         return self._bytes
 
-    def add(self, channel: str, t: float, fields: Mapping[str, Any]) -> bool:
-        """Keep one sample taken at monotonic time t; False when a rate limit dropped it."""
+    def add(self, channel: str, t: float, fields: Mapping[str, Any], key: str = "") -> bool:
+        """Keep one sample taken at monotonic time t; False when a rate limit dropped it. `key` separates
+        sources sharing a channel for the rate limit (one CAN channel, several buses)."""
         data = dict(fields)
         with self._lock:
             q = self._ch.setdefault(channel, deque())
@@ -72,9 +74,12 @@ class ContextRing:
                     data["msg"] = text[: self.kmsg_max_chars]
                 if self._skipped:
                     data["skipped"], self._skipped = self._skipped, 0
-            elif q and t - q[-1][0] < self.min_gap_s:
-                self.counters.inc(f"coalesced.{channel}")
-                return False
+            else:
+                last = self._last.get((channel, key))
+                if last is not None and 0 <= t - last < self.min_gap_s:
+                    self.counters.inc(f"coalesced.{channel}")
+                    return False
+                self._last[(channel, key)] = t
             size = 48 + approx_size(data)
             q.append((t, data, size))
             self._bytes += size

@@ -2,10 +2,10 @@
 thermal zones.
 
 Hand-written instead of psutil because of cost: at 1 Hz the sampler must stay under 0.1 % of a core
-(≤ 1 ms per second). psutil.cpu_percent(percpu=True) + virtual_memory() + getloadavg() + sensors_temperatures()
-cost about 1.5 ms per call on the 2-core build machine (hwmon walks dozens of files); one read each of
-/proc/stat, /proc/meminfo, /proc/loadavg and the thermal zones costs ~0.15 ms (docs/performance.md). The
-process table is the expensive part (one /proc/<pid>/stat read per process, ~10 µs each): it is scanned every
+(≤ 1 ms per second). One read each of /proc/stat, /proc/meminfo, /proc/loadavg and the thermal zones costs
+~0.05 ms on the 2-core build machine; psutil's cpu_percent(percpu) + cpu_times_percent + virtual_memory +
+sensors_temperatures cost ~0.17 ms (docs/performance.md, `python -m tools.bench.blackbox`). The process table
+is the expensive part (one /proc/<pid>/stat read per process, ~1.8 ms for 145 processes): it is scanned every
 `procs_interval_s` (5 s by default), not every second. Parsers are pure functions over text, tested from tables.
 """
 

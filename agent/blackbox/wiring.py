@@ -25,7 +25,7 @@ log = logging.getLogger("icvq.blackbox")
 
 class Parts:
     def __init__(self, cfg: AgentConfig, clock: Clock, emit: Callable[[Record], None],
-                 send: Callable[[str, bytes], bool]) -> None:
+                 send: Callable[[str, bytes], bool], software: Mapping[str, str] | None = None) -> None:
         bc = cfg.blackbox
         self.box: BlackBox | None = BlackBox(bc, clock, emit) if bc.enabled else None
         self.campaigns: Campaigns | None = None
@@ -34,7 +34,8 @@ class Parts:
             v = cfg.vehicle
             subs, ack = topics(cfg.uplink.topic_prefix, v.fleet, v.id, v.device)
             path = Path(bc.campaigns_path) if bc.campaigns_path else Path(cfg.spool.path).parent / "campaigns.json"
-            me = Identity(v.fleet, v.id, v.device, {**cfg.agent.components, "agent": __version__})
+            # `software` is what the birth message reports (agent/software.py): campaigns target those versions.
+            me = Identity(v.fleet, v.id, v.device, {**(software or cfg.agent.components), "agent": __version__})
             self.campaigns = Campaigns(path, me, window_s=bc.window_s, max_campaigns=bc.max_campaigns,
                                        wall=clock.wall, on_change=self.box.set_campaign_triggers, send=send,
                                        ack_topic=ack)

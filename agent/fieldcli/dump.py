@@ -140,6 +140,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         path = args.output or _default_name(ctx)
         tmp = f"{path}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # vehicle data: owner only
+        os.fchmod(fd, 0o600)  # also when .part was left by an earlier run with another mode
         try:
             with os.fdopen(fd, "wb") as f:
                 manifest = write(ctx, f, log_file, say)

@@ -114,7 +114,7 @@ def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) ->
     if up.get("connected"):
         s = f"connected to {up.get('broker')}"
         if up.get("protocol"):
-            s += f" (MQTT {up['protocol']})"
+            s += f" (MQTT {up['protocol']}{', ' + up['transport'] if up.get('transport') else ''})"
         if up.get("connected_since"):
             s += f" since {t(up['connected_since'])} ({age(now - up['connected_since'])})"
     else:

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from agent.blackbox import sysread
+from agent.blackbox.columns import columnar, expand
 from agent.blackbox.recorder import BlackBox
 from agent.blackbox.ring import ContextRing
 from agent.blackbox.settings import BlackboxConfig
@@ -118,7 +119,7 @@ def test_snapshot_at_defaults_covers_30s_before_and_10s_after_with_the_spike() -
     assert d["pre_s"] == 30.0 and d["post_s"] == 10.0 and d["complete"] is True
     spike_t = [t for t, v in zip(sys_t, sys_cpu, strict=True) if v > 90]
     assert spike_t == [10_000]  # 20 s before the onset
-    assert d["procs"]["top"][d["procs"]["t"].index(10_000)][0] == ["hmi", 97.0]
+    assert expand(d["procs"]["top"])[d["procs"]["t"].index(10_000)][0] == ["hmi", 97.0]
     assert {"system", "procs", "kmsg", "link", "display"} <= set(d)
     size = len(msgpack.packb(d))
     assert size <= 8 * 1024, size
@@ -161,3 +162,26 @@ def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         from_mapping({"vehicle": {"id": "v", "device": "d", "fleet": "f"}, "blackbox": table})
     assert e.value.key == key
+
+
+def test_can_statistics_of_several_buses_share_one_channel() -> None:
+    clock = FakeClock()
+    out: list[Record] = []
+    box = _box(BlackboxConfig(), clock, out, [1.0])
+    rec = RecordFactory(clock)
+    for _ in range(3):
+        box.observe([rec.metric("can.bus", {"bus": b, "state": "active", "load_pct": 31.5, "err_frames": 0,
+                                            "frames_s": 900.0, "drops": 0}) for b in ("can0", "can1")])
+        clock.advance(1.0)
+    can = box.ring.window(0, 1e9, ["can"])["can"]
+    assert [d["bus"] for _, d in can] == ["can0", "can1"] * 3
+
+
+def test_columns_compact_whole_floats_and_repeated_strings() -> None:
+    samples = [(10.0 + i, {"bus": f"can{i % 2}", "state": "active", "load": 30.0 + i, "x": 1.5}) for i in range(6)]
+    cols = columnar(samples, 10.0, group="bus")
+    assert cols["t"] == [0, 2000, 4000, 1000, 3000, 5000]                 # grouped by bus, then time
+    assert cols["bus"] == {"rle": ["can0", 3, "can1", 3]} and cols["state"] == {"rle": ["active", 6]}
+    assert cols["load"] == [30, 32, 34, 31, 33, 35] and all(type(v) is int for v in cols["load"])
+    assert cols["x"] == [1.5] * 6                                           # numbers stay plain lists
+    assert expand(cols["bus"]) == ["can0"] * 3 + ["can1"] * 3 and expand([1, 2]) == [1, 2]

@@ -23,6 +23,7 @@ from agentproc import REPO, AgentProc, base_config, write_config
 from ingest_helper import Ingest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.blackbox.columns import expand
 from tools.localbroker import Mosquitto
 
 HANG = (b"3,%d,912345678,-;[drm:drm_atomic_helper_wait_for_flip_done [drm_kms_helper]] "
@@ -119,7 +120,7 @@ def test_campaign_lifecycle(tmp_path: Path, broker: Mosquitto) -> None:
         rows = ing.wait_for(snaps, lambda r: len(r) >= 1, 20)
         d = json.loads(rows[0][1])
         assert d["campaigns"] == ["gpu-hangs"] and d["trigger"] == "display.gpu_hang"
-        assert any("flip_done timed out" in line for line in d["kmsg"]["msg"]), d["kmsg"]
+        assert any("flip_done timed out" in line for line in expand(d["kmsg"]["msg"])), d["kmsg"]
         assert set(d) >= {"system", "kmsg"} and "link" not in d
         assert backend.ack("short", "retired", 20)["reason"] == "end date passed"
         st = _status(cfg_path)["blackbox"]

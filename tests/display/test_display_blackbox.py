@@ -21,6 +21,7 @@ from agentproc import AgentProc, base_config, write_config
 from display_helpers import clock_ticks, wait_for
 from ingest_helper import Ingest
 
+from agent.blackbox.columns import expand
 from tools.demo_parts.display import Xvfb, display_config, stop_client
 
 PRE_S, POST_S, SPIKE_BEFORE_S, SPIKE_S = 6.0, 2.0, 4.0, 1.5
@@ -78,7 +79,7 @@ def test_freeze_arrives_with_context_showing_the_spike_before_it(tmp_path: Path,
     spike_ms = spike_wall * 1000 - d["base_ms"]
     assert abs(spike_ms - (PRE_S - SPIKE_BEFORE_S) * 1000) < 1500, spike_ms
     procs = d["procs"]
-    seen = [pt for pt, top in zip(procs["t"], procs["top"], strict=True)
+    seen = [pt for pt, top in zip(procs["t"], expand(procs["top"]), strict=True)
             if any(name == "icvq-spike" for name, _ in top)]
     assert seen and all(spike_ms <= pt <= spike_ms + (SPIKE_S + 1.5) * 1000 for pt in seen), (spike_ms, procs)
     during = [c for pt, c in zip(t, d["system"]["cpu"], strict=True)

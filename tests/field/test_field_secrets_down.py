@@ -41,6 +41,7 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     token = "tok_" + secrets.token_hex(16)
     password = "pw-" + secrets.token_urlsafe(12)
     (tmp / "mqtt.pass").write_text(password + "\n")
+    (tmp / "mqtt.pass").chmod(0o600)  # the agent refuses a password file others may read
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", str(tmp / "client.key"), "-out", str(tmp / "client.crt"), "-days", "1",
                     "-subj", "/CN=VIN0002"], check=True, capture_output=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import sys
 import threading
 import time
@@ -53,7 +54,8 @@ class Consumer:
                  session_expiry_s: int = 3600, receive_max: int = 256, max_group: int = 1000,
                  limits: wire.Limits = wire.DEFAULT_LIMITS, stats_interval_s: float = 5.0,
                  keepalive_s: int = 30, status: bool = True, name: str = "ingest",
-                 leave_on_stop: bool = False, resolve: Callable[[str], str] | None = None) -> None:
+                 leave_on_stop: bool = False, resolve: Callable[[str], str] | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.host, self.port = host, port
         prefix = topic_prefix.rstrip("/")
@@ -83,6 +85,8 @@ class Consumer:
         # Back quickly after a broker restart: mosquitto (2.0) does not restore shared subscriptions from its
         # persistence, so until we resubscribe the broker answers publishers "no matching subscribers".
         self.client.reconnect_delay_set(0.1, 2)  # type: ignore[arg-type]  # paho takes float delays
+        if tls_context is not None:  # the backend's own client certificate (docs/security.md)
+            self.client.tls_set_context(tls_context)
         props = Properties(PacketTypes.CONNECT)
         # Receive Maximum bounds what the broker sends before we acknowledge: memory stays bounded without a
         # queue that would block paho's network thread.

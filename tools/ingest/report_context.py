@@ -13,6 +13,8 @@ import time
 from html import escape
 from typing import Any
 
+from agent.blackbox.columns import expand
+
 from . import svg
 from .store import Store
 
@@ -27,7 +29,7 @@ QUERY = ("SELECT s.vehicle, s.device, s.episode, s.t, s.fields, e.name, e.fields
 
 
 def _series(ch: dict[str, Any], key: str, pre_s: float) -> list[tuple[float, float]]:
-    t, v = ch.get("t") or [], ch.get(key) or []
+    t, v = expand(ch.get("t")), expand(ch.get(key))
     return [(ms / 1000 - pre_s, float(y)) for ms, y in zip(t, v, strict=False)
             if isinstance(y, (int, float)) and not isinstance(y, bool) and isinstance(ms, (int, float))]
 
@@ -89,7 +91,7 @@ def episode_block(vehicle: str, device: str, episode: int | None, t: float, snap
 
 
 def _kmsg_table(k: dict[str, Any], pre: float) -> str:
-    t, lvl, msg = k.get("t") or [], k.get("lvl") or [], k.get("msg") or []
+    t, lvl, msg = expand(k.get("t")), expand(k.get("lvl")), expand(k.get("msg"))
     rows = [(ms / 1000 - pre, lv, m) for ms, lv, m in zip(t, lvl, msg, strict=False) if isinstance(ms, (int, float))]
     if not rows:
         return "<p class=small>no kernel lines in the window</p>"

@@ -1,0 +1,130 @@
+"""State files are private whatever the umask; secret files others may read are refused (agent/private.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentproc import REPO, AgentProc, base_config, to_toml, write_config
+from broker import Mosquitto
+
+from agent import private
+from agent.errors import ConfigError
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def test_agent_state_is_private_under_umask_022(tmp_path: Path, broker: Mosquitto, umask_022: None) -> None:
+    """The real daemon (subprocess, inheriting umask 022) creates its directories, spool, history (with their
+    WAL/SHM) and control socket; `icvq dump` writes a bundle: none of it is readable by others."""
+    cfg = base_config(tmp_path, broker.port, spool={"path": str(tmp_path / "state" / "q" / "spool.db")},
+                      history={"path": str(tmp_path / "hist" / "history.db")},
+                      control={"socket": str(tmp_path / "run" / "control.sock"), "group": ""})
+    config = write_config(tmp_path, cfg)
+    agent = AgentProc(config, tmp_path / "agent.log").start()
+    try:
+        deadline = time.monotonic() + 20
+        wanted = [tmp_path / "state" / "q" / "spool.db-wal", tmp_path / "hist" / "history.db-wal"]
+        while not all(p.exists() for p in wanted) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = tmp_path / "bundle.tgz"
+        r = subprocess.run([sys.executable, "-m", "agent.cli", "dump", "-c", str(config), "-o", str(out)],
+                           capture_output=True, cwd=REPO, timeout=60)
+        assert r.returncode == 0, r.stderr
+        files = {p: mode(p) for d in ("state", "hist") for p in (tmp_path / d).rglob("*")}
+    finally:
+        assert agent.stop() == 0
+    assert mode(tmp_path / "state") == 0o750 and mode(tmp_path / "state" / "q") == 0o750
+    assert mode(tmp_path / "hist") == 0o750 and mode(tmp_path / "run") == 0o750
+    names = {p.name for p in files}
+    assert {"spool.db", "spool.db-wal", "spool.db-shm", "history.db", "history.db-wal"} <= names, names
+    dbs = {"spool.db", "spool.db-wal", "spool.db-shm", "history.db", "history.db-wal", "history.db-shm"}
+    assert {p.name: oct(m) for p, m in files.items() if p.name in dbs and m != 0o640} == {}
+    assert {p.name: oct(m) for p, m in files.items() if m & 0o027} == {}  # nothing else open wider either
+    assert mode(out) == 0o600
+    assert mode(tmp_path / "agent.toml") == 0o644  # the test's own file: umask 022 was in force
+
+
+def test_control_socket_mode(tmp_path: Path, umask_022: None) -> None:
+    from agent.private import private_dir
+
+    d = private_dir(tmp_path / "a" / "b")
+    assert mode(tmp_path / "a") == 0o750 and mode(d) == 0o750
+    private_dir(tmp_path / "a" / "b")  # existing: left alone, no error
+    assert mode(d) == 0o750
+
+
+def test_existing_world_readable_state_file_is_closed(tmp_path: Path, umask_022: None) -> None:
+    p = tmp_path / "spool.db"
+    p.write_bytes(b"")
+    assert mode(p) == 0o644
+    private.private_db(p)
+    assert mode(p) == 0o640
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+def secret(tmp: Path, text: str, m: int = 0o600) -> str:
+    p = tmp / "mqtt.pass"
+    p.write_text(text)
+    p.chmod(m)
+    return str(p)
+
+
+@pytest.mark.parametrize(("text", "password"), [
+    ("s3cret\n", "s3cret"), ("s3cret", "s3cret"), ("s3cret\r\nsecond line\n", "s3cret"),
+    (" spaced pw \nx", " spaced pw "),
+])
+def test_password_is_the_first_line_only(tmp_path: Path, text: str, password: str) -> None:
+    assert private.read_password(secret(tmp_path, text)) == password
+
+
+@pytest.mark.parametrize(("m", "ok"), [(0o600, True), (0o400, True), (0o640, False), (0o604, False),
+                                       (0o620, False), (0o644, False)])
+def test_password_file_readable_by_others_is_refused(tmp_path: Path, m: int, ok: bool) -> None:
+    path = secret(tmp_path, "pw\n", m)
+    if ok:
+        assert private.read_password(path) == "pw"
+        return
+    with pytest.raises(ConfigError) as e:
+        private.read_password(path)
+    assert e.value.key == "uplink.password_file" and path in str(e.value) and f"{m:04o}" in str(e.value)
+
+
+def test_empty_missing_and_non_regular_password_files_are_refused(tmp_path: Path) -> None:
+    for path, words in ((secret(tmp_path, "\nsecond\n"), "empty"), (str(tmp_path / "nope"), "no such file"),
+                        (str(tmp_path), "not a regular file")):
+        with pytest.raises(ConfigError, match=words):
+            private.read_password(path)
+
+
+@pytest.mark.parametrize("mode_", [0o644, 0o600])
+def test_check_config_names_an_unsafe_password_file(tmp_path: Path, mode_: int) -> None:
+    path = secret(tmp_path, "pw\n", mode_)
+    p = tmp_path / "agent.toml"
+    p.write_text(to_toml({"vehicle": {"id": "V", "device": "d", "fleet": "f"},
+                          "uplink": {"username": "car", "password_file": path}}))
+    for argv in (["-m", "agent", "--config", str(p), "--check-config"],
+                 ["-m", "agent.cli", "check-config", "-c", str(p)]):
+        r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO, timeout=30)
+        if mode_ == 0o600:
+            assert r.returncode == 0, r.stderr
+        else:
+            assert r.returncode == 78 and "uplink.password_file" in r.stderr and path in r.stderr, r.stderr
+            assert "chmod 600" in r.stderr and str(p) in r.stderr
