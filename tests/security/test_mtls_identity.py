@@ -53,7 +53,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     pki.revoke("VIN-C")
     (tmp / "acl").write_text(ACL)
     port = free_port()
-    conf = (f"per_listener_settings false\nlistener {port} 127.0.0.1\ncafile {pki.ca_cert}\n"
+    conf = (f"per_listener_settings false\nset_tcp_nodelay true\nlistener {port} 127.0.0.1\ncafile {pki.ca_cert}\n"
             f"certfile {broker_cert.cert}\nkeyfile {broker_cert.key}\ncrlfile {pki.crl}\n"
             "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
             f"acl_file {tmp / 'acl'}\n")
