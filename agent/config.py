@@ -20,7 +20,7 @@ from typing import Any
 
 from . import disabled
 from .blackbox.settings import BlackboxConfig
-from .errors import ConfigError
+from .errors import ConfigError, collecting, raise_collected
 from .schema import Origin, build, opt, to_plain
 from .software import SoftwareSource
 
@@ -200,8 +200,9 @@ def dropin_dir(main: Path) -> Path:
 
 
 def load(path: Path | str | None = None, *, dropins: bool = True, lean: bool = False) -> AgentConfig:
-    """Load and validate; raises ConfigError naming the file and key path. `lean` (the daemon): disabled
-    probes keep only their plain values and their modules are unloaded (agent/disabled.py)."""
+    """Load and validate; raises ConfigError naming the file and key path (ConfigErrors: all of them). `lean`
+    (the daemon): disabled probes keep only their plain values and their modules are unloaded
+    (agent/disabled.py)."""
     main = Path(path) if path else DEFAULT_PATH
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -210,10 +211,22 @@ def load(path: Path | str | None = None, *, dropins: bool = True, lean: bool = F
         d = dropin_dir(main)
         if d.is_dir():
             files += sorted(p for p in d.glob("*.toml") if p.is_file())
+    errors: list[ConfigError] = []
     for f in files:
-        _merge(merged, _read_toml(f), str(f), origins)
-    return from_mapping(merged, origin=lambda key: _origin_of(key, origins, str(main)),
-                        sources=tuple(map(str, files)), lean=lean)
+        layer = collecting(errors, lambda f=f: _read_toml(f))  # type: ignore[misc]
+        if layer is not None:
+            _merge(merged, layer, str(f), origins)
+
+    def build_all() -> AgentConfig:
+        return from_mapping(merged, origin=lambda key: _origin_of(key, origins, str(main)),
+                            sources=tuple(map(str, files)), lean=lean, require_vehicle=not errors)
+
+    if not errors:
+        return build_all()
+    # A file did not load: still check the layers that did, so one run names every mistake.
+    collecting(errors, build_all)
+    raise_collected(errors)
+    raise AssertionError("unreachable")
 
 
 def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
@@ -225,52 +238,59 @@ def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
 
 
 def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
-                 sources: tuple[str, ...] = (), lean: bool = False) -> AgentConfig:
+                 sources: tuple[str, ...] = (), lean: bool = False, require_vehicle: bool = True) -> AgentConfig:
+    """Build and validate; goes on after an error and raises them all (ConfigErrors when several)."""
     org: Origin = origin or (lambda _k: "")
-    known = ("vehicle", "uplink", "spool", "history", "control", "agent", "blackbox", "probes")
+    errors: list[ConfigError] = []
+    sections: dict[str, type] = {"vehicle": VehicleConfig, "uplink": UplinkConfig, "spool": SpoolConfig,
+                                 "history": HistoryConfig, "control": ControlConfig, "agent": AgentSection,
+                                 "blackbox": BlackboxConfig}
+    known = (*sections, "probes")
     for key in data:
         if key not in known:
-            raise ConfigError(f"unknown section (known: {', '.join(known)})", key=key, source=org(key))
+            errors.append(ConfigError(f"unknown section (known: {', '.join(known)})", key=key, source=org(key)))
     probes_data = data.get("probes", {})
     if not isinstance(probes_data, Mapping):
-        raise ConfigError("expected a table", key="probes", source=org("probes"))
+        errors.append(ConfigError("expected a table", key="probes", source=org("probes")))
+        probes_data = {}
     names = probe_names()
     for key in probes_data:
         if key not in names:
-            raise ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
-                              source=org(f"probes.{key}"))
+            errors.append(ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
+                                      source=org(f"probes.{key}")))
     probes: dict[str, Any] = {}
     loaded_before = set(sys.modules)
     for name in names:
         table = probes_data.get(name, {})
         if not isinstance(table, Mapping):
-            raise ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}"))
+            errors.append(ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}")))
+            continue
         mod = probe_module(name)
-        probes[name] = build(mod.Config, table, path=f"probes.{name}", origin=org)
+        built = collecting(errors, lambda mod=mod, table=table, name=name:  # type: ignore[misc]
+                           build(mod.Config, table, path=f"probes.{name}", origin=org))
+        if built is None:
+            continue
+        probes[name] = built
         # Checks beyond structure (a CAN map against its DBC), so --check-config catches what start would.
         check = getattr(mod, "check", None)
         if callable(check):
             try:
-                check(probes[name])
+                check(built)
             except ConfigError as e:
-                raise ConfigError(e.message, key=e.key, source=e.source or org(e.key)) from None
+                errors.extend(ConfigError(x.message, key=x.key, source=x.source or org(x.key)) for x in e.errors)
 
     def section(name: str, cls: type) -> Any:
         table = data.get(name, {})
         if not isinstance(table, Mapping):
-            raise ConfigError("expected a table", key=name, source=org(name))
-        return build(cls, table, path=name, origin=org)
+            errors.append(ConfigError("expected a table", key=name, source=org(name)))
+            return None
+        return collecting(errors, lambda: build(cls, table, path=name, origin=org))
 
-    if "vehicle" not in data:
+    if "vehicle" not in data and require_vehicle:
+        errors.append(ConfigError("required section is missing", key="vehicle", source=org("vehicle")))
+    parts = {name: section(name, cls) for name, cls in sections.items() if name != "vehicle" or name in data}
+    raise_collected(errors)
+    if parts.get("vehicle") is None:  # only when a file failed to load (require_vehicle=False)
         raise ConfigError("required section is missing", key="vehicle", source=org("vehicle"))
-    return AgentConfig(
-        vehicle=section("vehicle", VehicleConfig),
-        uplink=section("uplink", UplinkConfig),
-        spool=section("spool", SpoolConfig),
-        history=section("history", HistoryConfig),
-        control=section("control", ControlConfig),
-        agent=section("agent", AgentSection),
-        probes=MappingProxyType(disabled.release(probes, loaded_before) if lean else probes),
-        sources=sources,
-        blackbox=section("blackbox", BlackboxConfig),
-    )
+    kept = disabled.release(probes, loaded_before) if lean else probes
+    return AgentConfig(**parts, probes=MappingProxyType(kept), sources=sources)

@@ -182,7 +182,9 @@ class ControlServer:
                 except OSError as e:
                     log.warning("cannot give %s to group %s: %s", self.path, self.group, e.strerror)
             s.listen(16)
-            s.settimeout(0.5)
+            # Blocking accept: stop() shuts the listener down, which wakes accept() on Linux. A 0.5 s timeout
+            # to look at the stop flag was two wake-ups a second of an idle agent (issue 13).
+            s.settimeout(None)
         except BaseException:
             s.close()
             raise
@@ -212,6 +214,10 @@ class ControlServer:
     def stop(self) -> None:
         self._stop.set()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
         with self._lock:
             conns = list(self._conns)
@@ -386,11 +392,12 @@ class ControlServer:
                 self._status_cache = (now, {**self.daemon.status(), "history": self._history_status()})
             st = dict(self._status_cache[1])
         d = self.daemon
-        st["now"] = time.time()
+        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
+        v = d.verdict()
+        st["verdict"] = v.as_dict()
+        st["now"] = v.now  # ages in the status and the verdict's since-times share one clock reading
         st["healthy"] = d.healthy()
         st["pipeline_age_s"] = round(time.monotonic() - d.pipeline.alive_mono, 1)
-        # Never cached: the verdict is cheap (no database) and must match STATUS= of the same moment.
-        st["verdict"] = d.verdict().as_dict()
         with self._lock:
             st["control"] = {**self.stats, "clients": len(self._conns), "tails": len(self._subs),
                              "tail_dropped": self.stats["tail_dropped"] + sum(s.dropped for s in self._subs)}

@@ -61,7 +61,7 @@ class Daemon:
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
         self.blackbox = BlackBoxParts(on_wire, self.clock, emit=lambda r: self.pipeline.intake(r),
                                       send=lambda topic, payload: self.uplink.send(topic, payload),
-                                      software=self.software[0])
+                                      software=self.software[0], refresh_birth=lambda: self.uplink.refresh_birth())
         self.uplink = Uplink(cfg.uplink, self.wire_vehicle, boot_id=self.clock.boot_id,
                              birth_fields=self.birth_fields, wall_ms=lambda: int(self.clock.wall() * 1000),
                              **self.blackbox.uplink_hooks())
@@ -134,6 +134,8 @@ class Daemon:
             return
         if new.spool.path != self.cfg.spool.path or new.vehicle != self.cfg.vehicle:
             log.warning("spool path or vehicle identity changed: takes effect on restart only")
+        if new.blackbox != self.cfg.blackbox:
+            log.warning("[blackbox] changed: takes effect on restart only (the ring keeps running as it was)")
         for p in self.probes:
             p.stop()
         uplink_changed = new.uplink != self.cfg.uplink
@@ -194,6 +196,7 @@ class Daemon:
             "config": {"path": self.config_path, "digest": self.cfg.digest, "sources": list(self.cfg.sources)},
             "vehicle": {"id": self.cfg.vehicle.id, "device": self.cfg.vehicle.device,
                         "fleet": self.cfg.vehicle.fleet, "wire_id": self.wire_vehicle.id},
+            "software": {"versions": self.software[0], "swin": self.software[1]},
             "clock": {"boot_id": self.clock.boot_id, "synced": self.clock.synced()},
             "probes": {p.name: p.status() for p in self.probes},
             "episodes": episodes + [e for p in self.probes for e in p.active_episodes()],
@@ -216,7 +219,9 @@ class Daemon:
         last_ping = 0.0
         last_status = ""
         while True:
-            self._stop.wait(min(ping_every, 2.0))
+            # Signals set _stop; otherwise only the watchdog ping and the STATUS line need a turn (issue 13:
+            # this was a wake-up every 2 s; 5 s keeps `systemctl status` current enough).
+            self._stop.wait(min(ping_every, 5.0))
             if self._reload.is_set():
                 self._reload.clear()
                 self._stop.clear()

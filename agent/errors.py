@@ -8,7 +8,11 @@ counts it per source and skips it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 EX_CONFIG = 78
+T = TypeVar("T")
 
 
 class IcvqError(Exception):
@@ -22,8 +26,36 @@ class ConfigError(IcvqError):
         self.message = message
         self.key = key
         self.source = source
+        self.errors: list[ConfigError] = [self]  # every error found; more than one in a ConfigErrors
         where = ": ".join(p for p in (source, key) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "key": self.key, "message": self.message, "text": str(self)}
+
+
+class ConfigErrors(ConfigError):
+    """Several config errors at once: loading goes on after the first so one run names them all."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__(f"{len(errors)} errors:\n" + "\n".join(f"  {e}" for e in errors))
+        self.errors = errors
+
+
+def collecting(errors: list[ConfigError], fn: Callable[[], T]) -> T | None:
+    """Run `fn`; on ConfigError keep its errors in `errors` and return None, so the caller goes on."""
+    try:
+        return fn()
+    except ConfigError as e:
+        errors.extend(e.errors)
+        return None
+
+
+def raise_collected(errors: list[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 class ProbeError(IcvqError):

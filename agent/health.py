@@ -219,8 +219,10 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
     spool_fact: SpoolFact | None = None
     if trouble is not None:
         spool_fact = SpoolFact(trouble.state, trouble.since, trouble.detail)
-    elif sp.degraded:
-        spool_fact = SpoolFact("unwritable", None, sp.last_disk_error)
+    elif sp.degraded:  # a spool without `trouble`: since when the verdict first saw it
+        spool_fact = SpoolFact("unwritable", d.onsets("spool_unwritable", True, now), sp.last_disk_error)
+    else:
+        d.onsets("spool_unwritable", False, now)
     synced = d.clock.synced()
     return Facts(
         now=now, pipeline_age_s=max(0.0, mono - pl.alive_mono),

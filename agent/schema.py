@@ -3,6 +3,8 @@
 A config section is a frozen dataclass; `opt()` attaches range/choice limits, secrecy and docs to a field.
 `build()` turns a table into the dataclass and refuses unknown keys, wrong types and out-of-range values with
 an error naming the full key path and the file that set it (Telegraf's rule: unknown keys are startup errors).
+It goes on after an error and raises them all at the end (`ConfigErrors`), so one run of `check-config` names
+every mistake.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, collecting, raise_collected
 
 T = TypeVar("T")
 Origin = Callable[[str], str]
@@ -113,20 +115,26 @@ def build(cls: type[T], data: Mapping[str, Any], *, path: str = "", origin: Orig
     """Build dataclass `cls` from `data`; `path` prefixes key paths in errors."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    errors: list[ConfigError] = []
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"unknown key (known keys here: {known})", key=_join(path, key),
-                              source=origin(_join(path, key)))
+            errors.append(ConfigError(f"unknown key (known keys here: {known})", key=_join(path, key),
+                                      source=origin(_join(path, key))))
     kwargs: dict[str, Any] = {}
+
+    def one(f: dataclasses.Field, key: str) -> None:
+        value = _convert(hints[f.name], data[f.name], key, origin)
+        _check_limits(f, value, key, origin)
+        kwargs[f.name] = value
+
     for name, f in fields.items():
         key = _join(path, name)
         if name in data:
-            value = _convert(hints[name], data[name], key, origin)
-            _check_limits(f, value, key, origin)
-            kwargs[name] = value
+            collecting(errors, lambda f=f, key=key: one(f, key))  # type: ignore[misc]
         elif f.default is _MISSING and f.default_factory is _MISSING:
-            raise ConfigError("required key is missing", key=key, source=origin(path))
+            errors.append(ConfigError("required key is missing", key=key, source=origin(path)))
+    raise_collected(errors)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):

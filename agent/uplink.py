@@ -246,6 +246,15 @@ class Uplink:
             return False
         return client.publish(topic, payload, qos=1).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def refresh_birth(self) -> bool:
+        """Publish the birth again (retained) while connected, because what it reports changed (the black box's
+        campaigns); False if offline — the next connection's birth carries it."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        return client.publish(self.status_topic, self._status("birth"), qos=1, retain=True,
+                              properties=self._props()).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def note_ack(self) -> None:
         self.last_ack_wall = time.time()
         self.last_ack_mono = time.monotonic()

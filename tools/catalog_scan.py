@@ -32,6 +32,7 @@ FAMILY = re.compile(r"\A(agent|system|display|link|can|sensor|storage|blackbox|u
 @dataclass
 class Found:
     names: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))     # name -> "file:line"
+    kinds: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))     # literal name -> kinds
     fields: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))    # name -> keys
     drops: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))     # reason -> "file:line"
 
@@ -170,8 +171,10 @@ def _scan_emits(mod: _Module, found: Found) -> None:
     for fn in ast.walk(mod.tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        aliases = {t.id for node in ast.walk(fn) if isinstance(node, ast.Assign) and _is_rec_call(node.value, set())
-                   for t in node.targets if isinstance(t, ast.Name)}
+        alias_kind = {t.id: _chain(node.value)[-1] for node in ast.walk(fn)
+                      if isinstance(node, ast.Assign) and _is_rec_call(node.value, set())
+                      for t in node.targets if isinstance(t, ast.Name)}
+        aliases = set(alias_kind)
         loops = _loop_tables(fn)
         locals_ = _local_dicts(fn)
         for node in ast.walk(fn):
@@ -181,9 +184,9 @@ def _scan_emits(mod: _Module, found: Found) -> None:
             computed = names is None
             if names is None:
                 names = mod.package_names
-            kind = node.func.id if isinstance(node.func, ast.Name) else _chain(node.func)[-1]
+            kind = alias_kind[node.func.id] if isinstance(node.func, ast.Name) else _chain(node.func)[-1]
             # end(name, episode, fields); the others (name, fields)
-            pos = 2 if kind == "end" and not isinstance(node.func, ast.Name) else 1
+            pos = 2 if kind == "end" else 1
             field_args = list(node.args[pos:pos + 1]) + [k.value for k in node.keywords if k.arg in ("fields", "value")]
             keys: set[str] = set()
             for a in field_args:
@@ -191,6 +194,7 @@ def _scan_emits(mod: _Module, found: Found) -> None:
             for n in names:
                 found.names[n].add(mod.where(node))
                 if not computed:  # which of the package's names gets these keys is decided at run time
+                    found.kinds[n].add(kind)
                     found.fields[n] |= keys
 
 

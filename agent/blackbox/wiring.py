@@ -25,11 +25,13 @@ log = logging.getLogger("icvq.blackbox")
 
 class Parts:
     def __init__(self, cfg: AgentConfig, clock: Clock, emit: Callable[[Record], None],
-                 send: Callable[[str, bytes], bool], software: Mapping[str, str] | None = None) -> None:
+                 send: Callable[[str, bytes], bool], software: Mapping[str, str] | None = None,
+                 refresh_birth: Callable[[], bool] | None = None) -> None:
         bc = cfg.blackbox
         self.box: BlackBox | None = BlackBox(bc, clock, emit) if bc.enabled else None
         self.campaigns: Campaigns | None = None
         self.subscriptions: tuple[str, ...] = ()
+        self._refresh_birth: Callable[[], bool] | None = None
         if self.box is not None and bc.campaigns and bc.max_campaigns > 0:
             v = cfg.vehicle
             subs, ack = topics(cfg.uplink.topic_prefix, v.fleet, v.id, v.device)
@@ -37,9 +39,16 @@ class Parts:
             # `software` is what the birth message reports (agent/software.py): campaigns target those versions.
             me = Identity(v.fleet, v.id, v.device, {**(software or cfg.agent.components), "agent": __version__})
             self.campaigns = Campaigns(path, me, window_s=bc.window_s, max_campaigns=bc.max_campaigns,
-                                       wall=clock.wall, on_change=self.box.set_campaign_triggers, send=send,
+                                       wall=clock.wall, on_change=self._campaigns_changed, send=send,
                                        ack_topic=ack)
+            self._refresh_birth = refresh_birth
             self.subscriptions = tuple(subs)
+
+    def _campaigns_changed(self, triggers: list[Any]) -> None:
+        assert self.box is not None
+        self.box.set_campaign_triggers(triggers)
+        if self._refresh_birth is not None:
+            self._refresh_birth()  # the retained birth lists the running campaigns (`campaign list` reads it)
 
     def uplink_hooks(self) -> dict[str, Any]:
         if self.campaigns is None:

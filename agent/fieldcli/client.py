@@ -38,6 +38,7 @@ EXIT_HUNG = 5           # a process owns the socket but does not answer (stopped
 EXIT_DEGRADED = 6       # verdict "degraded": collecting and keeping data, something needs a look
 EX_DATAERR = 65         # sysexits: the input file is not what it should be
 EX_NOINPUT = 66         # sysexits: the input file is missing or unreadable
+EX_IOERR = 74           # sysexits: a file could not be written (dump -o)
 EX_CONFIG = 78          # sysexits: the config is invalid (check-config)
 
 EPILOG = """exit status:
@@ -45,7 +46,8 @@ EPILOG = """exit status:
   2   usage error             3   agent NOT RUNNING (nothing listens on its socket)
   4   NO PERMISSION to ask    5   agent HUNG (owns the socket, does not answer)
   6   degraded                65  not a valid payload or bundle
-  66  input file missing or unreadable   78  invalid config"""
+  66  input file missing or unreadable   74  output file not writable
+  78  invalid config"""
 
 NOT_RUNNING, HUNG, NO_PERMISSION = "not_running", "hung", "no_permission"
 LABELS = {NOT_RUNNING: "NOT RUNNING", HUNG: "HUNG", NO_PERMISSION: "NO PERMISSION"}
@@ -67,6 +69,13 @@ class Unavailable(Exception):
 
     def explain(self) -> str:
         return f"agent {self.label}: {self}"
+
+
+def headline(state: str, reason: str) -> str:
+    """The first line when the agent could not be asked: which of the three, and why."""
+    if state == NO_PERMISSION:
+        return f"icvq-agent: NO PERMISSION to ask it ({reason})"
+    return f"icvq-agent is {LABELS.get(state, state.upper())} ({reason})"
 
 
 def peer_pid(s: socket.socket) -> int | None:

@@ -16,7 +16,7 @@ from ..control import json_default
 from ..inventory import inventory
 from . import collect, events
 from . import status as status_cmd
-from .client import EX_DATAERR, EXIT_USAGE, LABELS, Context, context
+from .client import EX_DATAERR, EX_NOINPUT, EXIT_USAGE, LABELS, Context, context
 from .fmt import isatty, size
 from .redact import Scrubber, effective_config
 
@@ -176,7 +176,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             with open(args.bundle, "rb") as f:
                 prefix, members = bundle.read(f)
-    except (bundle.BadBundle, OSError) as e:
+    except OSError as e:
+        print(f"icvq: {args.bundle}: {e.strerror or e}", file=sys.stderr)
+        return EX_NOINPUT
+    except bundle.BadBundle as e:
         print(f"icvq: {args.bundle}: {e}", file=sys.stderr)
         return EX_DATAERR
     if args.show:
@@ -201,6 +204,6 @@ def register(sub: Any, handlers: dict[str, Any], common: Any) -> None:
 
     p = sub.add_parser("inspect", help="summarise a bundle from `icvq dump` (offline, e.g. on a laptop)")
     p.add_argument("bundle", help="the .tar.gz, or - for stdin")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
     p.add_argument("--show", metavar="MEMBER", help="print one member, e.g. agent.log or status.json")
     handlers["inspect"] = cmd_inspect

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import history
 from ..control import json_default
-from .client import EXIT_DOWN, EXIT_OK, LABELS, Context, RequestError, Unavailable, context
+from .client import EXIT_DOWN, EXIT_OK, Context, RequestError, Unavailable, context, headline
 from .fmt import fields, parse_since, table, ts
 
 
@@ -60,8 +60,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2, default=json_default))
         return EXIT_OK
     if not res["running"]:
-        print(f"icvq-agent is {LABELS[res['agent']]} ({res['reason']}); events read from {res['source']} "
-              "(read-only)")
+        print(f"{headline(res['agent'], res['reason'])}; events read from {res['source']} (read-only)")
     rows = list(reversed(res["events"]))  # newest last, next to the prompt
     if not rows:
         print("no events" + (f" ({res['note']})" if res.get("note") else ""))

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..control import json_default
 from . import offline
-from .client import EXIT_DEGRADED, EXIT_FAILING, EXIT_OK, LABELS, Context, Unavailable, ask, context
+from .client import EXIT_DEGRADED, EXIT_FAILING, EXIT_OK, Context, Unavailable, ask, context, headline
 from .fmt import age, fields, kv, size, table, ts
 
 VERDICT_EXIT = {"healthy": EXIT_OK, "degraded": EXIT_DEGRADED, "failing": EXIT_FAILING}
@@ -58,8 +58,7 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
         lines += [("note", reason_text(r, now, t)) for r in notes]
         out.append(kv(lines))
     else:
-        out.append(f"icvq-agent is {LABELS.get(agent, agent.upper())} ({st.get('reason')}); "
-                   "read from disk, read-only")
+        out.append(f"{headline(agent, str(st.get('reason')))}; read from disk, read-only")
     out.append("")
     rows: list[tuple[str, str]] = []
     veh = st.get("vehicle")

@@ -9,6 +9,7 @@ from pathlib import Path
 from agentproc import AgentProc, base_config, write_config
 from ingest_helper import Ingest
 
+from agent.fieldcli.client import Client
 from tools.ingest.predict_data import Boot, Occurrence, software_view
 from tools.ingest.predict_params import Params
 from tools.ingest.predict_versions import version_rows
@@ -22,6 +23,9 @@ def test_birth_carries_swin_and_the_ingest_stores_it(tmp_path: Path, broker) -> 
     agent = AgentProc(write_config(tmp_path, cfg), tmp_path / "agent.log").start()
     try:
         rows = ing.wait_for("SELECT component, version FROM software ORDER BY component", lambda r: len(r) >= 4)
+        with Client(cfg["control"]["socket"]) as c:
+            status = c.request({"cmd": "status"})["status"]
+        assert status["software"] == {"versions": {"hmi": "3.2.1", "modem": "1.0"}, "swin": {"hmi": "HMI-0302-B"}}
     finally:
         assert agent.stop() == 0
         ing.stop()

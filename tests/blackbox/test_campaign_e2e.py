@@ -23,7 +23,9 @@ from agentproc import REPO, AgentProc, base_config, write_config
 from ingest_helper import Ingest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent import wire
 from agent.blackbox.columns import expand
+from tools.ingest.campaign import retained
 from tools.localbroker import Mosquitto
 
 HANG = (b"3,%d,912345678,-;[drm:drm_atomic_helper_wait_for_flip_done [drm_kms_helper]] "
@@ -123,6 +125,9 @@ def test_campaign_lifecycle(tmp_path: Path, broker: Mosquitto) -> None:
         assert any("flip_done timed out" in line for line in expand(d["kmsg"]["msg"])), d["kmsg"]
         assert set(d) >= {"system", "kmsg"} and "link" not in d
         assert backend.ack("short", "retired", 20)["reason"] == "end date passed"
+        birth = wire.decode(retained("127.0.0.1", broker.port, [f"icvq/v1/{FLEET}/{VEH}/hu/status"], 0.5)
+                            [f"icvq/v1/{FLEET}/{VEH}/hu/status"])
+        assert isinstance(birth, wire.Status) and birth.fields["campaigns"] == ["gpu-hangs"]  # republished
         st = _status(cfg_path)["blackbox"]
         assert [c["id"] for c in st["campaigns"]] == ["gpu-hangs"]
         assert agent.stop() == 0

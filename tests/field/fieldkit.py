@@ -6,12 +6,14 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pwd
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -112,10 +114,19 @@ LogLevel ERROR
         pytest.fail(f"sshd did not start:\n{(self.tmp / 'sshd.log').read_text()}")
 
     def ssh(self, icvq_args: list[str], env: dict[str, str], stdout: Any = subprocess.PIPE,
-            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        """`ssh car icvq ARGS`: env travels with SetEnv/AcceptEnv like an engineer's ssh_config would do it."""
+            timeout: float = 60, user: str = "") -> subprocess.CompletedProcess[bytes]:
+        """`ssh car icvq ARGS`: env travels with SetEnv/AcceptEnv like an engineer's ssh_config would do it.
+        With `user`, the command runs as that user without supplementary groups (setpriv, the distro python
+        and a world-readable copy of the CLI), like an engineer whose account is not in the agent's group."""
         setenv = " ".join(f"{k}={v}" for k, v in {"PYTHONPATH": str(REPO), **env}.items())
         remote = shlex.join([sys.executable, "-m", "agent.cli", *icvq_args])
+        if user:
+            pass_env = [f"{k}={v}" for k, v in env.items()]
+            remote = shlex.join([need("setpriv"), f"--reuid={user}",
+                                 f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", "env",
+                                 "-i", f"PYTHONPATH={public_agent()}", "LC_ALL=C.UTF-8",
+                                 "PYTHONDONTWRITEBYTECODE=1", *pass_env, need("/usr/bin/python3"), "-m",
+                                 "agent.cli", *icvq_args])
         argv = ["ssh", "-F", "/dev/null", "-i", str(self.tmp / "user_key"), "-p", str(self.port),
                 "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "LogLevel=ERROR", "-o", f"SetEnv={setenv}", "root@127.0.0.1", remote]
@@ -172,3 +183,34 @@ class Lines:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return dict(json.loads(line))
+
+
+# ----------------------------------------------------------------------------------- systemd's view
+class NotifySocket:
+    """A NOTIFY_SOCKET as systemd offers it: collects what the agent sends (READY=1, STATUS=..., WATCHDOG=1)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.lines.extend(self.sock.recv(4096).decode().split("\n"))
+            except TimeoutError:
+                continue
+
+    def status(self) -> str:
+        """The last STATUS= text, what `systemctl status` shows now."""
+        return next((ln[7:] for ln in reversed(self.lines) if ln.startswith("STATUS=")), "")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()

@@ -24,6 +24,13 @@ def test_every_emitted_name_is_declared() -> None:
     assert not missing, f"register these record names in agent/catalog.py: {missing}"
 
 
+def test_every_literal_kind_is_declared() -> None:
+    """`rec.event("x")` where the catalog says x is an episode (or the reverse) is a wrong promise either way."""
+    wrong = [f"{n}: {k}" for n, kinds in FOUND.kinds.items() for k in sorted(kinds)
+             if (d := catalog.lookup(n)) is not None and k.upper() not in {x.name for x in d.kinds}]
+    assert not wrong, f"kinds emitted but not declared in agent/catalog.py: {wrong}"
+
+
 def test_every_literal_field_is_declared() -> None:
     missing = []
     for name, keys in FOUND.fields.items():

@@ -107,6 +107,7 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     print(json.dumps({"stored": c.stored, "duplicates": c.duplicates, "rejected": c.rejected,
+                      "conflicts": c.stats.conflicts, "status_replays": c.stats.status_replays,
                       "records_stored": c.stats.records, "decode_s": round(c.stats.decode_s, 3),
                       "write_s": round(c.stats.write_s, 3), **store.counts()}))
     store.close()

@@ -264,6 +264,8 @@ class Consumer:
         st.records += res.records
         st.status += res.status
         st.rejected += res.dead
+        st.conflicts += res.conflicts
+        st.status_replays += res.status_replays
         if self.show_stats and res.stored:
             now = time.time()
             for e in entries:

@@ -7,6 +7,7 @@ are caught here, so one odd batch becomes a dead letter instead of a failed tran
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -48,7 +49,33 @@ class Rows:
     status: list[tuple[Any, ...]] = field(default_factory=list)
     software: list[tuple[Any, ...]] = field(default_factory=list)
     dead: list[tuple[Any, ...]] = field(default_factory=list)
-    repeats: int = 0  # the same batch more than once in this group (counted as duplicates)
+    # Every copy of each batch in this group: (digest of its payload, topic, payload, received). The first
+    # gives the rows; the store's `settle` then tells a resend (same bytes) from a conflict (the same identity
+    # with other bytes: a cloned spool, a reflashed unit, a bug).
+    copies: dict[BatchKey, list[tuple[str | None, str, bytes, float]]] = field(default_factory=dict)
+
+
+def digest(payload: bytes) -> str | None:
+    """Stored with each batch; None when the payload is unknown (the minimal ingest's add())."""
+    return hashlib.sha256(payload).hexdigest()[:32] if payload else None
+
+
+def settle(rows: Rows, key: BatchKey, stored: str | None, new: bool) -> tuple[int, int]:
+    """(duplicates, conflicts) among this group's copies of batch `key`: the reference is the stored copy's
+    digest, or this group's first copy if the store had none (`new`). A copy with other bytes becomes a dead
+    letter with reason `conflict`; the first copy stays. Unknown digests (None) never conflict."""
+    copies = rows.copies.get(key, [])
+    ref = copies[0][0] if new else stored
+    dups = clashes = 0
+    for dig, topic, payload, received in copies[1:] if new else copies:
+        if ref is not None and dig is not None and dig != ref:
+            rows.dead.append((received, topic[:512], "conflict", f"identity {key} already stored with other "
+                              f"bytes (sha256 {ref[:12]}…, this one {dig[:12]}…)", len(payload),
+                              bytes(payload[:256])))
+            clashes += 1
+        else:
+            dups += 1
+    return dups, clashes
 
 
 def fleet_of(topic: str) -> str | None:
@@ -161,7 +188,7 @@ def build(msgs: Iterable[Message]) -> Rows:
         elif isinstance(m.obj, wire.Status):
             add_status(rows, m.obj, m.received)
         else:
-            add_batch(rows, m.topic, m.obj, m.received)
+            add_batch(rows, m.topic, m.obj, m.received, m.payload)
     return rows
 
 
@@ -173,11 +200,12 @@ def add_status(rows: Rows, s: wire.Status, received: float) -> None:
             rows.software.append((s.vehicle, s.device, s.boot, comp, ver, s.t_ms / 1000))
 
 
-def add_batch(rows: Rows, topic: str, b: wire.Batch, received: float) -> None:
+def add_batch(rows: Rows, topic: str, b: wire.Batch, received: float, payload: bytes = b"") -> None:
     bid = b.id
     key = bid.key()
-    if key in rows.records:  # the same batch twice in one transaction (a resend): first one wins
-        rows.repeats += 1
+    dig = digest(payload)
+    rows.copies.setdefault(key, []).append((dig, topic, payload, received))
+    if key in rows.records:  # the same batch twice in one transaction: the first gives the rows
         return
     recs = b.records
     out: list[tuple[Any, ...]] = []
@@ -203,7 +231,7 @@ def add_batch(rows: Rows, topic: str, b: wire.Batch, received: float) -> None:
     # The batch's time extent: the `boots` view aggregates these (no hot per-boot row that every worker
     # handling a batch of the same drive would have to lock).
     rows.batches.append((bid.vehicle, bid.device, bid.sid, bid.boot, bid.seq, fleet_of(topic), received,
-                         len(recs), synced, lo_t / 1000, hi_t / 1000, lo_m / 1000, hi_m / 1000))
+                         len(recs), synced, lo_t / 1000, hi_t / 1000, lo_m / 1000, hi_m / 1000, dig))
     if eps:
         rows.episodes[key] = eps
 

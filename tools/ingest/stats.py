@@ -19,8 +19,10 @@ class Stats:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
+    conflicts: int = 0          # identities reused with other bytes (also in rejected: dead letters)
     records: int = 0
     status: int = 0
+    status_replays: int = 0     # status messages already stored (retained ones replayed on subscribe)
     retries: int = 0
     decode_s: float = 0.0   # strict decoding (CPU)
     write_s: float = 0.0    # store transactions, including lock waits and fsync
@@ -46,5 +48,6 @@ class Stats:
                else "lag -")
         self._mark, self._mark_records, self._mark_batches, self._lags = now, self.records, self.stored, []
         return (f"{self.name}: {rec_s:,.0f} rec/s {bat_s:,.0f} batch/s | total {self.records:,} rec "
-                f"{self.stored:,} batches, dup {self.duplicates:,}, dead {self.rejected:,}, "
-                f"status {self.status:,}, retries {self.retries:,} | queue {queued + pending:,} | {lag}")
+                f"{self.stored:,} batches, dup {self.duplicates:,}, dead {self.rejected:,} "
+                f"(conflict {self.conflicts:,}), status {self.status:,} (replayed {self.status_replays:,}), "
+                f"retries {self.retries:,} | queue {queued + pending:,} | {lag}")

@@ -37,7 +37,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     vehicle TEXT NOT NULL, device TEXT NOT NULL, sid INTEGER NOT NULL, boot TEXT NOT NULL, seq INTEGER NOT NULL,
     fleet TEXT, received REAL NOT NULL, n_records INTEGER NOT NULL, synced INTEGER NOT NULL,
-    t_first REAL, t_last REAL, mono_first REAL, mono_last REAL,
+    t_first REAL, t_last REAL, mono_first REAL, mono_last REAL, digest TEXT,
     PRIMARY KEY (vehicle, device, sid, boot, seq));
 CREATE TABLE IF NOT EXISTS records (
     vehicle TEXT NOT NULL, device TEXT NOT NULL, sid INTEGER NOT NULL, seq INTEGER NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS software (
 """
 
 # Columns added after the first schema: a database written by the minimal ingest gets them on open.
-ADDED_COLUMNS = {"batches": ("t_first REAL", "t_last REAL", "mono_first REAL", "mono_last REAL"),
+ADDED_COLUMNS = {"batches": ("t_first REAL", "t_last REAL", "mono_first REAL", "mono_last REAL", "digest TEXT"),
                  "dead_letter": ("detail TEXT",)}
 # One row per boot (a drive, for a head unit): its extent and record count, from the batches' extents.
 BOOTS_VIEW = """CREATE VIEW IF NOT EXISTS boots AS SELECT vehicle, device, boot, MIN(fleet) AS fleet,
@@ -117,9 +117,16 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             new: list[R.BatchKey] = []
+            dups = clashes = 0
             for b in sorted(rows.batches, key=lambda x: x[:5]):
-                if db.execute(f"INSERT OR IGNORE INTO batches ({BATCH_COLS}) VALUES ({_ph(13)})", b).rowcount:
+                fresh = db.execute(f"INSERT OR IGNORE INTO batches ({BATCH_COLS}) VALUES ({_ph(14)})", b).rowcount
+                old = None if fresh else db.execute(
+                    "SELECT digest FROM batches WHERE vehicle = ? AND device = ? AND sid = ? AND boot = ? "
+                    "AND seq = ?", b[:5]).fetchone()
+                if fresh:
                     new.append(b[:5])
+                d, c = R.settle(rows, b[:5], old[0] if old else None, bool(fresh))
+                dups, clashes = dups + d, clashes + c
             recs, eps = R.new_parts(rows, new)
             db.executemany(f"INSERT INTO records ({RECORD_COLS}) VALUES ({_ph(14)})", recs)
             begins, ends = split_episodes(eps)
@@ -143,8 +150,7 @@ class SqliteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return WriteResult(len(new), len(rows.batches) - len(new) + rows.repeats, len(recs), n_status,
-                           len(rows.dead))
+        return WriteResult(len(new), dups, len(recs), n_status, len(rows.dead), clashes, len(rows.status) - n_status)
 
     def is_transient(self, e: BaseException) -> bool:
         """Worth retrying the same messages later (not acknowledged meanwhile)."""

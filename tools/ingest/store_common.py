@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from .rows import Message
 
 BATCH_COLS = ("vehicle, device, sid, boot, seq, fleet, received, n_records, synced, t_first, t_last, mono_first, "
-              "mono_last")
+              "mono_last, digest")
 RECORD_COLS = "vehicle, device, sid, seq, idx, t, mono, boot, synced, kind, name, value, fields, episode"
 STATUS_COLS = "vehicle, device, kind, t, boot, fields, received"
 SOFTWARE_COLS = "vehicle, device, boot, component, version, t"
@@ -27,7 +27,9 @@ class WriteResult:
     duplicates: int = 0   # batches already stored (redelivery)
     records: int = 0      # records of the new batches
     status: int = 0
-    dead: int = 0
+    dead: int = 0         # dead letters, conflicts included
+    conflicts: int = 0    # a stored identity arrived with other bytes (dead letter `conflict`, first kept)
+    status_replays: int = 0  # status messages stored before (retained ones come again on every subscribe)
 
 
 class Store(Protocol):

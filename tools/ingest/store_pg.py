@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS batches (
     vehicle text NOT NULL, device text NOT NULL, sid bigint NOT NULL, boot text NOT NULL, seq bigint NOT NULL,
     fleet text, received double precision NOT NULL, n_records integer NOT NULL, synced integer NOT NULL,
     t_first double precision, t_last double precision, mono_first double precision, mono_last double precision,
-    PRIMARY KEY (vehicle, device, sid, boot, seq));
+    digest text, PRIMARY KEY (vehicle, device, sid, boot, seq));
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS digest text;
 CREATE TABLE IF NOT EXISTS records (
     vehicle text NOT NULL, device text NOT NULL, sid bigint NOT NULL, seq bigint NOT NULL, idx integer NOT NULL,
     t double precision NOT NULL, mono double precision NOT NULL, boot text NOT NULL, synced integer NOT NULL,
@@ -59,7 +60,7 @@ CREATE OR REPLACE VIEW boots AS SELECT vehicle, device, boot, MIN(fleet) AS flee
 """
 
 BATCH_TYPES = ("text[], text[], bigint[], text[], bigint[], text[], float8[], int[], int[], float8[], float8[], "
-               "float8[], float8[]")
+               "float8[], float8[], text[]")
 
 
 def _unnest(types: str) -> str:
@@ -92,12 +93,22 @@ class PostgresStore:
         conn = self.conn
         with conn.transaction(), conn.cursor() as cur:
             new: list[R.BatchKey] = []
+            dups = clashes = 0
             if rows.batches:
                 batches = sorted(rows.batches, key=lambda x: x[:5])
                 cur.execute(f"INSERT INTO batches ({BATCH_COLS}) {_unnest(BATCH_TYPES)} "
                             "ON CONFLICT DO NOTHING RETURNING vehicle, device, sid, boot, seq",
-                            _columns(batches, 13))
+                            _columns(batches, 14))
                 new = sorted((v, d, int(s), b, int(q)) for v, d, s, b, q in cur.fetchall())
+                fresh = set(new)
+                for b in batches:
+                    old = None
+                    if b[:5] not in fresh:
+                        cur.execute("SELECT digest FROM batches WHERE vehicle = %s AND device = %s AND sid = %s "
+                                    "AND boot = %s AND seq = %s", b[:5])
+                        old = cur.fetchone()
+                    d, c = R.settle(rows, b[:5], old[0] if old else None, b[:5] in fresh)
+                    dups, clashes = dups + d, clashes + c
             recs, eps = R.new_parts(rows, new)
             if recs:
                 with cur.copy(f"COPY records ({RECORD_COLS}) FROM STDIN") as cp:
@@ -130,11 +141,10 @@ class PostgresStore:
                 cur.execute(f"INSERT INTO software ({SOFTWARE_COLS}) "
                             f"{_unnest('text[], text[], text[], text[], text[], float8[]')} ON CONFLICT DO NOTHING",
                             _columns(sorted(rows.software), 6))
-            if rows.dead:
+            if rows.dead:  # after the batches: conflicts found there are dead letters too
                 cur.executemany(f"INSERT INTO dead_letter ({DEAD_COLS}) "
                                 "VALUES (%s, %s, %s, %s, %s, %s)", rows.dead)
-        return WriteResult(len(new), len(rows.batches) - len(new) + rows.repeats, len(recs), n_status,
-                           len(rows.dead))
+        return WriteResult(len(new), dups, len(recs), n_status, len(rows.dead), clashes, len(rows.status) - n_status)
 
     def is_transient(self, e: BaseException) -> bool:
         # OperationalError covers lost connections, deadlocks and serialization failures (TransactionRollback).

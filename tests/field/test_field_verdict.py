@@ -1,0 +1,233 @@
+"""A roadside session over real SSH through the situations a car meets, in order: healthy, permission denied,
+no backend subscribed (PUBACK 0x10), broker down, spool on a full filesystem, hung agent (SIGSTOP).
+For each, `icvq status` text, `--json` and systemd's STATUS= line (a real NOTIFY_SOCKET) must give the same
+verdict and first reason, with the documented exit code.
+
+Real parts: sshd, mosquitto, a subscriber that goes away (no persistent session, so the broker answers 0x10),
+a small tmpfs under the spool that a filler file fills up (a read-only remount is refused while the spool has
+its files open for writing, as on a car: the kernel says "busy"), SIGSTOP, an unprivileged user via setpriv.
+A second agent with its own config runs meanwhile: the HUNG report must name the pid owning this config's
+socket, not every agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from agentproc import AgentProc, base_config, write_config
+from broker import Mosquitto
+from fieldkit import NotifySocket, Sshd
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+
+class Backend:
+    """An ingest stand-in with a clean session: when it disconnects, its subscription is gone and the broker
+    answers the agent's batches with PUBACK 0x10 (no matching subscribers)."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"be-{uuid.uuid4().hex[:8]}",
+                                  protocol=MQTTProtocolVersion.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe("icvq/#", qos=1)
+        self.client.connect("127.0.0.1", port, keepalive=5, clean_start=True)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class Car:
+    home: Path
+    config: Path
+    agent: AgentProc
+    other: AgentProc
+    notify: NotifySocket
+    broker: Mosquitto
+    backend: Backend
+    mnt: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"ICVQ_CONFIG": str(self.config)}
+
+
+def _run(*argv: str) -> None:
+    r = subprocess.run(argv, capture_output=True)
+    if r.returncode:
+        pytest.fail(f"{' '.join(argv)}: {r.stderr.decode()} (the field tests run as root)")
+
+
+@pytest.fixture(scope="module")
+def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
+    tmp = tmp_path_factory.mktemp("verdictcar")
+    # Config and socket where an unprivileged user may look (as /etc/icvq and /run/icvq are), so the
+    # permission scenario fails on the socket itself and not on the way to it.
+    home = Path(tempfile.mkdtemp(prefix="icvq-verdict-"))
+    home.chmod(0o755)
+    mnt = tmp / "spoolfs"
+    mnt.mkdir()
+    _run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt))
+    broker = Mosquitto(tmp / "broker").start()
+    backend = Backend(broker.port)
+    notify = NotifySocket(tmp / "notify.sock")
+    cfg = base_config(tmp, broker.port, spool={"path": str(mnt / "spool.db"), "max_mib": 2, "min_free_mib": 0},
+                      control={"socket": str(home / "control.sock"), "group": ""}, blackbox={"enabled": False})
+    config = home / "agent.toml"
+    shutil.copy(write_config(tmp, cfg), config)
+    config.chmod(0o644)
+    agent = AgentProc(config, tmp / "agent.log", env={"NOTIFY_SOCKET": str(notify.path)}).start()
+    other_dir = tmp_path_factory.mktemp("othercar")
+    # Another vehicle identity: the same one would take over our MQTT session (same client id).
+    other = AgentProc(write_config(other_dir, base_config(other_dir, broker.port, blackbox={"enabled": False},
+                                                          vehicle={"id": "VIN0009"},
+                                                          probes__system={"enabled": False})),
+                      other_dir / "agent.log").start()
+    c = Car(home, config, agent, other, notify, broker, backend, mnt)
+    try:
+        yield c
+    finally:
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGCONT)
+        (mnt / "filler").unlink(missing_ok=True)
+        agent.stop()
+        other.stop()
+        backend.stop()
+        broker.kill()
+        notify.close()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def status_json(sshd: Sshd, car: Car, user: str = "") -> tuple[int, dict[str, Any]]:
+    r = sshd.ssh(["status", "--json"], car.env, user=user)
+    assert r.stdout, r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def see(sshd: Sshd, car: Car, state: str, code: str, phrase: str, rc: int) -> dict[str, Any]:
+    """Wait until the agent's verdict is `state` with `code` first; then text, JSON and STATUS= must agree."""
+    deadline = time.monotonic() + 30
+    while True:
+        got_rc, st = status_json(sshd, car)
+        probs = [r for r in st["verdict"]["reasons"] if r["severity"] != "note"]
+        if st["verdict"]["state"] == state and probs and probs[0]["code"].startswith(code):
+            break
+        assert time.monotonic() < deadline, (state, code, st["verdict"])
+        time.sleep(0.3)
+    first = probs[0]
+    assert got_rc == rc and phrase in first["text"] and first["severity"] == state, st["verdict"]
+    assert first["since"] and first["since"] <= st["now"]
+
+    text = sshd.ssh(["status"], car.env)
+    out = text.stdout.decode()
+    lines = out.splitlines()
+    assert text.returncode == rc, out
+    assert f"is RUNNING, {state.upper()} (pid {car.agent.proc.pid}" in lines[0], out  # type: ignore[union-attr]
+    assert lines[2].startswith(state) and phrase in lines[2] and "(since " in lines[2], out
+
+    deadline = time.monotonic() + 15  # STATUS= is sent from the main loop, every 2 s when it changes
+    while not (car.notify.status().startswith(f"{state}: {phrase}") or
+               (car.notify.status().startswith(f"{state}: ") and phrase in car.notify.status().split(";")[0])):
+        assert time.monotonic() < deadline, (car.notify.status(), st["verdict"])
+        time.sleep(0.2)
+    assert " | spool " in car.notify.status()
+    return st
+
+
+def test_1_healthy(sshd: Sshd, car: Car) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        rc, st = status_json(sshd, car)
+        if st["verdict"]["state"] == "healthy" and st["uplink"]["last_ack_wall"]:
+            break
+        assert time.monotonic() < deadline, st["verdict"]
+        time.sleep(0.3)
+    assert rc == 0 and st["agent"] == "running" and st["held_for_subscribers_s"] == 0.0
+    text = sshd.ssh(["status"], car.env)
+    assert text.returncode == 0 and "is RUNNING, HEALTHY" in text.stdout.decode(), text.stdout.decode()
+    assert b"problems  none" in text.stdout
+    deadline = time.monotonic() + 15
+    while not car.notify.status().startswith("healthy | spool "):
+        assert time.monotonic() < deadline, car.notify.status()
+        time.sleep(0.2)
+
+
+def test_2_permission_denied(sshd: Sshd, car: Car, tmp_path: Path) -> None:
+    rc, st = status_json(sshd, car, user="nobody")
+    assert rc == 4 and st["agent"] == "no_permission" and st["running"] is None, st
+    assert "no permission" in st["reason"] and st["verdict"] is None
+    text = sshd.ssh(["status"], car.env, user="nobody")
+    assert text.returncode == 4 and text.stdout.startswith(b"icvq-agent: NO PERMISSION to ask it (")
+    assert b"NOT RUNNING" not in text.stdout
+    ev = sshd.ssh(["events"], car.env, user="nobody")
+    assert ev.returncode == 4 and ev.stderr.startswith(b"icvq: agent NO PERMISSION: "), ev.stderr
+    with (tmp_path / "denied.tgz").open("wb") as f:
+        d = sshd.ssh(["dump", "-o", "-"], car.env, stdout=f, user="nobody")
+    assert d.returncode == 0 and b"; agent NO PERMISSION: no permission" in d.stderr, d.stderr
+
+
+def test_3_no_backend_subscribed(sshd: Sshd, car: Car) -> None:
+    car.backend.stop()
+    st = see(sshd, car, "degraded", "no_subscriber", "no backend subscribed", 6)
+    assert st["counters"]["no_subscribers"] >= 1 and st["no_subscribers_since"]
+    assert st["held_for_subscribers_s"] == pytest.approx(st["now"] - st["no_subscribers_since"], abs=0.2)
+    assert "hold_retry_in_s" in st
+
+    r = sshd.ssh(["flush", "--wait", "--timeout", "3"], car.env)
+    out = r.stdout.decode()
+    assert r.returncode == 1 and "still waiting, because:" in out and "no backend subscribed" in out, out
+    j = json.loads(sshd.ssh(["flush", "--wait", "--timeout", "1", "--json"], car.env).stdout)
+    assert j["ok"] is False and j["why"][0]["code"] == "no_subscriber"
+
+
+def test_4_broker_down(sshd: Sshd, car: Car) -> None:
+    car.broker.kill()
+    see(sshd, car, "degraded", "offline", "uplink offline", 6)
+
+
+def test_5_spool_on_a_full_filesystem(sshd: Sshd, car: Car) -> None:
+    with (car.mnt / "filler").open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass  # ENOSPC: the filesystem under the spool is full
+    st = see(sshd, car, "failing", "spool_disk_full", "spool disk full", 1)
+    assert "held in memory" in st["verdict"]["reasons"][0]["text"]
+
+
+def test_6_hung_agent(sshd: Sshd, car: Car, tmp_path: Path) -> None:
+    pid = car.agent.proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rc, st = status_json(sshd, car)
+        assert rc == 5 and st["agent"] == "hung" and st["running"] is None and st["verdict"] is None, st
+        assert st["pid"] == pid and st["owner"]["state"] == "stopped" and "processes" not in st
+        assert car.other.proc and str(car.other.proc.pid) not in json.dumps(st)  # only this config's agent
+        text = sshd.ssh(["status"], car.env)
+        assert text.returncode == 5 and text.stdout.startswith(f"icvq-agent is HUNG (pid {pid}, ".encode())
+        ev = sshd.ssh(["events"], car.env)
+        assert ev.returncode == 0 and ev.stdout.startswith(b"icvq-agent is HUNG (pid"), ev.stdout
+        with (tmp_path / "hung.tgz").open("wb") as f:
+            d = sshd.ssh(["dump", "-o", "-"], car.env, stdout=f)
+        assert d.returncode == 0 and f"; agent HUNG: pid {pid}".encode() in d.stderr, d.stderr
+        with tarfile.open(tmp_path / "hung.tgz", "r:gz") as tar:
+            m = next(x for x in tar.getmembers() if x.name.endswith("/status.json"))
+            assert json.load(tar.extractfile(m))["agent"] == "hung"  # type: ignore[arg-type]
+    finally:
+        os.kill(pid, signal.SIGCONT)
