@@ -239,7 +239,8 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
         uplink_error=up.last_error, broker=f"{d.cfg.uplink.host}:{d.cfg.uplink.port}",
         no_subscribers_since=pl.no_subscribers_since, held_batches=sp.n_batches, inflight=pl.inflight,
         last_ack_wall=up.last_ack_wall, spool_trouble=spool_fact, spool_bytes=sp.bytes,
-        spool_max_bytes=sp.max_bytes, memory_records=sp.memory_records, drops=dict(sp.drops),
+        spool_max_bytes=sp.cap_bytes,  # what the database may hold: its share of max_mib, headroom applied
+        memory_records=sp.memory_records, drops=dict(sp.drops),
         probes=tuple(ProbeFact(p.name, s["state"], s.get("last_error") or "", s.get("since"))
                      for p in d.probes for s in [p.status()]),
         clock_synced=synced, clock_unsynced_since=d.onsets("clock_unsynced", not synced, now),
