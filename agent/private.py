@@ -67,6 +67,8 @@ def private_db(path: Path | str) -> Path:
     """A SQLite database path ready to open: parent dir 0750 if new, file 0640 (its -wal/-shm follow).
     Best effort: on a full or read-only disk it leaves the error to SQLite, whose errors the spool handles."""
     p = Path(path)
+    if str(path) in ("", ":memory:"):  # SQLite's in-memory database (the fleet simulator's spools)
+        return p
     try:
         private_dir(p.parent)
         private_file(p)

@@ -362,6 +362,11 @@ class Spool:
         return self._mem.n_records + self._mem.n_batch_records
 
     @property
+    def cap_bytes(self) -> int:
+        """What the database may hold now: its share of max_bytes, less if the headroom squeezes it."""
+        return self._db_cap
+
+    @property
     def memory_batches(self) -> int:
         return len(self._mem.batches)
 

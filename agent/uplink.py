@@ -178,6 +178,7 @@ class Uplink:
         self.last_error = ""
         self.last_connect_error: dict[str, Any] | None = None  # {code, text, since}: why we are not connected
         self.transport = tls.transport(cfg)
+        self.client_cert_not_after = tls.client_cert_not_after(cfg.tls)  # re-read at every TLS connect
         self.reconnects = 0
         self.published = 0
         self._wayback = WayBack()
@@ -301,6 +302,7 @@ class Uplink:
         client.connect_timeout = self.cfg.connect_timeout_s
         if self.transport == tls.TLS:
             client.tls_set_context(tls.client_context(self.cfg.tls))
+            self.client_cert_not_after = tls.client_cert_not_after(self.cfg.tls)
         if self.cfg.username:
             password = private.read_password(self.cfg.password_file) if self.cfg.password_file else None
             client.username_pw_set(self.cfg.username, password)

@@ -2,7 +2,8 @@
 
 local mosquitto (free port) → icvq-agent on a simulated vehicle (system probe + every scenario part in
 tools/demo_parts/) → MQTT → tools.ingest → SQLite. Ends by itself; exit status 0 only if every part's expected
-records reached the backend.
+records reached the backend. `python -m tools.demo drm` shows a Wayland head unit on DRM/KMS instead (about a
+minute in the tools/vm guest; tools/demo_drm.py).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def report(db: Path, expected: dict[str, list[str]]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["drm"]:  # the DRM/KMS head unit in the qemu guest (~1 min): tools/demo_drm.py
+        from tools import demo_drm
+        return demo_drm.main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds the agent runs (default 60)")
     ap.add_argument("--out", default=str(REPO / "demo-out"), help="work directory (recreated)")

@@ -107,3 +107,11 @@ def test_tracker_black_needs_dark_regions(samples: list[FrameSample], dark_since
     for i in range(len(samples)):
         t.update(float(i))
     assert (t.dark_since, t.black_since) == (dark_since, black_since)
+
+
+def test_flips_stopped_supports_a_freeze_only_after_a_second_without_flips() -> None:
+    base = Signals(now=10.0, fb_ok=True, frame_changed_at=0.0, regions=(CLOCK,))
+    kinds = {e.kind for e in freeze_verdict(replace(base, flip_at=8.5), TH).evidence}
+    assert "flips_stopped" in kinds
+    kinds = {e.kind for e in freeze_verdict(replace(base, flip_at=9.5), TH).evidence}
+    assert "flips_stopped" not in kinds  # the compositor still presents: the HMI's region is what is stuck

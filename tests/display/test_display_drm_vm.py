@@ -1,6 +1,7 @@
 """A real Wayland head unit: one tools/vm guest boot with a real KMS device (qemu bochs-display, headless), real
 weston on its DRM backend, weston-simple-shm as the HMI, the icvq-drm-sampler helper and the display probe on the
-DRM source (drm_guest.py). qemu's own QMP screendump is the ground truth for what the screen showed.
+DRM source (tools/drm_guest.py, booted by tools/demo_drm.py). qemu's own QMP screendump is the ground truth for
+what the screen showed.
 
 Scenarios: HMI stopped → one freeze of the right length, cause hmi_stopped; HMI killed → weston's bare background
 (static, not black); compositor killed → the console, black; dark-themed client (weston-terminal, black, a clock
@@ -10,20 +11,14 @@ measures), never about how long the test took.
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
-import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
-from qmp import ScreendumpServer, colours, sample_ppm
 
 from agent.probes.display.framebuffer import Rect
+from tools.qmp import colours, sample_ppm
 
-REPO = Path(__file__).resolve().parents[2]
-MARK = "ICVQ-DRM-RESULT "
 FB_INTERVAL_S = 0.25
 pytestmark = pytest.mark.vm
 
@@ -34,37 +29,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                if shutil.which(t) is None]
     if missing:
         pytest.fail(f"{missing} missing: run `make deps` (tools/deps/apt-display.txt)")
-    from tools.vm import VmError, run_in_vm
+    from tools.demo_drm import run_drm_guest
+    from tools.vm import VmError
 
     shared = tmp_path_factory.mktemp("drm-vm")
-    qmp_sock = shared / "qmp.sock"
-    dumper = ScreendumpServer(qmp_sock, shared)
-    dumper.start()
-    result: dict[str, Any] = {}
-
-    def boot() -> None:
-        try:
-            result["res"] = run_in_vm(
-                [sys.executable, str(Path(__file__).with_name("drm_guest.py")), str(shared)], vcan=0,
-                timeout_s=170, cwd=REPO, rw_dirs=[shared],
-                env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)},
-                devices=["bochs-display,xres=1024,yres=768"], modules=["bochs"], qmp_socket=qmp_sock)
-        except VmError as e:
-            result["error"] = e
-    t = threading.Thread(target=boot)
-    t.start()
-    t.join()
-    dumper.stop.set()
-    dumper.join()
-    if "error" in result:
-        pytest.fail(f"the DRM guest did not run: {result['error']}")
-    res = result["res"]
-    (shared / "guest-output.txt").write_text(res.output)
-    lines = [ln for ln in res.output.splitlines() if ln.startswith(MARK)]
-    assert res.returncode == 0 and lines, \
-        f"guest exited {res.returncode} (output in {shared}):\n{res.output[-4000:]}"
-    assert dumper.error is None, f"screendump thread failed: {dumper.error!r}"
-    out = dict(json.loads(lines[-1][len(MARK):]))
+    try:
+        out, _ = run_drm_guest(shared)
+    except (VmError, RuntimeError) as e:
+        pytest.fail(f"the DRM guest did not run: {e}")
     out["shared"] = shared
     return out
 
@@ -104,6 +76,8 @@ def test_killed_hmi_leaves_the_static_background(run: dict[str, Any]) -> None:
     m = run["marks"]
     eps = between(episodes(run["phase1"], "display.freeze"), m["hmi_killed"], m["weston_killed"])
     assert [b["data"]["cause"] for b, _ in eps] == ["hmi_not_running"]
+    end = eps[0][1]
+    assert end is not None and end["data"]["ended_by"] == "black_screen"  # weston killed next: not a recovery
     # Ground truth: qemu shows nothing but weston's background colour, and the helper saw it lit and still.
     assert colours(run["shared"] / "bare.ppm") == {(0x20, 0x40, 0x80)}
     d = run["dumps"]["bare"]

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 UNIT = "icvq-agent.service"
 CHECK_UNIT = "icvq-vmcheck.service"
+TTY_NODE = "/dev/icvq-vmtest-ttyS0"  # same device as /dev/ttyS0, owned by icvq (vm_sandbox_check.py opens it)
 PIN_UNIT = "icvq-vmpin.service"
 TESTDIR = Path("/opt/icvq-vmtest")
 PORT = 1883
@@ -179,6 +181,11 @@ def main(out_path: str) -> None:
         owned = TESTDIR / "icvq-owned"  # for the sandbox check: DAC allows, ProtectSystem=strict must not
         owned.mkdir()
         shutil.chown(owned, "icvq", "icvq")
+        # For the sandbox check: a node of the serial port the icvq user owns, so file permissions allow the
+        # open and only DevicePolicy=closed can refuse it, whatever mode and group the guest's /dev/ttyS0 has.
+        os.mknod(TTY_NODE, 0o600 | stat.S_IFCHR, os.stat("/dev/ttyS0").st_rdev)
+        shutil.chown(TTY_NODE, "icvq", "icvq")
+        os.chmod(TTY_NODE, 0o600)
         out["stat"] = run("stat", "-c", "%n %a %U:%G", "/var/lib/icvq", "/etc/icvq", "/etc/icvq/agent.d",
                           "/etc/icvq/agent.toml")["out"].splitlines()
         return out

@@ -181,12 +181,18 @@ def _() -> Any:
     def af_packet() -> None:
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
 
+    # /dev/ttyS0's twin that vm_guest_run.py made for us (owner icvq, 0600): file permissions allow the open,
+    # so a refusal can only come from the unit (DevicePolicy=closed: the device cgroup answers EPERM), never
+    # from how the guest's /dev/ttyS0 happens to be owned (root 0600 on some machines: EACCES).
+    tty_node = "/dev/icvq-vmtest-ttyS0"
+
     def tty() -> None:
-        os.close(os.open("/dev/ttyS0", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
+        os.close(os.open(tty_node, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
 
     def tty_dac() -> str:
-        st = os.stat("/dev/ttyS0")
-        return f"{grp.getgrgid(st.st_gid).gr_name} {oct(stat.S_IMODE(st.st_mode))}"
+        st = os.stat(tty_node)
+        same = st.st_rdev == os.stat("/dev/ttyS0").st_rdev
+        return f"{pwd.getpwuid(st.st_uid).pw_name} {oct(stat.S_IMODE(st.st_mode))}{'' if same else ' OTHER DEVICE'}"
 
     def unshare_user() -> None:
         # Last: if it were allowed, this process would sit in a new user namespace afterwards.

@@ -71,6 +71,12 @@ def test_control_socket_mode(tmp_path: Path, umask_022: None) -> None:
     assert mode(d) == 0o750
 
 
+def test_in_memory_database_creates_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    private.private_db(":memory:")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_world_readable_state_file_is_closed(tmp_path: Path, umask_022: None) -> None:
     p = tmp_path / "spool.db"
     p.write_bytes(b"")

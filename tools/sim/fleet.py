@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--host", default="127.0.0.1")
     live.add_argument("--port", type=int, default=1883)
     live.add_argument("--topic-prefix", default="icvq/v1")
+    live.add_argument("--allow-plaintext", action="store_true",
+                      help="the cars speak plain MQTT: needed for a --host that is not loopback (docs/security.md)")
     live.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
     live.add_argument("--procs", type=int, help="processes hosting the cars (default and minimum: one per 250 cars)")
     live.add_argument("--step-interval", type=float, default=1.0, metavar="S",
@@ -91,7 +93,14 @@ def _direct(args: argparse.Namespace, mix: M.Mix, days: float) -> int:
 
 
 def _live(args: argparse.Namespace, mix: M.Mix, days: float) -> int:
+    from agent.tls import is_loopback
+
     from .fleet_agent import CARS_PER_PROCESS, ShardOptions, shard_main
+
+    if not (is_loopback(args.host) or args.allow_plaintext):
+        print(f"fleet: the simulated cars speak plain MQTT and {args.host} is not loopback: the agent's uplink "
+              "would refuse it; pass --allow-plaintext", file=sys.stderr)
+        return 2
 
     t0 = args.t0 if args.t0 is not None else time.time() - days * M.DAY
     metric = 60.0 if args.metric_interval is None else args.metric_interval
@@ -104,7 +113,8 @@ def _live(args: argparse.Namespace, mix: M.Mix, days: float) -> int:
     with tempfile.TemporaryDirectory(prefix="icvq-fleet-") as tmp:
         opts = [ShardOptions(i, tuple(range(i, args.vehicles, procs)), args.seed, days, mix, args.host, args.port,
                              args.topic_prefix, args.speed, t0, metric, args.continuous, args.step_interval,
-                             args.grace, args.drain_timeout, str(Path(tmp) / f"shard{i}.json"))
+                             args.grace, args.drain_timeout, str(Path(tmp) / f"shard{i}.json"),
+                             args.allow_plaintext)
                 for i in range(procs)]
         workers = [ctx.Process(target=shard_main, args=(o,), daemon=True) for o in opts]
         started = time.monotonic()

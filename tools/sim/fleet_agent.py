@@ -93,10 +93,11 @@ class RecordingSpool(Spool):
         super().drop_batch(seq, reason)
 
 
-def agent_config(host: str, port: int, topic_prefix: str) -> AgentConfig:
+def agent_config(host: str, port: int, topic_prefix: str, allow_plaintext: bool = False) -> AgentConfig:
     return from_mapping({
         "vehicle": {"id": "SIM", "device": "hu", "fleet": "sim"},
         "uplink": {"host": host, "port": port, "topic_prefix": topic_prefix, "keepalive_s": 10,
+                   "allow_plaintext": allow_plaintext,
                    "batch_linger_s": 1.0, "backoff_min_s": 1.0, "backoff_max_s": 4.0, "connect_timeout_s": 5.0},
         "spool": {"path": "/nonexistent", "commit_interval_s": 0.2},
         "agent": {"health_interval_s": 3600.0},
@@ -221,6 +222,7 @@ class ShardOptions:
     grace_s: float
     drain_timeout_s: float
     out: str
+    allow_plaintext: bool = False
 
 
 def raise_fd_limit() -> None:
@@ -233,7 +235,7 @@ def shard_main(o: ShardOptions) -> None:
     """One process hosting a share of the fleet; writes its result (JSON) to o.out."""
     logging.basicConfig(level=logging.ERROR, format=f"shard{o.shard} %(levelname)s %(name)s: %(message)s")
     raise_fd_limit()
-    template = agent_config(o.host, o.port, o.topic_prefix)
+    template = agent_config(o.host, o.port, o.topic_prefix, o.allow_plaintext)
     cars = [AgentCar(Car(i, o.seed, o.days, o.mix, t0=o.t0, metric_interval_s=o.metric_interval_s,
                          continuous=o.continuous), template, o.step_interval_s) for i in o.indices]
     started = time.monotonic()

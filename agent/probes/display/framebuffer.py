@@ -179,8 +179,9 @@ class _Plan:
     outside: list[list[slice]]
     inside: list[list[slice]]
     n_pixels: int
-    # Per region and colour byte: the region's rows (at most MAX_REGION_ROWS), strided to that byte.
-    region_channels: list[list[list[slice]] | None]
+    # Per region: its rows (at most MAX_REGION_ROWS), each a slice of whole pixels; None outside the frame.
+    region_rows: list[list[slice] | None]
+    byte_positions: tuple[int, ...]     # the colour bytes inside a pixel
 
 
 def _grid_positions(size: int, n: int) -> tuple[int, int, int]:
@@ -221,14 +222,16 @@ class GridSampler:
                        for out, row_slices in zip(streams, plan.inside, strict=True)]
         region_crcs: list[int | None] = []
         region_lit: list[float | None] = []
-        for channels in plan.region_channels:
-            if channels is None:
+        bpp = layout.bytes_per_pixel
+        for rows in plan.region_rows:
+            if rows is None:
                 region_crcs.append(None)
                 region_lit.append(None)
                 continue
             # Colour bytes only: a padding or alpha byte (the X of XRGB8888) is not part of the picture and some
-            # writers leave garbage there.
-            rstreams = [b"".join([buf[s] for s in ch]) for ch in channels]
+            # writers leave garbage there. Rows are whole pixels, so one stride over the joined rows is a channel.
+            raw = b"".join([buf[s] for s in rows])
+            rstreams = [raw[c::bpp] for c in plan.byte_positions]
             rc = 0
             for data in rstreams:
                 rc = zlib.crc32(data, rc)
@@ -267,15 +270,15 @@ class GridSampler:
                 for s, c in zip(target, byte_positions, strict=True):
                     s.append(slice(base + first * bpp + c, base + last * bpp + c + 1, sx * bpp))
                 i = k
-        region_channels: list[list[list[slice]] | None] = []
+        region_rows: list[list[slice] | None] = []
         for r in clipped:
             if r is None:
-                region_channels.append(None)
+                region_rows.append(None)
                 continue
             step = max(1, -(-r.height // MAX_REGION_ROWS))
             rows = [layout.offset + (y + yoff) * layout.stride + r.x * bpp for y in range(r.y, r.y + r.height, step)]
-            region_channels.append([[slice(a + c, a + r.width * bpp, bpp) for a in rows] for c in byte_positions])
-        return _Plan(yoff, outside, inside, nx * ny, region_channels)
+            region_rows.append([slice(a, a + r.width * bpp) for a in rows])
+        return _Plan(yoff, outside, inside, nx * ny, region_rows, tuple(byte_positions))
 
     @staticmethod
     def _clip(r: Rect, layout: Layout) -> Rect | None:

@@ -37,6 +37,7 @@ from .rules import (
     Verdict,
     black_explanation,
     black_verdict,
+    dark_ui_alive,
     freeze_verdict,
     problems,
 )
@@ -455,6 +456,13 @@ class DisplayProbe(StreamProbe):
         sig = self.signals(now)
         fv, bv = freeze_verdict(sig, self.th), black_verdict(sig, self.th)
         wall = self.clock.wall()
+        if self.freeze.open and not fv.active and (bv.active or (sig.black_since is not None
+                                                             and not dark_ui_alive(sig, self.th))):
+            # The frozen screen went black (compositor or HMI gone): not a recovery; a black episode follows once
+            # it has lasted black_min_s.
+            t = self.freeze.close(now, wall, "black_screen")
+            if t:
+                out.append(self._record(self.freeze, t))
         for machine, verdict in ((self.freeze, fv), (self.black, bv)):
             t = machine.step(verdict, now, wall)
             if t:

@@ -62,6 +62,7 @@ class Thresholds:
     black_min_s: float = 2.0
     gpu_hang_window_s: float = 30.0
     screen_expected_on: str = "always"   # unless the HMI says screen=0; "heartbeat": only while it says screen=1
+    flips_stopped_s: float = 1.0         # DRM: no page flip for this long supports a freeze (`flips_stopped`)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,9 @@ def freeze_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
     start = min(e.since for e in ev)
     if s.fb_ok and s.frame_changed_at is not None and s.frame_changed_at <= start:
         ev.append(Evidence("framebuffer", "frame_static", s.frame_changed_at, False))
-    if s.flip_at is not None and s.flip_at <= start:
+    # The primary plane has not flipped for a while: the compositor presents nothing new (the region's last change
+    # is only known to a sample interval, flips to a poll interval, so no comparison with `start`).
+    if s.flip_at is not None and s.now - s.flip_at >= th.flips_stopped_s:
         ev.append(Evidence("drm", "flips_stopped", s.flip_at, False))
     return ev + _supporting(s, th, start)
 

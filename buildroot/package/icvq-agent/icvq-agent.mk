@@ -48,4 +48,18 @@ define ICVQ_AGENT_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/tmpfiles.d/icvq.conf
 endef
 
+# The DRM/KMS helper (icvq-drm-sampler, a console script of this package) and
+# its hardened unit; the user comes from its sysusers.d file at boot.
+define ICVQ_AGENT_INSTALL_DRM_SAMPLER
+	$(INSTALL) -D -m 0644 $(@D)/systemd/icvq-drm-sampler.service \
+		$(TARGET_DIR)/usr/lib/systemd/system/icvq-drm-sampler.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/icvq-drm-sampler.sysusers \
+		$(TARGET_DIR)/usr/lib/sysusers.d/icvq-drm.conf
+	$(INSTALL) -D -m 0644 $(@D)/systemd/dropins/drm-sampler.conf \
+		$(TARGET_DIR)/usr/lib/systemd/system/icvq-agent.service.d/drm-sampler.conf
+endef
+ifeq ($(BR2_PACKAGE_ICVQ_AGENT_DRM_SAMPLER),y)
+ICVQ_AGENT_POST_INSTALL_TARGET_HOOKS += ICVQ_AGENT_INSTALL_DRM_SAMPLER
+endif
+
 $(eval $(python-package))

@@ -3,7 +3,9 @@ backend, weston-simple-shm as the HMI and the display probe on the DRM source, t
 Prints one `ICVQ-DRM-RESULT {json}` line: the probe's records, the scenario timestamps, and what the helper
 sampled at each moment the host took a QMP screendump (test_display_drm_vm.py compares them).
 
-Usage: drm_guest.py SHARED_DIR   (a host directory shared read-write; screendump requests go there)
+Usage: python -m tools.drm_guest SHARED_DIR   (a host directory shared read-write; screendump requests go there)
+
+Used by tests/display/test_display_drm_vm.py and `python -m tools.demo drm` (tools/demo_drm.py).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ focus-animation=none
 """
 # The dark-themed HMI: weston's own terminal, fullscreen, black, showing only a clock that ticks every second.
 CLOCK_SH = "#!/bin/sh\nprintf '\\033[?25l'; while :; do printf '\\033[H %s' \"$(date +%T)\"; sleep 1; done\n"
-CLOCK_REGION = {"name": "clock", "x": 0, "y": 0, "width": 120, "height": 24, "expected_period_s": 1.0}
+CLOCK_REGION: dict[str, Any] = {"name": "clock", "x": 0, "y": 0, "width": 120, "height": 24, "expected_period_s": 1.0}
 
 T0 = time.monotonic()
 shared = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp")
@@ -166,7 +168,7 @@ def main() -> None:
     box = window_box()
     assert box is not None
     # The middle of the window: its animation covers it, its edges may be the compositor's.
-    region = {"name": "hmi", "x": box.x + box.width // 4, "y": box.y + box.height // 4,
+    region: dict[str, Any] = {"name": "hmi", "x": box.x + box.width // 4, "y": box.y + box.height // 4,
               "width": box.width // 2, "height": box.height // 2, "expected_period_s": 0.5}
     log(f"simple-shm window at {box}, region {region}")
     client = ScanoutClient(SOCK, regions=(Rect(region["x"], region["y"], region["width"], region["height"]),))

@@ -91,7 +91,8 @@ class ScreendumpServer(threading.Thread):
 def read_ppm(path: Path) -> tuple[int, int, bytes]:
     data = path.read_bytes()
     # Four header tokens, each followed by one whitespace byte; the pixels may start with "whitespace" bytes.
-    fields, pos = [], 0
+    fields: list[bytes] = []
+    pos = 0
     while len(fields) < 4:
         while data[pos:pos + 1].isspace():
             pos += 1
