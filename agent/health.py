@@ -18,6 +18,7 @@ a rule in `verdict()`, a row in the table test, a line in docs/field-guide.md.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ SPOOL_TROUBLE_DEGRADED = frozenset({"low_headroom"})
 REFUSALS_FAILING = frozenset({"plaintext_refused", "client_cert_revoked", "client_cert_expired",
                               "client_cert_required", "client_cert_unknown_ca", "client_cert_refused",
                               "client_key_mismatch", "config"})
+CERT_RENEW_S = 30 * 86400.0  # a client certificate this close to its end is worth renewing (docs/security.md)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ class Facts:
     offline_since: float | None = None
     uplink_error: str = ""
     broker: str = ""
-    no_subscribers_since: float | None = None   # first PUBACK 0x10 of the current run of them
+    # First PUBACK 0x10 of the current run of them. Only set with [uplink] retry_no_subscribers = true: with
+    # it false, 0x10 is the normal answer of a broker that forwards by rule engine, not a fault.
+    no_subscribers_since: float | None = None
     held_batches: int = 0                       # sealed batches waiting in the spool
     inflight: int = 0
     last_ack_wall: float | None = None
@@ -122,6 +126,7 @@ class Facts:
     transport: str = ""                         # agent/tls.py: tls | plaintext-loopback | -allowed | -refused
     connect_error_code: str = ""                # the uplink's last_connect_error (cleared on connect)
     connect_error_since: float | None = None
+    client_cert_not_after: float | None = None  # the uplink's client certificate's notAfter (agent/tls.py)
     campaigns: tuple[str, ...] = ()             # backend collection campaigns running (agent/blackbox)
 
 
@@ -169,6 +174,12 @@ def verdict(f: Facts) -> Verdict:
         late = since is not None and f.now - since >= CLOCK_UNSYNCED_GRACE_S
         out.append(Reason("clock_unsynced", DEGRADED if late else NOTE, "wall clock not synchronised (records "
                           "are re-anchored when it is)", since))
+    cert_end = f.client_cert_not_after
+    if cert_end is not None and cert_end - f.now < CERT_RENEW_S and f.connect_error_code not in REFUSALS_FAILING:
+        when = time.strftime("%Y-%m-%d", time.gmtime(cert_end))
+        text = (f"client certificate expired on {when}" if cert_end <= f.now else
+                f"client certificate expires on {when}, in {_age(cert_end - f.now)}")
+        out.append(Reason("client_cert_expiring", DEGRADED, text + ": install a renewed one (docs/security.md)"))
     if f.transport == "plaintext-allowed":
         out.append(Reason("plaintext_allowed", NOTE, "uplink WITHOUT TLS to a non-loopback broker "
                           "(uplink.allow_plaintext = true)"))
@@ -238,4 +249,5 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
         history_error=d.history_error(), transport=up.transport,
         connect_error_code=(up.last_connect_error or {}).get("code", ""),
         connect_error_since=(up.last_connect_error or {}).get("since"),
+        client_cert_not_after=up.client_cert_not_after,
         campaigns=tuple(bb.campaign_ids()) if (bb := getattr(d, "blackbox", None)) is not None else ())

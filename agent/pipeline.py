@@ -347,7 +347,8 @@ class Pipeline:
                            "last_ack_wall": up.last_ack_wall if up else None,
                            "last_error": up.last_error if up else "", "reconnects": up.reconnects if up else 0,
                            "transport": up.transport if up else "",
-                           "last_connect_error": up.last_connect_error if up else None},
+                           "last_connect_error": up.last_connect_error if up else None,
+                           "client_cert_not_after": up.client_cert_not_after if up else None},
                 "episodes": self.episodes.active(), "flush_pending": self._flush_requested,
                 # How long batches have been held for want of a subscriber, and the back-off before the next try.
                 "no_subscribers_since": self.no_subscribers_since,

@@ -25,9 +25,11 @@ No threads of its own; `diagnose()` runs on the uplink thread and is bounded by 
 
 from __future__ import annotations
 
+import calendar
 import ipaddress
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 
 from .config import AgentConfig, TlsConfig, UplinkConfig
@@ -98,6 +100,65 @@ def client_context(tls: TlsConfig) -> ssl.SSLContext:
         check_secret(tls.key, "uplink.tls.key")
         ctx.load_cert_chain(tls.cert, tls.key)
     return ctx
+
+
+# ------------------------------------------------------------------------------------ certificate expiry
+def _tlv(der: bytes, i: int) -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the DER element at i."""
+    tag, n = der[i], der[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(der[i:i + k], "big")
+        i += k
+    if i + n > len(der):
+        raise ValueError("truncated DER")
+    return tag, i, i + n
+
+
+def _asn1_time(tag: int, raw: bytes) -> float:
+    text = raw.decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280)
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    return calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S"))
+
+
+def cert_not_after(pem: str) -> float | None:
+    """notAfter (Unix seconds) of the first certificate in a PEM text; None when there is none or it does not
+    parse. Hand-written (~25 lines of DER walking) because the ssl module reads no certificate of our own and
+    the `cryptography` package is no agent dependency: Certificate → tbsCertificate → [version], serial,
+    signature, issuer, validity → notAfter."""
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in pem or end not in pem:
+        return None
+    block = pem[pem.index(begin):pem.index(end) + len(end)]
+    try:
+        der = ssl.PEM_cert_to_DER_cert(block)
+        _, tbs, _ = _tlv(der, 0)
+        _, i, _ = _tlv(der, tbs)
+        tag, _, j = _tlv(der, i)
+        if tag == 0xA0:  # explicit version
+            i = j
+        for _ in range(3):  # serial, signature algorithm, issuer
+            i = _tlv(der, i)[2]
+        tag, v, _ = _tlv(der, i)
+        if tag != 0x30:
+            return None
+        nb_end = _tlv(der, v)[2]
+        tag, a, b = _tlv(der, nb_end)
+        return _asn1_time(tag, der[a:b])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def client_cert_not_after(tls: TlsConfig) -> float | None:
+    if not tls.cert:
+        return None
+    try:
+        with open(tls.cert, encoding="ascii", errors="replace") as f:
+            return cert_not_after(f.read(65536))
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- refusals

@@ -116,6 +116,7 @@ def backoff_s(attempt: int, lo: float, hi: float, rnd: Callable[[], float] = ran
 
 
 LOST, UNREACHABLE, REFUSED = "lost", "unreachable", "refused"
+GOOD_SESSION_S = 10.0
 
 
 def retry_delay_s(outcome: str, failures: int, cfg: UplinkConfig,
@@ -177,6 +178,7 @@ class Uplink:
         self.last_error = ""
         self.last_connect_error: dict[str, Any] | None = None  # {code, text, since}: why we are not connected
         self.transport = tls.transport(cfg)
+        self.client_cert_not_after = tls.client_cert_not_after(cfg.tls)  # re-read at every TLS connect
         self.reconnects = 0
         self.published = 0
         self._wayback = WayBack()
@@ -300,6 +302,7 @@ class Uplink:
         client.connect_timeout = self.cfg.connect_timeout_s
         if self.transport == tls.TLS:
             client.tls_set_context(tls.client_context(self.cfg.tls))
+            self.client_cert_not_after = tls.client_cert_not_after(self.cfg.tls)
         if self.cfg.username:
             password = private.read_password(self.cfg.password_file) if self.cfg.password_file else None
             client.username_pw_set(self.cfg.username, password)
@@ -355,15 +358,17 @@ class Uplink:
                 log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
                 self.protocol = new
                 continue
-            if code == 0 and lasted > 30:
-                failures, outcome = 0, LOST
+            # A session that worked (it lasted, or the broker acknowledged something) ended: the broker went
+            # away (restart, link). One that died at once after CONNACK is a refusal in disguise (a takeover
+            # loop, a broker kicking us): back off.
+            if code == 0 and (lasted >= GOOD_SESSION_S or (self.last_ack_mono or 0.0) > started):
+                outcome = LOST
             elif code is None:
                 outcome = UNREACHABLE
             else:
                 outcome = REFUSED
             delay = retry_delay_s(outcome, failures, self.cfg)
-            if outcome == REFUSED:
-                failures += 1
+            failures = 0 if outcome == LOST else failures + (outcome == REFUSED)
             why = self._wayback.wait(delay)
             if why and not self._stop.is_set():
                 log.info("uplink: %s; reconnecting now", why)

@@ -123,6 +123,8 @@ def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) ->
     # The uplink counts every successful connect, the first one included.
     if (up.get("reconnects") or 0) > 1:
         s += f"; {up['reconnects'] - 1} reconnects"
+    if up.get("client_cert_not_after"):
+        s += f"; client certificate valid until {t(up['client_cert_not_after'])}"
     return s
 
 

@@ -146,6 +146,7 @@ def test_vehicle_delivers_and_cannot_write_as_another(tmp_path: Path, rig: Rig) 
         assert json.loads(births[0][0])["transport"] == "tls"
         st = status_of(tmp_path / "a")["uplink"]
         assert st["connected"] and st["transport"] == "tls" and st["last_connect_error"] is None
+        assert st["client_cert_not_after"] > time.time() + 800 * 86400  # tools/pki's 825 days
 
         # A's key, B's topics: the broker refuses (0x87) and drops; a well-formed B batch would be stored.
         assert publish_as(rig, "VIN-A", "icvq/v1/test/VIN-B/hu/batch", batch_for("VIN-B", 77)) == 0x87

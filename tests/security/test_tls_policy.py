@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
+import time
+from pathlib import Path
+
 import pytest
 
 from agent import tls
@@ -62,3 +66,24 @@ def test_client_context_floor_is_tls_1_2_and_verifies() -> None:
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     assert tls.client_context(TlsConfig(min_version="1.3")).minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+@pytest.mark.parametrize(("days", "args"), [(2, ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                                           (30000, ["-newkey", "rsa:1024"])])  # 2108: GeneralizedTime
+def test_cert_not_after_matches_openssl(tmp_path: Path, days: int, args: list[str]) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", *args, "-nodes", "-keyout", str(tmp_path / "k"), "-out",
+                    str(tmp_path / "c"), "-days", str(days), "-subj", "/CN=x"], check=True, capture_output=True)
+    end = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "c"), "-noout", "-enddate"], check=True,
+                         capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+    want = calendar.timegm(time.strptime(end, "%b %d %H:%M:%S %Y GMT"))
+    assert tls.cert_not_after((tmp_path / "c").read_text()) == want
+    assert tls.client_cert_not_after(TlsConfig(cert=str(tmp_path / "c"), key=str(tmp_path / "k"))) == want
+
+
+@pytest.mark.parametrize("text", ["", "no certificate here", "-----BEGIN CERTIFICATE-----\nAAAA\n"
+                                  "-----END CERTIFICATE-----\n", "-----BEGIN CERTIFICATE-----\nMIIBAQ==\n"
+                                  "-----END CERTIFICATE-----\n"])
+def test_cert_not_after_of_garbage_is_none(text: str) -> None:
+    assert tls.cert_not_after(text) is None
