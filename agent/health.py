@@ -108,7 +108,9 @@ class Facts:
     offline_since: float | None = None
     uplink_error: str = ""
     broker: str = ""
-    no_subscribers_since: float | None = None   # first PUBACK 0x10 of the current run of them
+    # First PUBACK 0x10 of the current run of them. Only set with [uplink] retry_no_subscribers = true: with
+    # it false, 0x10 is the normal answer of a broker that forwards by rule engine, not a fault.
+    no_subscribers_since: float | None = None
     held_batches: int = 0                       # sealed batches waiting in the spool
     inflight: int = 0
     last_ack_wall: float | None = None

@@ -30,7 +30,6 @@ MAX_REPLY = 64 * 2**20
 # Exit codes of every subcommand (docs/field-guide.md; EPILOG is what --help shows).
 EXIT_OK = 0
 EXIT_FAILING = 1        # verdict "failing", or a wait (flush --wait) timed out
-EXIT_UNHEALTHY = EXIT_FAILING
 EXIT_USAGE = 2
 EXIT_DOWN = 3           # LSB "program is not running": nothing listens on the socket
 EXIT_PERM = 4           # LSB "insufficient privilege": the socket's mode or the agent refused us
@@ -39,7 +38,7 @@ EXIT_DEGRADED = 6       # verdict "degraded": collecting and keeping data, somet
 EX_DATAERR = 65         # sysexits: the input file is not what it should be
 EX_NOINPUT = 66         # sysexits: the input file is missing or unreadable
 EX_IOERR = 74           # sysexits: a file could not be written (dump -o)
-EX_CONFIG = 78          # sysexits: the config is invalid (check-config)
+# 78 (EX_CONFIG, invalid config) is agent.errors.EX_CONFIG.
 
 EPILOG = """exit status:
   0   healthy / done          1   failing, or --wait timed out
