@@ -116,6 +116,7 @@ def backoff_s(attempt: int, lo: float, hi: float, rnd: Callable[[], float] = ran
 
 
 LOST, UNREACHABLE, REFUSED = "lost", "unreachable", "refused"
+GOOD_SESSION_S = 10.0
 
 
 def retry_delay_s(outcome: str, failures: int, cfg: UplinkConfig,
@@ -357,15 +358,17 @@ class Uplink:
                 log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
                 self.protocol = new
                 continue
-            if code == 0 and lasted > 30:
-                failures, outcome = 0, LOST
+            # A session that worked (it lasted, or the broker acknowledged something) ended: the broker went
+            # away (restart, link). One that died at once after CONNACK is a refusal in disguise (a takeover
+            # loop, a broker kicking us): back off.
+            if code == 0 and (lasted >= GOOD_SESSION_S or (self.last_ack_mono or 0.0) > started):
+                outcome = LOST
             elif code is None:
                 outcome = UNREACHABLE
             else:
                 outcome = REFUSED
             delay = retry_delay_s(outcome, failures, self.cfg)
-            if outcome == REFUSED:
-                failures += 1
+            failures = 0 if outcome == LOST else failures + (outcome == REFUSED)
             why = self._wayback.wait(delay)
             if why and not self._stop.is_set():
                 log.info("uplink: %s; reconnecting now", why)

@@ -140,6 +140,7 @@ def icvq_conf(tmp: Path, port: int) -> Path:
         if old not in text:
             raise RuntimeError(f"config/agent.toml changed: {old!r} not found")
         text = text.replace(old, new, 1)
+    tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "agent.toml"
     conf.write_text(text)
     return conf

@@ -1,0 +1,336 @@
+"""Issue 13 benchmarks: event latency under the metric linger, idle wake-ups and CPU per thread, RSS against the
+floor of what the agent really imports, and reconnect after a broker outage.
+
+- event → PUBACK: the whole daemon in-process (default config: system probe, 300 s linger), a real mosquitto;
+  events are handed to the pipeline at random moments and timed to the PUBACK of the batch that carries them;
+- idle: the daemon as a process; context switches (voluntary + involuntary, which also counts fsync and GIL
+  hand-offs, so it bounds the timer wake-ups from above) and CPU per thread from /proc/PID/task;
+- RSS: the daemon's VmRSS and PSS after settling, against a process that imports exactly the non-agent modules
+  the daemon imported (`python -X importtime` of the same run lists them) and nothing else;
+- reconnect: the daemon in-process, a persistent mosquitto killed and restarted (outages of 5-15 s, an event
+  waiting); the delay from "broker accepts TCP again" to the first PUBACK, over N trials.
+
+`python -m tools.bench.lean [--quick]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import load
+from agent.daemon import Daemon
+from tools.bench import procstat
+from tools.bench.peer import icvq_conf
+from tools.localbroker import Mosquitto
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+class Acks:
+    """Times of the PUBACKs the pipeline applied (the uplink's note_ack is called once per step with acks)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.times: list[float] = []
+        self.lock = threading.Lock()
+        up = daemon.uplink
+        orig = up.note_ack
+
+        def note() -> None:
+            with self.lock:
+                self.times.append(time.monotonic())
+            orig()
+
+        up.note_ack = note  # type: ignore[method-assign]
+
+    def first_after(self, t: float, timeout_s: float) -> float | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                later = [x for x in self.times if x > t]
+            if later:
+                return min(later)
+            time.sleep(0.005)
+        return None
+
+
+class Subscriber:
+    """A persistent-session subscriber, so the broker keeps the subscription over its restarts (no 0x10)."""
+
+    def __init__(self, port: int) -> None:
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lean-bench-sub", protocol=MQTTProtocolVersion.MQTTv5)
+        self.c.reconnect_delay_set(1, 1)
+        ok = threading.Event()
+
+        def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+            c.subscribe("icvq/#", qos=1)
+            ok.set()
+
+        self.c.on_connect = on_connect
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.c.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=props)
+        self.c.loop_start()
+        if not ok.wait(10):
+            raise TimeoutError("subscriber did not connect")
+        time.sleep(1.5)  # the broker's autosave (1 s) records the session
+
+    def stop(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _daemon(tmp: Path, port: int) -> Daemon:
+    conf = icvq_conf(tmp, port)
+    d = Daemon(load(conf, lean=True), str(conf))
+    d.start()
+    return d
+
+
+def bench_event_latency(tmp: Path, n: int) -> dict[str, Any]:
+    broker = Mosquitto(tmp / "b-ev", persistent=False).start()
+    sub = Subscriber(broker.port)
+    d = _daemon(tmp / "ev", broker.port)
+    try:
+        acks = Acks(d)
+        deadline = time.monotonic() + 20
+        while not d.uplink.connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        published0 = d.pipeline.counters.snapshot().get("published", 0)
+        lat: list[float] = []
+        rnd = random.Random(13)
+        for i in range(n):
+            time.sleep(rnd.uniform(0.3, 1.5))
+            t = time.monotonic()
+            d.pipeline.intake(d.rec.event("bench.event", {"i": i}))
+            a = acks.first_after(t, 10.0)
+            lat.append((a - t) if a is not None else float("inf"))
+        published = d.pipeline.counters.snapshot().get("published", 0) - published0
+        waiting = d.spool.n_records
+    finally:
+        d.stop()
+        sub.stop()
+        broker.stop()
+    return {"n": n, "p50_ms": _pct(lat, 50) * 1000, "p99_ms": _pct(lat, 99) * 1000, "max_ms": max(lat) * 1000,
+            "batches": published, "metrics_waiting_at_end": waiting}
+
+
+def _threads_of(pid: int, names: dict[str, str]) -> dict[str, tuple[int, float]]:
+    tck = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[int, float]] = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            st = (t / "status").read_text()
+            f = (t / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        sw = sum(int(line.split()[1]) for line in st.splitlines() if "ctxt_switches" in line)
+        name = re.sub(r"paho-mqtt-client-.*", "paho-mqtt-client", names.get(t.name, t.name))
+        prev = out.get(name, (0, 0.0))
+        out[name] = (prev[0] + sw, prev[1] + (int(f[11]) + int(f[12])) / tck)
+    return out
+
+
+# Runs the real entry point (agent.daemon.main) after noting the threads' names for the benchmark.
+_RUNNER = """
+import json, sys, threading, time
+def names():
+    time.sleep(8)
+    open(sys.argv[2], "w").write(json.dumps({str(t.native_id): t.name for t in threading.enumerate()}))
+threading.Thread(target=names, daemon=True).start()
+from agent.daemon import main
+sys.exit(main(["--config", sys.argv[1]]))
+"""
+
+
+def bench_idle(tmp: Path, window_s: float, blackbox: bool) -> dict[str, Any]:
+    broker = Mosquitto(tmp / f"b-idle{blackbox}", persistent=False).start()
+    conf = icvq_conf(tmp / f"idle{blackbox}", broker.port)
+    if not blackbox:
+        text = conf.read_text()
+        conf.write_text(re.sub(r"(\[blackbox\][^\[]*?\n)enabled = true", r"\1enabled = false", text, count=1))
+    names_file = tmp / f"threads{blackbox}.json"
+    p = subprocess.Popen([sys.executable, "-c", _RUNNER, str(conf), str(names_file)], cwd=REPO, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(12)
+        names = json.loads(names_file.read_text())
+        a, ta = _threads_of(p.pid, names), time.monotonic()
+        time.sleep(window_s)
+        b, tb = _threads_of(p.pid, names), time.monotonic()
+    finally:
+        p.terminate()
+        p.wait(20)
+        broker.stop()
+    w = tb - ta
+    per = {k: ((b[k][0] - a.get(k, (0, 0.0))[0]) / w, (b[k][1] - a.get(k, (0, 0.0))[1]) / w * 3600) for k in b}
+    return {"window_s": w, "threads": per, "switches_per_s": sum(v[0] for v in per.values()),
+            "cpu_s_per_h": sum(v[1] for v in per.values())}
+
+
+_FLOOR = """
+import importlib, sys, time
+for m in sys.argv[1].split(","):
+    try:
+        importlib.import_module(m)
+    except Exception:
+        pass
+time.sleep(600)
+"""
+
+
+def agent_imports(conf: Path, settle_s: float) -> list[str]:
+    """Every non-agent module a real daemon run imports (lazy ones included), from `python -X importtime`."""
+    log = conf.parent / "importtime.txt"
+    with log.open("w") as f:
+        p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "agent", "--config", str(conf)],
+                             cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=f)
+        time.sleep(settle_s)
+        p.terminate()
+        p.wait(20)
+    mods = []
+    for line in log.read_text().splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", line)
+        if m and not m.group(1).startswith(("agent", "__main__")):
+            mods.append(m.group(1))
+    return mods
+
+
+def floor_cmd(mods: list[str]) -> list[str]:
+    """A process that imports exactly `mods` and sleeps: the memory floor of the agent's dependencies."""
+    return [sys.executable, "-c", _FLOOR, ",".join(mods)]
+
+
+def bench_rss(tmp: Path, settle_s: float) -> dict[str, Any]:
+    broker = Mosquitto(tmp / "b-rss", persistent=False).start()
+    conf = icvq_conf(tmp / "rss", broker.port)
+    res: dict[str, Any] = {}
+    try:
+        mods = agent_imports(conf, settle_s)
+        res["floor_modules"] = len(mods)
+        res["third_party"] = sorted({m.split(".")[0] for m in mods if m.split(".")[0] in
+                                     ("paho", "psutil", "msgpack", "can", "cantools", "tomli")})
+        # 2) the daemon alone, then the floor alone
+        for key, cmd in (("agent", [sys.executable, "-m", "agent", "--config", str(conf)]),
+                         ("floor", floor_cmd(mods)),
+                         ("old_floor", [sys.executable, "-c",
+                                        "import can, paho.mqtt.client, psutil, msgpack, time; time.sleep(600)"])):
+            p = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(settle_s)
+                s = procstat.sample(p.pid)
+                res[f"{key}_rss_mib"], res[f"{key}_pss_mib"] = s.rss_mib, s.pss_mib
+            finally:
+                p.terminate()
+                p.wait(20)
+    finally:
+        broker.stop()
+    res["rss_ratio"] = res["agent_rss_mib"] / res["floor_rss_mib"]
+    res["pss_ratio"] = res["agent_pss_mib"] / res["floor_pss_mib"]
+    return res
+
+
+def bench_reconnect(tmp: Path, trials: int) -> dict[str, Any]:
+    broker = Mosquitto(tmp / "b-rc", persistent=True).start()
+    sub = Subscriber(broker.port)
+    d = _daemon(tmp / "rc", broker.port)
+    delays: list[float] = []
+    rnd = random.Random(31)
+    try:
+        acks = Acks(d)
+        deadline = time.monotonic() + 20
+        while not d.uplink.connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)
+        for i in range(trials):
+            broker.kill()
+            time.sleep(rnd.uniform(2.0, 4.0))
+            d.pipeline.intake(d.rec.event("bench.during_outage", {"trial": i}))
+            time.sleep(rnd.uniform(3.0, 11.0))
+            broker.start()            # returns once the port accepts TCP
+            t_back = time.monotonic()
+            a = acks.first_after(t_back, 120.0)
+            delays.append((a - t_back) if a is not None else float("inf"))
+            time.sleep(rnd.uniform(1.0, 3.0))
+        reasons = d.uplink.reconnects
+    finally:
+        d.stop()
+        sub.stop()
+        broker.stop()
+    return {"trials": trials, "p50_s": _pct(delays, 50), "p95_s": _pct(delays, 95), "max_s": max(delays),
+            "mean_s": statistics.mean(delays), "connections": reasons}
+
+
+def markdown(ev: dict[str, Any], idle: dict[str, Any], idle_nobb: dict[str, Any], rss: dict[str, Any],
+             rc: dict[str, Any], cmd: str) -> str:
+    threads = "\n".join(f"| {name} | {v[0]:.2f} | {v[1]:.2f} | {idle_nobb['threads'].get(name, (0.0, 0.0))[0]:.2f} |"
+                        for name, v in sorted(idle["threads"].items(), key=lambda kv: -kv[1][0]))
+    return f"""## Issue 13: event latency, idle wake-ups, memory floor, reconnect
+
+Command: `{cmd}` (this machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; default config:
+system probe every 10 s, `batch_linger_s` 300 s, keepalive 60 s, a real mosquitto on loopback).
+
+| measure | result | goal |
+|---|---|---|
+| event → PUBACK, p50 / p99 / max ({ev['n']} events, samples lingering) | {ev['p50_ms']:.0f} / {ev['p99_ms']:.0f} / {ev['max_ms']:.0f} ms | p99 ≤ 1,000 ms |
+| batches for those events / samples still waiting at the end | {ev['batches']} / {ev['metrics_waiting_at_end']} | one batch per event; samples wait |
+| idle context switches per second, whole process (upper bound of wake-ups) | {idle['switches_per_s']:.2f} | ≤ 3 |
+| the same with `[blackbox] enabled = false` | {idle_nobb['switches_per_s']:.2f} | |
+| idle CPU seconds per hour (with / without the black box) | {idle['cpu_s_per_h']:.2f} / {idle_nobb['cpu_s_per_h']:.2f} | see the collectd table |
+| VmRSS: agent / floor of what it imports | {rss['agent_rss_mib']:.1f} / {rss['floor_rss_mib']:.1f} MiB = {rss['rss_ratio']:.2f} | ≤ 1.1× |
+| PSS: agent / floor | {rss['agent_pss_mib']:.1f} / {rss['floor_pss_mib']:.1f} MiB = {rss['pss_ratio']:.2f} | |
+| old "import floor" (`import can, paho, psutil, msgpack`): VmRSS | {rss['old_floor_rss_mib']:.1f} MiB | (counted python-can, which the agent never imports) |
+| broker back → first PUBACK, p50 / p95 / max over {rc['trials']} outages of 5–15 s | {rc['p50_s']:.2f} / {rc['p95_s']:.2f} / {rc['max_s']:.2f} s | p95 ≤ 5 s |
+
+The floor is a Python process importing exactly the {rss['floor_modules']} non-agent modules the daemon imported in the
+same run (third-party among them: {', '.join(rss['third_party'])}), listed by `python -X importtime`.
+
+Idle, per thread ({idle['window_s']:.0f} s window; context switches per second, CPU seconds per hour):
+
+| thread | switches/s | CPU s/h | switches/s without the black box |
+|---|---|---|---|
+{threads}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.lean", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer events and trials, shorter windows (smoke run)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ev = bench_event_latency(tmp, 30 if args.quick else 200)
+        idle = bench_idle(tmp, 30 if args.quick else 120, blackbox=True)
+        idle_nobb = bench_idle(tmp, 30 if args.quick else 120, blackbox=False)
+        rss = bench_rss(tmp, 10 if args.quick else 20)
+        rc = bench_reconnect(tmp, 4 if args.quick else 20)
+    cmd = "python -m tools.bench.lean" + (" --quick" if args.quick else "")
+    print(markdown(ev, idle, idle_nobb, rss, rc, cmd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
