@@ -120,6 +120,18 @@ def test_empty_missing_and_non_regular_password_files_are_refused(tmp_path: Path
             private.read_password(path)
 
 
+def test_systemd_credentials_are_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoadCredential= files: systemd grants the unit's user read access, possibly by an ACL (mode 0440)."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "mqtt.pass").write_text("pw\n")
+    (tmp_path / "mqtt.pass").chmod(0o440)
+    assert private.read_password(str(tmp_path / "mqtt.pass")) == "pw"
+    private.check_secrets("/run/credentials/icvq-agent.service/mqtt.pass", "")  # check-config outside the unit
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="0440"):
+        private.read_password(str(tmp_path / "mqtt.pass"))
+
+
 @pytest.mark.parametrize("mode_", [0o644, 0o600])
 def test_check_config_names_an_unsafe_password_file(tmp_path: Path, mode_: int) -> None:
     path = secret(tmp_path, "pw\n", mode_)
