@@ -49,6 +49,7 @@ def test_agent_state_is_private_under_umask_022(tmp_path: Path, broker: Mosquitt
                            capture_output=True, cwd=REPO, timeout=60)
         assert r.returncode == 0, r.stderr
         files = {p: mode(p) for d in ("state", "hist") for p in (tmp_path / d).rglob("*")}
+        assert mode(tmp_path / "run" / "control.sock") == 0o660  # group icvq may connect, others may not
     finally:
         assert agent.stop() == 0
     assert mode(tmp_path / "state") == 0o750 and mode(tmp_path / "state" / "q") == 0o750
