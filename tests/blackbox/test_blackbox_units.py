@@ -205,3 +205,13 @@ def test_hourly_cap_over_all_triggers() -> None:
     box.observe([rec.event("can.error", {"bus": "can0", "frames": 3})])
     box.step()
     assert len(out) == 4
+
+
+def test_events_may_name_a_whole_family() -> None:
+    clock = FakeClock()
+    out: list[Record] = []
+    box = _box(BlackboxConfig(events=("display",), families=(), pre_s=1, post_s=0, window_s=5), clock, out, [1.0])
+    rec = RecordFactory(clock)
+    box.observe([rec.event("display.gpu_hang", {"driver": "i915"}), rec.event("can.error", {"bus": "can0"})])
+    box.step()
+    assert [r.data["trigger"] for r in out if isinstance(r.data, dict)] == ["display.gpu_hang"]
