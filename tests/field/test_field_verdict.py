@@ -11,6 +11,7 @@ unopenable): the HUNG report must name the pid owning this config's socket, not 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -100,7 +101,7 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     home.chmod(0o755)
     mnt = tmp / "spoolfs"
     mnt.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt))
+    _run("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt))
     broker = Mosquitto(tmp / "broker").start()
     backend = Backend(broker.port)
     notify = NotifySocket(tmp / "notify.sock")
@@ -222,13 +223,15 @@ def test_4_broker_down(sshd: Sshd, car: Car) -> None:
 
 
 def test_5_spool_on_a_full_filesystem(sshd: Sshd, car: Car) -> None:
-    with (car.mnt / "filler").open("wb") as f:
-        try:
+    used = {p.name: p.stat().st_size for p in car.mnt.iterdir()}
+    try:
+        with (car.mnt / "filler").open("wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass  # ENOSPC: the filesystem under the spool is full
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e  # the filesystem under the spool is full now
+    print("spool files before the filler:", used)  # shown if the verdict below does not come
     st = see(sshd, car.main, "failing", "spool_disk_full", "spool disk full", 1)
     assert "held in memory" in st["verdict"]["reasons"][0]["text"]
 
