@@ -90,4 +90,7 @@ def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
         st["history"] = {"enabled": True, **history_summary(cfg.history.path)}
     else:
         st["history"] = {"enabled": False}
+    from ..blackbox.wiring import stored_status
+
+    st["blackbox"] = stored_status(cfg, st["now"])
     return st
