@@ -258,3 +258,20 @@ def test_6_hung_agent(sshd: Sshd, car: Car, tmp_path: Path) -> None:
 def test_7_spool_path_is_a_directory(sshd: Sshd, car: Car) -> None:
     """The other agent on this host started with a directory where its spool file belongs."""
     see(sshd, car.other, "failing", "spool_unopenable", "spool unopenable", 1)
+
+
+def test_8_agent_without_its_control_socket(sshd: Sshd, car: Car, tmp_path: Path) -> None:
+    """Something that is not a socket sits at the socket path: the agent runs on without its control socket.
+    `status` cannot ask it, but names the agent started with this config (and only that one)."""
+    (tmp_path / "control.sock").write_text("not a socket")
+    conf = write_config(tmp_path, base_config(tmp_path, car.broker.port, blackbox={"enabled": False},
+                                              vehicle={"id": "VIN0010"}, probes__system={"enabled": False}))
+    agent = AgentProc(conf, tmp_path / "agent.log").start()
+    try:
+        agent.wait_log("control socket")
+        rc, st = status_json(sshd, Unit(conf, agent, car.main.notify))
+        assert rc == 3 and st["agent"] == "not_running" and st["same_config"] == [agent.proc.pid], st  # type: ignore[union-attr]
+        assert "runs with this config without its control socket" in st["reason"]
+        assert car.main.pid not in st["same_config"] and car.other.pid not in st["same_config"]
+    finally:
+        agent.stop()
