@@ -12,7 +12,7 @@ import pytest
 from agent.probes.display.episodes import EpisodeMachine
 from agent.probes.display.frame_state import FrameTracker
 from agent.probes.display.framebuffer import FrameSample, Layout
-from agent.probes.display.rules import RegionSignal, Signals, Thresholds, black_verdict, freeze_verdict
+from agent.probes.display.rules import BacklightSignal, RegionSignal, Signals, Thresholds, black_verdict, freeze_verdict
 from agent.probes.display.settings import RegionConfig
 
 TH = Thresholds(black_min_s=2.0)
@@ -45,6 +45,10 @@ DRM_CASES: list[tuple[str, dict[str, Any], list[tuple[float, dict[str, Any]]], l
     ("dark UI whose drawing stops is judged by its pixels again after black_min_s",
      {"black_since": 0.0, "lit_fraction": 0.004, "flip_at": 0.0, "frame_changed_at": 0.0},
      [(1.0, {"flip_at": 1.0, "frame_changed_at": 1.0}), (2.0, {}), (3.0, {}), (3.5, {})], [("begin", 3.0)]),
+    ("truly black scanout with the backlight on: black within black_min_s",
+     {"black_since": 0.0, "lit_fraction": 0.0, "flip_at": 0.0, "frame_changed_at": 0.0,
+      "backlights": (BacklightSignal("panel", "on", 0.0, {"device": "panel"}),)},
+     [(1.0, {}), (2.0, {}), (3.0, {})], [("begin", 2.0)]),
     ("X/fbdev (flips not observed): a dark grid with dark regions is black",
      {"black_since": 0.0, "lit_fraction": 0.001, "regions": (CLOCK,)}, [(1.0, {}), (2.0, {})], [("begin", 2.0)]),
 ]

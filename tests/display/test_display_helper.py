@@ -97,3 +97,41 @@ def test_client_against_the_serve_loop(tmp_path: Path) -> None:
     assert client.sample().grid == 1234
     stop[0] = True
     t.join(5)
+
+
+def test_probe_on_the_drm_source_without_a_card(tmp_path: Path) -> None:
+    """The probe wired to the helper's socket (fake sampling) and to a card node that is not there: frames flow
+    through the same rules, the missing card is one source down (counted), never an error."""
+    from agent.clock import FakeClock
+    from agent.probe import ProbeContext
+    from agent.probes.display import Config, DisplayProbe
+    from agent.records import Record
+    from agent.schema import build
+
+    sampler = FakeSampler()
+    t, stop = start(tmp_path / "s.sock", sampler)
+    clock = FakeClock()
+    records: list[Record] = []
+    cfg = build(Config, {"enabled": True, "drm_card": str(tmp_path / "card0"),
+                         "drm_sampler_socket": str(tmp_path / "s.sock"), "sysfs_root": str(tmp_path / "sys"),
+                         "regions": [{"name": "clock", "x": 0, "y": 0, "width": 10, "height": 10}]},
+                path="probes.display")
+    probe = DisplayProbe(cfg, ProbeContext(clock=clock, emit=records.append))
+    try:
+        probe.open()
+        for _ in range(4):
+            records += probe.tick()
+            clock.advance(0.5)
+        st = probe.status()
+        assert st["sources"]["framebuffer"] == "up" and st["sources"]["drm"].startswith("down")
+        assert st["framebuffer"] == "drm XR24 1024x768 32bpp"
+        assert probe.counters.snapshot().get("drm_open_failed") == 1
+        # The fake frame never changes: after expected_period_s x missed_periods + fb_interval_s, a freeze.
+        for _ in range(6):
+            records += probe.tick()
+            clock.advance(0.5)
+        assert [r.name for r in records if r.kind.name == "BEGIN"] == ["display.freeze"]
+    finally:
+        probe.close()
+        stop[0] = True
+        t.join(5)
