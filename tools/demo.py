@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     broker.stop()
     ok &= report(db, expected)
     say(f"agent exit status {agent.returncode}; files in {out}")
+    say("a Wayland head unit on DRM/KMS (weston in the qemu guest, ~1 min): python -m tools.demo drm")
     return 0 if ok and agent.returncode == 0 else 1
 
 

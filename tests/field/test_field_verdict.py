@@ -11,6 +11,7 @@ unopenable): the HUNG report must name the pid owning this config's socket, not 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -100,7 +101,7 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     home.chmod(0o755)
     mnt = tmp / "spoolfs"
     mnt.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt))
+    _run("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt))
     broker = Mosquitto(tmp / "broker").start()
     backend = Backend(broker.port)
     notify = NotifySocket(tmp / "notify.sock")
@@ -222,13 +223,15 @@ def test_4_broker_down(sshd: Sshd, car: Car) -> None:
 
 
 def test_5_spool_on_a_full_filesystem(sshd: Sshd, car: Car) -> None:
-    with (car.mnt / "filler").open("wb") as f:
-        try:
+    used = {p.name: p.stat().st_size for p in car.mnt.iterdir()}
+    try:
+        with (car.mnt / "filler").open("wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass  # ENOSPC: the filesystem under the spool is full
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e  # the filesystem under the spool is full now
+    print("spool files before the filler:", used)  # shown if the verdict below does not come
     st = see(sshd, car.main, "failing", "spool_disk_full", "spool disk full", 1)
     assert "held in memory" in st["verdict"]["reasons"][0]["text"]
 
@@ -258,3 +261,20 @@ def test_6_hung_agent(sshd: Sshd, car: Car, tmp_path: Path) -> None:
 def test_7_spool_path_is_a_directory(sshd: Sshd, car: Car) -> None:
     """The other agent on this host started with a directory where its spool file belongs."""
     see(sshd, car.other, "failing", "spool_unopenable", "spool unopenable", 1)
+
+
+def test_8_agent_without_its_control_socket(sshd: Sshd, car: Car, tmp_path: Path) -> None:
+    """Something that is not a socket sits at the socket path: the agent runs on without its control socket.
+    `status` cannot ask it, but names the agent started with this config (and only that one)."""
+    (tmp_path / "control.sock").write_text("not a socket")
+    conf = write_config(tmp_path, base_config(tmp_path, car.broker.port, blackbox={"enabled": False},
+                                              vehicle={"id": "VIN0010"}, probes__system={"enabled": False}))
+    agent = AgentProc(conf, tmp_path / "agent.log").start()
+    try:
+        agent.wait_log("control socket")
+        rc, st = status_json(sshd, Unit(conf, agent, car.main.notify))
+        assert rc == 3 and st["agent"] == "not_running" and st["same_config"] == [agent.proc.pid], st  # type: ignore[union-attr]
+        assert "runs with this config without its control socket" in st["reason"]
+        assert car.main.pid not in st["same_config"] and car.other.pid not in st["same_config"]
+    finally:
+        agent.stop()
