@@ -307,6 +307,10 @@ class Spool:
                 self._give_up_memory(f"the spool cannot be written ({e})")
                 return
         self.drops = self._merge(self.drops, {"shutdown.unwritable": pending})
+        if self._trouble is not None and self._trouble.state == LOW_HEADROOM and pending:
+            log.error("stopping with the file system below its headroom: %d records held in memory counted as "
+                      "shutdown.unwritable, not written", pending)
+            return
         written = 0
         try:
             for b in self._unpersisted_batches():
