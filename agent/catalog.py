@@ -145,7 +145,8 @@ RECORDS: tuple[RecordDef, ...] = (
     # -- the agent itself -----------------------------------------------------------------------------
     RecordDef("agent.start", (E,), "agent/daemon.py", "restarts and unclean shutdowns explain gaps", ALWAYS, (
         F("version", "agent version"), F("config", "config digest"),
-        F("previous_shutdown", "clean / unclean / first"), F("spool_records", "records waiting at start"),
+        F("previous_shutdown", "clean / unclean / first / unknown (spool not openable at start)"),
+        F("spool_records", "records waiting at start"),
         F("spool_batches", "batches waiting at start"))),
     RecordDef("agent.stop", (E,), "agent/daemon.py", "an orderly stop is not a crash", ALWAYS,
               (F("version", "agent version"),)),

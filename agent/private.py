@@ -10,7 +10,10 @@ so the whole set follows. Group read stays, for the field CLI run by members of 
 Secrets (`uplink.password_file`, `uplink.tls.key`) are refused, like ssh refuses a private key, when group or
 others may read or write them or when someone other than the agent's user or root owns them: anyone in the
 agent's group (the field engineers) could otherwise read the fleet credential. The password is the file's
-first line (trailing CR/LF removed), as config/agent.toml documents; later lines are ignored.
+first line (trailing CR/LF removed), as config/agent.toml documents; later lines are ignored. Files systemd
+hands over as credentials (`LoadCredential=`, under $CREDENTIALS_DIRECTORY or /run/credentials/) are exempt
+from the mode check: systemd keeps them readable by the unit's user and root only, sometimes through an ACL
+that makes the mode read 0440.
 
 No threads; called at open time and per connection attempt (one stat and one small read).
 """
@@ -78,9 +81,19 @@ def private_db(path: Path | str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ secrets
-def check_secret(path: str, key: str, *, owner: bool = True) -> os.stat_result:
+def systemd_credential(path: str) -> bool:
+    """Whether `path` is one of the credentials systemd passed the unit (private to it by construction)."""
+    real = os.path.realpath(path)
+    dirs = [os.environ.get("CREDENTIALS_DIRECTORY", ""), "/run/credentials"]
+    return any(d and (real + "/").startswith(os.path.realpath(d).rstrip("/") + "/") for d in dirs)
+
+
+def check_secret(path: str, key: str, *, owner: bool = True) -> os.stat_result | None:
     """Raise ConfigError naming the file and key when `path` is not a private regular file of ours. `owner=False`
-    skips the owner check, for `--check-config` run by another user than the agent's."""
+    skips the owner check, for `--check-config` run by another user than the agent's. None for a systemd
+    credential seen from outside its unit (nothing to check there)."""
+    if systemd_credential(path) and not owner:
+        return None
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -89,6 +102,8 @@ def check_secret(path: str, key: str, *, owner: bool = True) -> os.stat_result:
         raise ConfigError(f"{path}: cannot stat: {e.strerror}", key=key) from None
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{path}: not a regular file", key=key)
+    if systemd_credential(path):
+        return st
     if st.st_mode & 0o077:
         raise ConfigError(f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
                           f"refusing to use it; chmod 600 {path}", key=key)

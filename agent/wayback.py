@@ -90,16 +90,22 @@ class WayBack:
     def wait(self, timeout_s: float) -> str | None:
         """Sleep up to timeout_s; returns why the way may be back, or None when the time ran out."""
         deadline = self._now() + timeout_s
-        socks = [self._r] + ([self._nl] if self._nl is not None else [])
+        socks = {s.fileno(): s for s in (self._r, self._nl) if s is not None}
+        # poll(), not select(): a process holding many sockets (the fleet simulator runs hundreds of agents
+        # in one process) has descriptors above FD_SETSIZE (1024), which select() refuses.
+        poller = select.poll()
+        for fd in socks:
+            poller.register(fd, select.POLLIN)
         while True:
             left = deadline - self._now()
             if left <= 0:
                 return None
             try:
-                ready, _, _ = select.select(socks, [], [], left)
+                events = poller.poll(max(1, int(left * 1000 + 0.999)))
             except InterruptedError:
                 continue
-            for s in ready:
+            for fd, _ in events:
+                s = socks[fd]
                 try:
                     data = s.recv(65536)
                 except OSError:

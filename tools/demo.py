@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.blackbox.columns import expand
 from tools import demo_parts
 from tools.localbroker import Mosquitto
 from tools.tomlw import to_toml
@@ -40,9 +41,9 @@ def report(db: Path, expected: dict[str, list[str]]) -> bool:
     print()
     say(f"backend stored {n_batches} batches, {n_records} records "
         f"({q('SELECT COUNT(*) FROM dead_letter').fetchone()[0]} rejected payloads)")
-    print(f"\n  {'record name':<28} {'type':<7} {'count':>6}")
+    print(f"\n  {'record name':<28} {'type':<8} {'count':>6}")
     for name, kind, n in q("SELECT name, kind, COUNT(*) FROM records GROUP BY name, kind ORDER BY name, kind"):
-        print(f"  {name:<28} {kind:<7} {n:>6}")
+        print(f"  {name:<28} {kind:<8} {n:>6}")
     eps = q("SELECT name, fields FROM records WHERE kind = 'end' ORDER BY t").fetchall()
     if eps:
         print("\n  episodes (ended):")
@@ -50,6 +51,16 @@ def report(db: Path, expected: dict[str, list[str]]) -> bool:
             f = json.loads(fields or "{}")
             brief = {k: f[k] for k in ("duration_s", "cause", "signal", "sensor", "evidence") if k in f}
             print(f"    {name:<22} {json.dumps(brief)[:110]}")
+    snaps = q("SELECT COALESCE(e.name, s.name), s.fields FROM records s LEFT JOIN episodes e ON e.vehicle = s.vehicle "
+              "AND e.device = s.device AND e.episode = s.episode WHERE s.kind = 'snapshot' ORDER BY s.t").fetchall()
+    if snaps:
+        print("\n  black-box context (docs/blackbox.md):")
+        for name, fields in snaps:
+            f = json.loads(fields or "{}")
+            cpu = [v for v in expand((f.get("system") or {}).get("cpu")) if isinstance(v, (int, float))]
+            lines = len(expand((f.get("kmsg") or {}).get("t")))
+            print(f"    {name:<22} {f.get('pre_s'):g} s before, {f.get('post_s'):g} s after; CPU peak "
+                  f"{max(cpu, default=0):.0f} %; {lines} kernel lines; {len(fields or '')} B as JSON")
     for (fields,) in q("SELECT fields FROM status WHERE kind = 'birth' ORDER BY received DESC LIMIT 1"):
         f = json.loads(fields)
         inv = f.get("inventory", {})
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: dict[str, Any] = {
         "vehicle": {"id": "DEMO0000000000001", "device": "hu", "fleet": "demo"},
         "uplink": {"host": "127.0.0.1", "port": broker.port, "batch_linger_s": 1.0, "backoff_max_s": 2.0},
-        "spool": {"path": str(out / "spool.db"), "max_mib": 16.0},
+        "spool": {"path": str(out / "spool.db"), "max_mib": 16.0, "commit_interval_s": 1.0},
         "history": {"path": str(out / "history.db")},
         "control": {"socket": str(out / "control.sock"), "group": ""},
         "agent": {"nice": 0, "io_idle": False, "health_interval_s": 10.0, "components": {"hmi": "3.2.1"}},
@@ -135,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     broker.stop()
     ok &= report(db, expected)
     say(f"agent exit status {agent.returncode}; files in {out}")
+    say("a Wayland head unit on DRM/KMS (weston in the qemu guest, ~1 min): python -m tools.demo drm")
     return 0 if ok and agent.returncode == 0 else 1
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class BlackBox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_procs = 0.0
+        self._taken: deque[float] = deque()  # when the snapshots of the last hour were triggered
 
     # ------------------------------------------------------------------------------------ inputs
     def tap(self, channel: str, fields: Mapping[str, Any]) -> None:
@@ -94,12 +96,19 @@ class BlackBox:
         hits = [t for t in (*self.builtin, *self.campaign_triggers) if t.matches(r)]
         if not hits:
             return
+        # One budget over all triggers: campaigns may set short intervals, the cellular link stays bounded.
+        while self._taken and now - self._taken[0] >= 3600.0:
+            self._taken.popleft()
+        if len(self._taken) >= self.cfg.max_per_hour:
+            self.counters.inc("suppressed.hourly_cap")
+            return
         taken = [t for t in hits if self.limiter.allow(t, now)]
         for t in hits:
             if t not in taken:
                 self.counters.inc(f"suppressed.{t.key}")
         if not taken:
             return
+        self._taken.append(now)
         pre = max(t.pre_s for t in taken)
         post = max(t.post_s for t in taken)
         capture = tuple(c for c in CHANNELS if any(c in t.capture for t in taken) and c in self.enabled_channels)

@@ -30,6 +30,7 @@ class BlackboxConfig:
     events: tuple[str, ...] = ()
     capture: tuple[str, ...] = CHANNELS
     min_interval_s: float = opt(600.0, min=0.0, max=86400.0)
+    max_per_hour: int = opt(12, min=1, max=3600)
     kmsg_per_s: float = opt(5.0, min=0.1, max=1000.0)
     kmsg_burst: int = opt(20, min=1, max=10000)
     kmsg_max_chars: int = opt(160, min=16, max=1024)

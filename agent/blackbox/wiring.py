@@ -8,6 +8,7 @@ Campaigns are persisted beside the spool unless `campaigns_path` says otherwise.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,34 @@ from .. import __version__
 from ..clock import Clock
 from ..config import AgentConfig
 from ..records import Record
-from .campaign import Identity
+from . import campaign_store
+from .campaign import CampaignError, Identity, summary, validate
 from .campaigns import Campaigns, topics
 from .recorder import BlackBox
 
 log = logging.getLogger("icvq.blackbox")
+
+
+def campaigns_path(cfg: AgentConfig) -> Path:
+    bc = cfg.blackbox
+    return Path(bc.campaigns_path) if bc.campaigns_path else Path(cfg.spool.path).parent / "campaigns.json"
+
+
+def stored_status(cfg: AgentConfig, now: float) -> dict[str, Any]:
+    """`icvq status` while the agent is down: the campaigns it will run, read from its file (read-only)."""
+    bc = cfg.blackbox
+    if not bc.enabled:
+        return {"enabled": False}
+    path = campaigns_path(cfg)
+    if path.exists() and not os.access(path, os.R_OK):
+        return {"enabled": True, "campaigns_error": f"{path}: no permission to read (mode 0600, owner icvq)"}
+    out = []
+    for doc in campaign_store.load(path):
+        try:
+            out.append(summary(validate(doc, window_s=bc.window_s, now_wall=now), now))
+        except CampaignError:
+            continue
+    return {"enabled": True, "campaigns": out}
 
 
 class Parts:
@@ -35,7 +59,7 @@ class Parts:
         if self.box is not None and bc.campaigns and bc.max_campaigns > 0:
             v = cfg.vehicle
             subs, ack = topics(cfg.uplink.topic_prefix, v.fleet, v.id, v.device)
-            path = Path(bc.campaigns_path) if bc.campaigns_path else Path(cfg.spool.path).parent / "campaigns.json"
+            path = campaigns_path(cfg)
             # `software` is what the birth message reports (agent/software.py): campaigns target those versions.
             me = Identity(v.fleet, v.id, v.device, {**(software or cfg.agent.components), "agent": __version__})
             self.campaigns = Campaigns(path, me, window_s=bc.window_s, max_campaigns=bc.max_campaigns,

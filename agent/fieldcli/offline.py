@@ -8,6 +8,7 @@ keep in step with SCHEMA in agent/spool.py.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import psutil
 
 from .. import __version__, history
+from ..config import DEFAULT_PATH
 from ..spool import ROW_OVERHEAD
 from .client import NOT_RUNNING, Context, Unavailable
 
@@ -72,6 +74,28 @@ def owner(pid: int | None) -> dict[str, Any] | None:
         return {"pid": pid, "error": type(e).__name__}
 
 
+def running_with(config_path: str) -> list[int]:
+    """Agents started with this config (`-c/--config PATH` on their command line, or none for the default
+    path) although nothing serves its socket: their control socket failed to start (their log says why).
+    Never other configs' agents."""
+    want = os.path.realpath(config_path)
+    default = want == os.path.realpath(DEFAULT_PATH)
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            argv = p.info["cmdline"] or []
+        except psutil.Error:
+            continue
+        if p.info["pid"] == os.getpid() or not any(os.path.basename(a) == "icvq-agent" or a == "agent"
+                                                   for a in argv[:3]):
+            continue
+        given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+        given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+        if any(os.path.realpath(g) == want for g in given) or (default and not given):
+            out.append(p.info["pid"])
+    return out
+
+
 def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
     """`agent` says why the daemon was not asked (not_running, hung, no_permission); `running` is false
     only when nothing listens, null when a process may be there (hung) or we may not ask."""
@@ -79,6 +103,12 @@ def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
                           "reason": str(why), "pid": why.pid, "owner": owner(why.pid), "verdict": None,
                           "now": time.time(), "cli_version": __version__,
                           "config": {"path": ctx.config_path}, "socket": ctx.socket}
+    if why.state == NOT_RUNNING:
+        pids = running_with(ctx.config_path)
+        if pids:
+            st["reason"] += (f"; but pid {', '.join(map(str, pids))} runs with this config without its control "
+                             "socket (its log says why)")
+            st["same_config"] = pids
     cfg = ctx.cfg
     if cfg is None:
         st["config"]["error"] = ctx.config_error
@@ -90,4 +120,7 @@ def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
         st["history"] = {"enabled": True, **history_summary(cfg.history.path)}
     else:
         st["history"] = {"enabled": False}
+    from ..blackbox.wiring import stored_status
+
+    st["blackbox"] = stored_status(cfg, st["now"])
     return st

@@ -131,12 +131,14 @@ def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) ->
 def _blackbox(bb: dict[str, Any], t: Callable[[float | None], str]) -> str:
     if not bb.get("enabled"):
         return "off"
+    if bb.get("campaigns_error"):
+        return f"campaigns: {bb['campaigns_error']}"
     c = bb.get("counters") or {}
     supp = sum(v for k, v in c.items() if k.startswith("suppressed."))
     s = (f"ring {size((bb.get('ring') or {}).get('bytes'))}, {c.get('snapshots', 0)} snapshots sent"
-         + (f", {supp} suppressed by rate limits" if supp else ""))
+         + (f", {supp} suppressed by rate limits" if supp else "") + "; ") if "ring" in bb else "(from disk) "
     camps = bb.get("campaigns") or []
-    s += "; campaigns: " + (", ".join(f"{x.get('id')} ({x.get('state')} until {t(x.get('end'))})" for x in camps)
+    s += "campaigns: " + (", ".join(f"{x.get('id')} ({x.get('state')} until {t(x.get('end'))})" for x in camps)
                             if camps else "none")
     return s
 

@@ -185,3 +185,33 @@ def test_columns_compact_whole_floats_and_repeated_strings() -> None:
     assert cols["load"] == [30, 32, 34, 31, 33, 35] and all(type(v) is int for v in cols["load"])
     assert cols["x"] == [1.5] * 6                                           # numbers stay plain lists
     assert expand(cols["bus"]) == ["can0"] * 3 + ["can1"] * 3 and expand([1, 2]) == [1, 2]
+
+
+def test_hourly_cap_over_all_triggers() -> None:
+    from agent.blackbox.triggers import Trigger
+
+    clock = FakeClock()
+    out: list[Record] = []
+    box = _box(BlackboxConfig(max_per_hour=3, pre_s=1, post_s=0, window_s=5), clock, out, [1.0])
+    box.set_campaign_triggers([Trigger("campaign:c", ("can.error",), frozenset({Kind.EVENT}), ("system",), 1, 0, 0.0,
+                                       campaign="c")])
+    rec = RecordFactory(clock)
+    for _ in range(10):
+        box.observe([rec.event("can.error", {"bus": "can0", "frames": 3})])
+        clock.advance(60.0)
+        box.step()
+    assert len(out) == 3 and box.counters.get("suppressed.hourly_cap") == 7
+    clock.advance(3600.0)
+    box.observe([rec.event("can.error", {"bus": "can0", "frames": 3})])
+    box.step()
+    assert len(out) == 4
+
+
+def test_events_may_name_a_whole_family() -> None:
+    clock = FakeClock()
+    out: list[Record] = []
+    box = _box(BlackboxConfig(events=("display",), families=(), pre_s=1, post_s=0, window_s=5), clock, out, [1.0])
+    rec = RecordFactory(clock)
+    box.observe([rec.event("display.gpu_hang", {"driver": "i915"}), rec.event("can.error", {"bus": "can0"})])
+    box.step()
+    assert [r.data["trigger"] for r in out if isinstance(r.data, dict)] == ["display.gpu_hang"]

@@ -147,6 +147,8 @@ def test_campaign_lifecycle(tmp_path: Path, broker: Mosquitto) -> None:
         backend.close()
         assert agent.stop() == 0
         ing.stop()
+    down = _status(cfg_path)  # the agent is stopped: `icvq status` reads the campaigns from its file
+    assert down["agent"] == "not_running" and [c["id"] for c in down["blackbox"]["campaigns"]] == ["gpu-hangs"]
     stored = json.loads((tmp_path / "campaigns.json").read_text())
     assert [c["id"] for c in stored["campaigns"]] == ["gpu-hangs"]
     assert oct((tmp_path / "campaigns.json").stat().st_mode & 0o777) == "0o600"

@@ -12,7 +12,7 @@ import pytest
 from agent.probes.display.episodes import EpisodeMachine
 from agent.probes.display.frame_state import FrameTracker
 from agent.probes.display.framebuffer import FrameSample, Layout
-from agent.probes.display.rules import RegionSignal, Signals, Thresholds, black_verdict, freeze_verdict
+from agent.probes.display.rules import BacklightSignal, RegionSignal, Signals, Thresholds, black_verdict, freeze_verdict
 from agent.probes.display.settings import RegionConfig
 
 TH = Thresholds(black_min_s=2.0)
@@ -45,6 +45,10 @@ DRM_CASES: list[tuple[str, dict[str, Any], list[tuple[float, dict[str, Any]]], l
     ("dark UI whose drawing stops is judged by its pixels again after black_min_s",
      {"black_since": 0.0, "lit_fraction": 0.004, "flip_at": 0.0, "frame_changed_at": 0.0},
      [(1.0, {"flip_at": 1.0, "frame_changed_at": 1.0}), (2.0, {}), (3.0, {}), (3.5, {})], [("begin", 3.0)]),
+    ("truly black scanout with the backlight on: black within black_min_s",
+     {"black_since": 0.0, "lit_fraction": 0.0, "flip_at": 0.0, "frame_changed_at": 0.0,
+      "backlights": (BacklightSignal("panel", "on", 0.0, {"device": "panel"}),)},
+     [(1.0, {}), (2.0, {}), (3.0, {})], [("begin", 2.0)]),
     ("X/fbdev (flips not observed): a dark grid with dark regions is black",
      {"black_since": 0.0, "lit_fraction": 0.001, "regions": (CLOCK,)}, [(1.0, {}), (2.0, {})], [("begin", 2.0)]),
 ]
@@ -115,3 +119,23 @@ def test_flips_stopped_supports_a_freeze_only_after_a_second_without_flips() -> 
     assert "flips_stopped" in kinds
     kinds = {e.kind for e in freeze_verdict(replace(base, flip_at=9.5), TH).evidence}
     assert "flips_stopped" not in kinds  # the compositor still presents: the HMI's region is what is stuck
+
+
+SPARSE = [
+    # (name, region_lit, last_change, flip_at, alive)
+    ("thin clock ticking in a roomy region", 0.004, 9.5, None, True),
+    ("thin clock stopped (stale): judged by its pixels", 0.004, 5.0, None, False),
+    ("region dark: nothing drawn there", 0.0, 9.5, None, False),
+    ("changed before the frame went dark", 0.004, 0.5, None, False),
+    ("DRM: changed in place without a flip (console cursor)", 0.004, 9.5, 0.5, False),
+    ("DRM: changed with a flip since", 0.004, 9.5, 9.5, True),
+]
+
+
+@pytest.mark.parametrize(("lit", "last_change", "flip_at", "alive"), [c[1:] for c in SPARSE],
+                         ids=[c[0] for c in SPARSE])
+def test_sparse_clock_keeps_a_dark_ui_alive(lit: float, last_change: float, flip_at: float | None,
+                                            alive: bool) -> None:
+    s = Signals(now=10.0, fb_ok=True, black_since=1.0, lit_fraction=0.0, frame_changed_at=1.0, flip_at=flip_at,
+                regions=(RegionSignal("clock", last_change, 2.5),), region_lit=(("clock", lit),))
+    assert (not black_verdict(s, TH).active) is alive

@@ -6,11 +6,12 @@ verdict and first reason, with the documented exit code.
 Real parts: sshd, mosquitto, a subscriber that goes away (no persistent session, so the broker answers 0x10),
 a small tmpfs under the spool that a filler file fills up (a read-only remount is refused while the spool has
 its files open for writing, as on a car: the kernel says "busy"), SIGSTOP, an unprivileged user via setpriv.
-A second agent with its own config runs meanwhile: the HUNG report must name the pid owning this config's
-socket, not every agent."""
+A second agent with its own config runs meanwhile, with a directory where its spool file belongs (spool
+unopenable): the HUNG report must name the pid owning this config's socket, not every agent."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -50,19 +51,39 @@ class Backend:
 
 
 @dataclass
-class Car:
-    home: Path
+class Unit:
+    """One agent as systemd runs it: its config, its process, its NOTIFY_SOCKET."""
+
     config: Path
     agent: AgentProc
-    other: AgentProc
     notify: NotifySocket
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"ICVQ_CONFIG": str(self.config)}
+
+    @property
+    def pid(self) -> int:
+        assert self.agent.proc is not None
+        return self.agent.proc.pid
+
+
+@dataclass
+class Car:
+    home: Path
+    main: Unit
+    other: Unit     # another agent on the same host; its spool path is a directory (spool unopenable)
     broker: Mosquitto
     backend: Backend
     mnt: Path
 
     @property
     def env(self) -> dict[str, str]:
-        return {"ICVQ_CONFIG": str(self.config)}
+        return self.main.env
+
+    @property
+    def agent(self) -> AgentProc:
+        return self.main.agent
 
 
 def _run(*argv: str) -> None:
@@ -80,7 +101,7 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     home.chmod(0o755)
     mnt = tmp / "spoolfs"
     mnt.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt))
+    _run("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt))
     broker = Mosquitto(tmp / "broker").start()
     backend = Backend(broker.port)
     notify = NotifySocket(tmp / "notify.sock")
@@ -91,12 +112,13 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
     config.chmod(0o644)
     agent = AgentProc(config, tmp / "agent.log", env={"NOTIFY_SOCKET": str(notify.path)}).start()
     other_dir = tmp_path_factory.mktemp("othercar")
+    (other_dir / "spool.db").mkdir()  # a directory where the spool file belongs: unopenable
+    other_notify = NotifySocket(other_dir / "notify.sock")
     # Another vehicle identity: the same one would take over our MQTT session (same client id).
-    other = AgentProc(write_config(other_dir, base_config(other_dir, broker.port, blackbox={"enabled": False},
-                                                          vehicle={"id": "VIN0009"},
-                                                          probes__system={"enabled": False})),
-                      other_dir / "agent.log").start()
-    c = Car(home, config, agent, other, notify, broker, backend, mnt)
+    other_conf = write_config(other_dir, base_config(other_dir, broker.port, blackbox={"enabled": False},
+                                                     vehicle={"id": "VIN0009"}, probes__system={"enabled": False}))
+    other = AgentProc(other_conf, other_dir / "agent.log", env={"NOTIFY_SOCKET": str(other_notify.path)}).start()
+    c = Car(home, Unit(config, agent, notify), Unit(other_conf, other, other_notify), broker, backend, mnt)
     try:
         yield c
     finally:
@@ -108,17 +130,18 @@ def car(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Car]:
         backend.stop()
         broker.kill()
         notify.close()
+        other_notify.close()
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
-def status_json(sshd: Sshd, car: Car, user: str = "") -> tuple[int, dict[str, Any]]:
+def status_json(sshd: Sshd, car: Car | Unit, user: str = "") -> tuple[int, dict[str, Any]]:
     r = sshd.ssh(["status", "--json"], car.env, user=user)
     assert r.stdout, r.stderr
     return r.returncode, json.loads(r.stdout)
 
 
-def see(sshd: Sshd, car: Car, state: str, code: str, phrase: str, rc: int) -> dict[str, Any]:
+def see(sshd: Sshd, car: Unit, state: str, code: str, phrase: str, rc: int) -> dict[str, Any]:
     """Wait until the agent's verdict is `state` with `code` first; then text, JSON and STATUS= must agree."""
     deadline = time.monotonic() + 30
     while True:
@@ -136,7 +159,7 @@ def see(sshd: Sshd, car: Car, state: str, code: str, phrase: str, rc: int) -> di
     out = text.stdout.decode()
     lines = out.splitlines()
     assert text.returncode == rc, out
-    assert f"is RUNNING, {state.upper()} (pid {car.agent.proc.pid}" in lines[0], out  # type: ignore[union-attr]
+    assert f"is RUNNING, {state.upper()} (pid {car.pid}" in lines[0], out
     assert lines[2].startswith(state) and phrase in lines[2] and "(since " in lines[2], out
 
     deadline = time.monotonic() + 15  # STATUS= is sent from the main loop, every 2 s when it changes
@@ -161,8 +184,8 @@ def test_1_healthy(sshd: Sshd, car: Car) -> None:
     assert text.returncode == 0 and "is RUNNING, HEALTHY" in text.stdout.decode(), text.stdout.decode()
     assert b"problems  none" in text.stdout
     deadline = time.monotonic() + 15
-    while not car.notify.status().startswith("healthy | spool "):
-        assert time.monotonic() < deadline, car.notify.status()
+    while not car.main.notify.status().startswith("healthy | spool "):
+        assert time.monotonic() < deadline, car.main.notify.status()
         time.sleep(0.2)
 
 
@@ -182,7 +205,7 @@ def test_2_permission_denied(sshd: Sshd, car: Car, tmp_path: Path) -> None:
 
 def test_3_no_backend_subscribed(sshd: Sshd, car: Car) -> None:
     car.backend.stop()
-    st = see(sshd, car, "degraded", "no_subscriber", "no backend subscribed", 6)
+    st = see(sshd, car.main, "degraded", "no_subscriber", "no backend subscribed", 6)
     assert st["counters"]["no_subscribers"] >= 1 and st["no_subscribers_since"]
     assert st["held_for_subscribers_s"] == pytest.approx(st["now"] - st["no_subscribers_since"], abs=0.2)
     assert "hold_retry_in_s" in st
@@ -196,18 +219,20 @@ def test_3_no_backend_subscribed(sshd: Sshd, car: Car) -> None:
 
 def test_4_broker_down(sshd: Sshd, car: Car) -> None:
     car.broker.kill()
-    see(sshd, car, "degraded", "offline", "uplink offline", 6)
+    see(sshd, car.main, "degraded", "offline", "uplink offline", 6)
 
 
 def test_5_spool_on_a_full_filesystem(sshd: Sshd, car: Car) -> None:
-    with (car.mnt / "filler").open("wb") as f:
-        try:
+    used = {p.name: p.stat().st_size for p in car.mnt.iterdir()}
+    try:
+        with (car.mnt / "filler").open("wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass  # ENOSPC: the filesystem under the spool is full
-    st = see(sshd, car, "failing", "spool_disk_full", "spool disk full", 1)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e  # the filesystem under the spool is full now
+    print("spool files before the filler:", used)  # shown if the verdict below does not come
+    st = see(sshd, car.main, "failing", "spool_disk_full", "spool disk full", 1)
     assert "held in memory" in st["verdict"]["reasons"][0]["text"]
 
 
@@ -218,7 +243,7 @@ def test_6_hung_agent(sshd: Sshd, car: Car, tmp_path: Path) -> None:
         rc, st = status_json(sshd, car)
         assert rc == 5 and st["agent"] == "hung" and st["running"] is None and st["verdict"] is None, st
         assert st["pid"] == pid and st["owner"]["state"] == "stopped" and "processes" not in st
-        assert car.other.proc and str(car.other.proc.pid) not in json.dumps(st)  # only this config's agent
+        assert str(car.other.pid) not in json.dumps(st)  # only this config's agent
         text = sshd.ssh(["status"], car.env)
         assert text.returncode == 5 and text.stdout.startswith(f"icvq-agent is HUNG (pid {pid}, ".encode())
         ev = sshd.ssh(["events"], car.env)
@@ -231,3 +256,25 @@ def test_6_hung_agent(sshd: Sshd, car: Car, tmp_path: Path) -> None:
             assert json.load(tar.extractfile(m))["agent"] == "hung"  # type: ignore[arg-type]
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_7_spool_path_is_a_directory(sshd: Sshd, car: Car) -> None:
+    """The other agent on this host started with a directory where its spool file belongs."""
+    see(sshd, car.other, "failing", "spool_unopenable", "spool unopenable", 1)
+
+
+def test_8_agent_without_its_control_socket(sshd: Sshd, car: Car, tmp_path: Path) -> None:
+    """Something that is not a socket sits at the socket path: the agent runs on without its control socket.
+    `status` cannot ask it, but names the agent started with this config (and only that one)."""
+    (tmp_path / "control.sock").write_text("not a socket")
+    conf = write_config(tmp_path, base_config(tmp_path, car.broker.port, blackbox={"enabled": False},
+                                              vehicle={"id": "VIN0010"}, probes__system={"enabled": False}))
+    agent = AgentProc(conf, tmp_path / "agent.log").start()
+    try:
+        agent.wait_log("control socket")
+        rc, st = status_json(sshd, Unit(conf, agent, car.main.notify))
+        assert rc == 3 and st["agent"] == "not_running" and st["same_config"] == [agent.proc.pid], st  # type: ignore[union-attr]
+        assert "runs with this config without its control socket" in st["reason"]
+        assert car.main.pid not in st["same_config"] and car.other.pid not in st["same_config"]
+    finally:
+        agent.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from agentproc import AgentProc, base_config, write_config
+from agentproc import REPO, AgentProc, base_config, write_config
 from broker import Mosquitto, free_port
 from ingest_helper import Ingest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -159,6 +161,21 @@ def test_vehicle_delivers_and_cannot_write_as_another(tmp_path: Path, rig: Rig) 
         for table in ("batches", "status", "records"):
             assert ingest.query(f"SELECT count(*) FROM {table} WHERE vehicle = 'VIN-B'") == [(0,)]
         assert ingest.query("SELECT count(*) FROM dead_letter") == [(0,)]
+
+        # The backend's campaign publisher, on its own certificate, reaches A through the ACL (docs/blackbox.md).
+        doc = tmp_path / "campaign.json"
+        doc.write_text(json.dumps({"id": "mtls-check", "trigger": {"family": "link"}, "pre_s": 2, "post_s": 1,
+                                   "end": time.time() + 3600}))
+        d = rig.pki.dir
+        r = subprocess.run([sys.executable, "-m", "tools.ingest", "campaign", "--host", "localhost", "--port",
+                            str(rig.port), "--tls-ca", str(d / "ca.crt"), "--tls-cert", str(d / "icvq-campaigns.crt"),
+                            "--tls-key", str(d / "icvq-campaigns.key"), "--fleet", "test", "publish", str(doc),
+                            "--vehicle", "VIN-A"], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 20
+        while not [c for c in status_of(tmp_path / "a")["blackbox"]["campaigns"] if c["id"] == "mtls-check"]:
+            assert time.monotonic() < deadline, status_of(tmp_path / "a")["blackbox"]
+            time.sleep(0.2)
     finally:
         assert agent.stop() == 0
         ingest.stop()
@@ -171,7 +188,9 @@ def test_campaign_topics_are_read_only_for_vehicles(rig: Rig) -> None:
     got: list[str] = []
     last = threading.Event()
     sub = client_as(rig, "VIN-A")
-    sub.on_message = lambda _c, _u, m: (got.append(m.topic), m.topic.endswith("/last") and last.set())
+    # Live messages only: retained ones left by the other test (its campaign) are no evidence either way.
+    sub.on_message = lambda _c, _u, m: None if m.retain else (got.append(m.topic),
+                                                              m.topic.endswith("/last") and last.set())
     subscribed = threading.Event()
     sub.on_subscribe = lambda *_: subscribed.set()
     sub.connect("localhost", rig.port)

@@ -1,4 +1,4 @@
-"""Plaintext off loopback, with the real daemon and a real mosquitto.
+"""Plaintext off loopback and secret files others may read, with the real daemon and a real mosquitto.
 
 "0.0.0.0" is not loopback by its text (the policy never resolves names) yet Linux routes it to the local
 broker, so the same test sees both the refusal and, once allowed, the delivery.
@@ -68,3 +68,23 @@ def test_plaintext_off_loopback_holds_the_uplink_until_allowed(tmp_path: Path, b
     finally:
         assert agent.stop() == 0
         rec.stop()
+
+
+def test_password_file_others_may_read_holds_the_uplink_until_fixed(tmp_path: Path, broker: Mosquitto) -> None:
+    """Refused at every connect attempt, named in status and the verdict; `chmod 600` is enough (no reload)."""
+    pw = tmp_path / "mqtt.pass"
+    pw.write_text("s3cret\nignored second line\n")
+    pw.chmod(0o644)
+    config = write_config(tmp_path, base_config(tmp_path, broker.port,
+                                                uplink={"username": "car", "password_file": str(pw)}))
+    agent = AgentProc(config, tmp_path / "agent.log").start()
+    try:
+        agent.wait_log("is accessible by group or others (mode 0644)", 10)
+        st = status_of(tmp_path)
+        assert st["uplink"]["last_connect_error"]["code"] == "config" and str(pw) in st["uplink"]["last_error"]
+        assert [r["code"] for r in st["verdict"]["reasons"]][:1] == ["uplink_config"]
+        assert "s3cret" not in (tmp_path / "agent.log").read_text()
+        pw.chmod(0o600)
+        agent.wait_log("connected to 127.0.0.1", 20)  # mosquitto here takes any credentials
+    finally:
+        assert agent.stop() == 0

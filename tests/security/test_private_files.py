@@ -49,6 +49,7 @@ def test_agent_state_is_private_under_umask_022(tmp_path: Path, broker: Mosquitt
                            capture_output=True, cwd=REPO, timeout=60)
         assert r.returncode == 0, r.stderr
         files = {p: mode(p) for d in ("state", "hist") for p in (tmp_path / d).rglob("*")}
+        assert mode(tmp_path / "run" / "control.sock") == 0o660  # group icvq may connect, others may not
     finally:
         assert agent.stop() == 0
     assert mode(tmp_path / "state") == 0o750 and mode(tmp_path / "state" / "q") == 0o750
@@ -118,6 +119,18 @@ def test_empty_missing_and_non_regular_password_files_are_refused(tmp_path: Path
                         (str(tmp_path), "not a regular file")):
         with pytest.raises(ConfigError, match=words):
             private.read_password(path)
+
+
+def test_systemd_credentials_are_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoadCredential= files: systemd grants the unit's user read access, possibly by an ACL (mode 0440)."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "mqtt.pass").write_text("pw\n")
+    (tmp_path / "mqtt.pass").chmod(0o440)
+    assert private.read_password(str(tmp_path / "mqtt.pass")) == "pw"
+    private.check_secrets("/run/credentials/icvq-agent.service/mqtt.pass", "")  # check-config outside the unit
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="0440"):
+        private.read_password(str(tmp_path / "mqtt.pass"))
 
 
 @pytest.mark.parametrize("mode_", [0o644, 0o600])

@@ -21,7 +21,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from tools.tomlw import to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_MB_PER_DAY = 100.0
+LOSETUP = threading.Lock()
 
 
 class LoopFs:
@@ -49,8 +52,9 @@ class LoopFs:
         with self.image.open("wb") as f:
             f.truncate(self.size_mib << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
-        self.dev = subprocess.run(["losetup", "--find", "--show", str(self.image)], check=True,
-                                  capture_output=True, text=True).stdout.strip()
+        with LOSETUP:  # two `losetup --find` at once may pick the same free device
+            self.dev = subprocess.run(["losetup", "--find", "--show", str(self.image)], check=True,
+                                      capture_output=True, text=True).stdout.strip()
         subprocess.run(["mount", self.dev, str(self.mnt)], check=True)
         return self
 
@@ -78,8 +82,9 @@ def accepted(conf: Path) -> int:
     return int(json.loads(out.stdout).get("counters", {}).get("accepted", 0))
 
 
-def run_case(tmp: Path, online: bool, minutes: float) -> dict[str, Any]:
-    work = tmp / ("online" if online else "offline")
+def run_case(tmp: Path, online: bool, minutes: float, commit_interval_s: float | None = None) -> dict[str, Any]:
+    name = ("online" if online else "offline") + ("" if commit_interval_s is None else f"-{commit_interval_s:g}s")
+    work = tmp / name
     work.mkdir()
     broker = Mosquitto(work / "broker").start() if online else None
     port = broker.port if broker else free_port()
@@ -96,7 +101,8 @@ def run_case(tmp: Path, online: bool, minutes: float) -> dict[str, Any]:
             conf.write_text(to_toml({
                 "vehicle": {"id": "FLASH0001", "device": "hu", "fleet": "bench"},
                 "uplink": {"host": "127.0.0.1", "port": port},
-                "spool": {"path": str(data / "spool.db")},
+                "spool": {"path": str(data / "spool.db"), **({} if commit_interval_s is None else
+                                                            {"commit_interval_s": commit_interval_s})},
                 "history": {"path": str(data / "history.db")},
                 "control": {"socket": str(work / "control.sock"), "group": ""},
             }))
@@ -121,7 +127,7 @@ def run_case(tmp: Path, online: bool, minutes: float) -> dict[str, Any]:
     hours = (t1 - t0) / 3600
     n = max(n1 - n0, 1)
     proc_b, dev_b = w1 - w0, (s1 - s0) * 512
-    return {"case": "online" if online else "offline", "minutes": round((t1 - t0) / 60, 1), "records": n1 - n0,
+    return {"case": name, "minutes": round((t1 - t0) / 60, 1), "records": n1 - n0,
             "process_bytes_per_h": proc_b / hours, "device_bytes_per_h": dev_b / hours,
             "process_bytes_per_record": proc_b / n, "device_bytes_per_record": dev_b / n,
             "device_mb_per_day": dev_b / hours * 24 / 1e6, "process_mb_per_day": proc_b / hours * 24 / 1e6,
@@ -187,14 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2-minute windows")
     ap.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     ap.add_argument("--bound-only", action="store_true", help="only the disk-bound check (seconds, tmpfs)")
+    ap.add_argument("--commit-intervals", default="", help="comma-separated [spool] commit_interval_s values to "
+                    "compare (default: the shipped default only)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("tools.bench.flash needs root (losetup, mount)", file=sys.stderr)
         return 1
     minutes = 2.0 if args.quick else args.minutes
+    intervals: list[float | None] = [float(x) for x in args.commit_intervals.split(",")] if args.commit_intervals \
+        else [None]
     with tempfile.TemporaryDirectory(prefix="icvq-flash-") as tmp:
         bound = bound_case(Path(tmp))
-        rows = [] if args.bound_only else [run_case(Path(tmp), True, minutes), run_case(Path(tmp), False, minutes)]
+        cases = [] if args.bound_only else [(on, ci) for ci in intervals for on in (True, False)]
+        # Side by side: each case is one lightly loaded agent on its own loop device and broker.
+        with ThreadPoolExecutor(max_workers=max(1, len(cases))) as pool:
+            rows = list(pool.map(lambda c: run_case(Path(tmp), c[0], minutes, c[1]), cases))
     if rows:
         print(markdown(rows))
         print()

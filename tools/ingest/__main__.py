@@ -12,13 +12,12 @@ import json
 import logging
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Callable
 
 from agent import wire
-from agent.config import TlsConfig
 
+from . import tlsopts
 from .consumer import Consumer
 from .pseudonyms import Pseudonyms
 from .store import open_store
@@ -65,22 +64,12 @@ def run_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stats", action="store_true", help="print throughput and lag lines on stderr")
     ap.add_argument("--stats-interval", type=float, default=5.0, metavar="S", help="(default %(default)s s)")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    ap.add_argument("--tls-ca", metavar="PEM", help="CA bundle of the broker's certificate: connect with TLS")
-    ap.add_argument("--tls-cert", metavar="PEM", help="the backend's client certificate (with --tls-key)")
-    ap.add_argument("--tls-key", metavar="PEM", help="its private key")
+    tlsopts.add_arguments(ap)
     ap.add_argument("--pseudonym-key", metavar="FILE",
                     help="fleet key of cars that send a pseudonym instead of the VIN (vehicle.pseudonym_key_file); "
                          "with --vin-register, pseudonyms are mapped back and VINs stored")
     ap.add_argument("--vin-register", metavar="FILE", help="the fleet's VINs, one per line (with --pseudonym-key)")
     return ap
-
-
-def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if not (args.tls_ca or args.tls_cert):
-        return None
-    from agent import tls  # the agent's verifying context: TLS ≥ 1.2, host name checked
-
-    return tls.client_context(TlsConfig(ca=args.tls_ca or "", cert=args.tls_cert or "", key=args.tls_key or ""))
 
 
 def run(argv: list[str]) -> int:
@@ -99,7 +88,7 @@ def run(argv: list[str]) -> int:
     c = Consumer(store, args.host, args.port, args.topic_prefix, args.group, client_id, stats=args.stats,
                  session_expiry_s=args.session_expiry, receive_max=args.receive_max, max_group=args.max_group,
                  limits=limits, stats_interval_s=args.stats_interval, status=not args.no_status,
-                 name=f"ingest[{client_id or 'solo'}]", leave_on_stop=args.leave, tls_context=tls_context(args),
+                 name=f"ingest[{client_id or 'solo'}]", leave_on_stop=args.leave, tls_context=tlsopts.context(args),
                  resolve=resolve)
     signal.signal(signal.SIGTERM, lambda *_: c.stop_ev.set())
     try:

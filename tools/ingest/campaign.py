@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from agent import wire
 from agent.blackbox.campaign import CampaignError, validate
 from agent.errors import WireError
 
+from . import tlsopts
+
 MAX_WINDOW_S = 600.0
 
 
@@ -33,15 +36,17 @@ def _topic(prefix: str, fleet: str, vehicle: str | None, cid: str) -> str:
     return f"{p}/{fleet}/{vehicle}/_campaigns/{cid}" if vehicle else f"{p}/{fleet}/_campaigns/{cid}"
 
 
-def _client(host: str, port: int) -> mqtt.Client:
+def _client(host: str, port: int, tls_context: ssl.SSLContext | None = None) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    if tls_context is not None:
+        c.tls_set_context(tls_context)
     c.connect(host, port)
     c.loop_start()
     return c
 
 
 def _publish(args: argparse.Namespace, topic: str, body: bytes) -> None:
-    c = _client(args.host, args.port)
+    c = _client(args.host, args.port, tlsopts.context(args))
     try:
         c.publish(topic, body, qos=1, retain=True).wait_for_publish(10)
     finally:
@@ -49,10 +54,13 @@ def _publish(args: argparse.Namespace, topic: str, body: bytes) -> None:
         c.disconnect()
 
 
-def retained(host: str, port: int, topics: list[str], wait_s: float) -> dict[str, bytes]:
+def retained(host: str, port: int, topics: list[str], wait_s: float,
+             tls_context: ssl.SSLContext | None = None) -> dict[str, bytes]:
     """Retained messages on these topic filters (collected for wait_s after subscribing)."""
     got: dict[str, bytes] = {}
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    if tls_context is not None:
+        c.tls_set_context(tls_context)
 
     def on_message(cl: Any, u: Any, m: Any) -> None:
         if m.retain and m.payload:
@@ -87,7 +95,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def campaigns(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
     p = args.topic_prefix.rstrip("/")
     msgs = retained(args.host, args.port, [f"{p}/{args.fleet}/_campaigns/+", f"{p}/{args.fleet}/+/_campaigns/+",
-                                           f"{p}/{args.fleet}/+/+/status"], args.wait)
+                                           f"{p}/{args.fleet}/+/+/status"], args.wait, tlsopts.context(args))
     docs: dict[str, dict[str, Any]] = {}
     running: dict[str, list[str]] = {}
     for topic, body in sorted(msgs.items()):
@@ -143,7 +151,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
         _publish(args, topic, b"")
         print(f"cleared the retained campaign {args.id} on {topic}")
         return 0
-    got = retained(args.host, args.port, [topic], args.wait)
+    got = retained(args.host, args.port, [topic], args.wait, tlsopts.context(args))
     if topic not in got:
         print(f"no retained campaign {args.id} on {topic}", file=sys.stderr)
         return 1
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=1883, help="broker port (default %(default)s)")
     ap.add_argument("--topic-prefix", default="icvq/v1", help="topic prefix (default %(default)s)")
     ap.add_argument("--fleet", required=True, help="the fleet (first topic level after the prefix)")
+    tlsopts.add_arguments(ap)
     ap.add_argument("--wait", type=float, default=1.0, metavar="S",
                     help="how long to collect retained messages (default %(default)s s)")
     sub = ap.add_subparsers(dest="cmd", required=True)

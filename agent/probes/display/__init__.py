@@ -1,10 +1,11 @@
 """Screen freeze and black screen on the head unit: detect, time and explain (issue 4, docs/display.md).
 
-Signals, each optional: framebuffer sampling (fbdev or an Xvfb XWD file), the kernel log (DRM/GPU hang
+Signals, each optional: frame sampling (fbdev, an Xvfb XWD file, or a DRM/KMS scanout through the
+icvq-drm-sampler helper, issue 12), DRM page flips and CRTC/connector state, the kernel log (DRM/GPU hang
 messages), an HMI heartbeat socket, input without redraw (evdev), backlight and connector state (sysfs) and the
 HMI processes. Records: episodes `display.freeze` and `display.black` (BEGIN/END with cause and evidence), events
 `display.gpu_hang`, `display.hmi_unresponsive`, `display.backlight_fault`, and periodic metrics
-`display.changes_per_min`, `display.black_pct`, `display.fps_estimate`.
+`display.changes_per_min`, `display.black_pct`, `display.fps_estimate`, `display.flips_per_min`.
 """
 
 from __future__ import annotations

@@ -163,6 +163,8 @@ class ScanoutClient:
             raise FrameUnavailable("malformed", f"sampler answer {data[:120]!r}") from None
         if len(regions) != len(self.regions) or len(region_lit) != len(self.regions):
             raise FrameUnavailable("malformed", "sampler answered for other regions")
+        if width == 0 and self.layout is not None:
+            return sample  # nothing scanned out for a moment (black): not a new picture, keep the history
         # A new geometry or format is a new picture (console ↔ compositor, mode change): history restarts.
         layout = Layout(f"drm {fmt}", width, height, 32 if fmt != "RG16" else 16, 0, 0, True, (0, 0, 0), height)
         if self.layout is None or (self.layout.width, self.layout.height, self.layout.kind) != \

@@ -255,12 +255,29 @@ def black_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
     return ev
 
 
+def _sparse_live_regions(s: Signals) -> list[str]:
+    """Regions with a few lit pixels (more than none, no more than lit_limit: a thin clock in a roomy region) that
+    changed after the frame went dark and are not stale: the UI is drawing there. Under DRM only with a flip since
+    then too, because the console's blinking cursor changes pixels in place without flipping."""
+    assert s.black_since is not None
+    if s.flip_at is not None and s.flip_at <= s.black_since:
+        return []
+    lit = dict(s.region_lit)
+    return [r.name for r in s.regions if (lit.get(r.name) or 0.0) > 0.0 and r.last_change > s.black_since
+            and s.now - r.last_change <= r.stale_after_s]
+
+
 def dark_ui_alive(s: Signals, th: Thresholds) -> bool:
-    """(DRM, no lit region needed) A dark frame that is not a black screen because the compositor keeps flipping
-    new frames whose lit pixels change: a dark animated UI. A frame with no lit grid pixel is black whatever
-    flips (a compositor presenting black buffers is the fault); a dark UI that stops for `black_min_s` is judged by
-    its pixels again."""
-    if s.black_since is None or s.flip_at is None or not s.lit_fraction or s.frame_changed_at is None:
+    """A dark frame whose every region is dark too that is still not a black screen, because something in it is
+    being drawn: a region with a few lit pixels that keeps changing (a thin clock), or (DRM) new frames flipped
+    whose lit grid pixels changed within `black_min_s` (a dark animated UI without a region). A frame with no lit
+    pixel is black whatever flips (a compositor presenting black buffers is the fault); a dark UI that stops is
+    judged by its pixels again."""
+    if s.black_since is None:
+        return False
+    if _sparse_live_regions(s):
+        return True
+    if s.flip_at is None or not s.lit_fraction or s.frame_changed_at is None:
         return False
     recent = s.now - th.black_min_s
     return min(s.flip_at, s.frame_changed_at) > max(s.black_since, recent)

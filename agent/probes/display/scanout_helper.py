@@ -15,7 +15,7 @@ Protocol (SOCK_SEQPACKET, one datagram each way, JSON, ≤ 4 KiB request):
             "modifier": 0, "grid": crc, "regions": [crc | null, ...], "region_lit": [fraction | null, ...],
             "lit": fraction, "black": bool}
         or {"v": 1, "ok": false, "reason": "no_plane" | "no_handle" | "unsupported_format" | ..., "detail": str}
-A plane with no framebuffer (fb_id 0) scans out nothing: answered as an all-black 0x0 frame.
+A primary plane with no framebuffer or no CRTC scans out nothing: answered as an all-black 0x0 frame.
 """
 
 from __future__ import annotations
@@ -109,13 +109,15 @@ class ScanoutSampler:
         return g
 
     def sample(self, req: dict[str, Any]) -> dict[str, Any]:
-        planes = [p for p in primary_planes(self.fd, self.props) if p.crtc_id]
+        planes = primary_planes(self.fd, self.props)
         if not planes:
-            return {"v": 1, "ok": False, "reason": "no_plane", "detail": "no primary plane drives a CRTC"}
+            return {"v": 1, "ok": False, "reason": "no_plane", "detail": "the card has no primary plane"}
         plane = planes[0]
         out: dict[str, Any] = {"v": 1, "ok": True, "plane": plane.plane_id, "crtc": plane.crtc_id,
                                "fb_id": plane.fb_id}
-        if plane.fb_id == 0:
+        if plane.fb_id == 0 or plane.crtc_id == 0:
+            # Nothing is scanned out (between a compositor's exit and the console taking over, or all planes
+            # off): the panel shows black. A switched-off CRTC is the connector evidence's business.
             out.update(width=0, height=0, format="", modifier=0, grid=0, regions=[0] * len(req["regions"]),
                        region_lit=[0.0] * len(req["regions"]), lit=0.0, black=True)
             return out
