@@ -93,3 +93,18 @@ def test_workers_racing_to_create_one_sqlite_file_all_start(tmp_path: Path) -> N
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(8)]
     results = [(p.wait(60), p.stderr.read() if p.stderr else b"") for p in procs]
     assert all(rc == 0 for rc, _ in results), results
+
+
+def test_old_v1_batches_still_decode_store_and_dedup_as_before(tmp_path: Path) -> None:
+    """Wire v2 (issue 13) changed the compression, not the identity: a spool written by an older agent resends
+    its sealed v1 bytes after the upgrade (the agent never re-encodes a sealed batch), the backend stores them
+    once, and they give the same rows as the v2 encoding of the same records."""
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    topic = "icvq/v1/test/VIN0001/hu/batch"
+    v1, v2 = (golden / "v1" / "batch_small.msgpack").read_bytes(), (golden / "batch_small.msgpack").read_bytes()
+    old, new = SqliteStore(tmp_path / "old.db"), SqliteStore(tmp_path / "new.db")
+    r = old.write([msg(v1, topic), msg(v1, topic)])
+    assert (r.stored, r.duplicates, r.dead) == (1, 1, 0)
+    assert new.write([msg(v2, topic)]).stored == 1
+    q = "SELECT * FROM records ORDER BY 1, 2, 3"
+    assert old.query(q) == new.query(q) and len(old.query(q)) == 6

@@ -1,14 +1,18 @@
-"""Reconnect policy (issue 13): which wait follows which failure, and what cuts a wait short."""
+"""Reconnect policy (issue 13): which wait follows which failure, what cuts a wait short; the topic alias."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+from typing import Any
 
 import pytest
+from broker import Mosquitto
+from recorder import Recorder
 
 from agent import wayback
-from agent.config import UplinkConfig
-from agent.uplink import LOST, REFUSED, UNREACHABLE, retry_delay_s
+from agent.config import UplinkConfig, VehicleConfig
+from agent.uplink import LOST, REFUSED, UNREACHABLE, Acked, Up, Uplink, retry_delay_s
 
 CFG = UplinkConfig(backoff_min_s=1.0, backoff_max_s=120.0, reconnect_probe_s=2.5)
 
@@ -64,3 +68,30 @@ def test_a_nudge_ends_the_wait_and_news_from_before_is_forgotten() -> None:
         assert w.wait(0.01) is None
     finally:
         w.close()
+
+
+def test_batches_use_a_topic_alias_and_arrive_on_the_full_topic(tmp_path: Path, broker: Mosquitto) -> None:
+    """Against a real mosquitto (which allows 10 aliases): the first batch names the topic, the rest send
+    only alias 1; subscribers still see every batch on the vehicle's batch topic."""
+    rec = Recorder(broker.port).start()
+    up = Uplink(UplinkConfig(host="127.0.0.1", port=broker.port), VehicleConfig("VIN7", "hu", "f"),
+                boot_id="ab" * 16, birth_fields=dict, wall_ms=lambda: 1_767_225_600_000)
+    up.start()
+    try:
+        got: list[Any] = []
+        while not any(isinstance(e, Up) for e in got):
+            got.append(up.events.get(timeout=20))
+        sent = [up.publish(f"payload {i}".encode()) for i in range(3)]
+        assert all(s is not None for s in sent)
+        acks = 0
+        while acks < 3:
+            if isinstance(up.events.get(timeout=20), Acked):
+                acks += 1
+        assert up._alias_ok and up._alias_sent
+        rec.wait(lambda r: len([t for t, _ in r.messages if t.endswith("/batch")]) >= 3)
+    finally:
+        up.stop()
+        rec.stop()
+    with rec.lock:
+        topics = [t for t, _ in rec.messages if t.endswith("/batch")]
+    assert topics == ["icvq/v1/f/VIN7/hu/batch"] * 3

@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 from agent.config import load
 from agent.daemon import Daemon
-from tools.bench import procstat
+from tools.bench import _procstat as procstat
 from tools.bench.peer import icvq_conf
 from tools.localbroker import Mosquitto
 

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent import wire
-from tools.bench import procstat
+from tools.bench import _procstat as procstat
 from tools.localbroker import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]

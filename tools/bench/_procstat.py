@@ -7,7 +7,7 @@
   TCP+IP headers counted as 52 bytes a segment (IPv4 20 + TCP 20 + the timestamps option 12, as Linux sends
   them on loopback and on cellular links alike). TLS is not in these figures: it adds ~29 B a record with
   AES-GCM (5 B header, 8 B explicit nonce, 16 B tag) plus handshakes.
-Not a module of the benchmarks proper (no main()).
+Not a benchmark itself (no main(); the leading underscore keeps `python -m tools.bench` from running it).
 """
 
 from __future__ import annotations
