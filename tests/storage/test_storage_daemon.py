@@ -17,8 +17,8 @@ from typing import Any
 
 from agentproc import REPO, AgentProc, base_config, write_config
 from broker import Mosquitto
-from conftest import Mount, fill, remount
 from recorder import Recorder
+from storage_util import Mount, fill, remount
 
 
 def config(tmp: Path, fs: Path, port: int) -> Path:
