@@ -365,6 +365,14 @@ class Spool:
         return self._mem.n_records + self._mem.n_batch_records
 
     @property
+    def n_unsealed(self) -> int:
+        """Records seal() can take now: the memory queue's while degraded (records on disk wait for the disk),
+        the spool's otherwise. What the pipeline's sealing pace must look at, not n_records."""
+        if self._blocked or (not self.n_records and self._mem.n_records):
+            return self._mem.n_records
+        return self.n_records
+
+    @property
     def cap_bytes(self) -> int:
         """What the database may hold now: its share of max_bytes, less if the headroom squeezes it."""
         return self._db_cap

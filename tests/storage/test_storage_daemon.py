@@ -116,6 +116,10 @@ def test_read_only_file_system_at_start_still_delivers_then_recovers(
         rec.wait(lambda r: bool(r.batches()), 20)    # only memory can seal now
         st = status_json(conf)
         assert st["spool"]["trouble"]["state"] == "read_only"
+        assert st["verdict"]["state"] == "failing"
+        assert "spool_read_only" in [r["code"] for r in st["verdict"]["reasons"]]
+        rec.wait(lambda r: any("spool_read_only" in h.data.get("reasons", []) for h in records(r, "agent.health"))
+                 and any(h.data.get("trouble") == "read_only" for h in records(r, "agent.spool")), 20)
         remount(fs, "rw")
         agent.wait_log("spool writable again", 20)
         time.sleep(1.0)
