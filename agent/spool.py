@@ -144,6 +144,7 @@ class Spool:
         self._page_size = 4096
         self._db_cap = self.budget.db_cap       # shrinks below the budget to keep min_free_bytes free
         self._wal_limit = self.budget.wal_limit  # likewise
+        self._no_room = False                   # the headroom leaves nothing to write into
         self._evict_reason = "spool_full"
         self._has_reserve = False
         self.drops: dict[str, int] = {}
@@ -307,7 +308,7 @@ class Spool:
                 self._give_up_memory(f"the spool cannot be written ({e})")
                 return
         self.drops = self._merge(self.drops, {"shutdown.unwritable": pending})
-        if self._trouble is not None and self._trouble.state == LOW_HEADROOM and pending:
+        if self._no_room and pending:
             log.error("stopping with the file system below its headroom: %d records held in memory counted as "
                       "shutdown.unwritable, not written", pending)
             return
@@ -579,8 +580,11 @@ class Spool:
         self._evict_reason = "headroom" if squeezed else "spool_full"
         detail = (f"{free / 2**20:.1f} MiB free on the file system, keeping {self.min_free_bytes / 2**20:.1f} MiB: "
                   f"spool cap cut to {max(self._db_cap, 0) / 2**20:.2f} MiB")
-        if self._db_cap < spool_disk.MIN_DB_BYTES:
-            self._block(LOW_HEADROOM, detail)
+        self._no_room = self._db_cap < spool_disk.MIN_DB_BYTES
+        if self._no_room:
+            # No useful room at all: for the records it is a full disk (held in memory, at risk), and the
+            # verdict must say so; the detail names the headroom.
+            self._block(DISK_FULL, f"no room left above the headroom: {detail}")
             return True
         if squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9:
             self._set_trouble(LOW_HEADROOM, detail)
