@@ -92,7 +92,7 @@ class SpoolConfig:
     path: str = "/var/lib/icvq/spool.db"
     max_mib: float = opt(64.0, min=0.25, max=65536.0)
     min_free_mib: float = opt(8.0, min=0.0, max=65536.0)
-    commit_interval_s: float = opt(20.0, min=0.05, max=600.0)
+    commit_interval_s: float = opt(60.0, min=0.05, max=600.0)
     memory_max_records: int = opt(20000, min=100, max=10_000_000)
 
 

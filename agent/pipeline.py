@@ -178,9 +178,9 @@ class Pipeline:
             due.append(now if self._urgent else self._intake_since + self.cfg.spool.commit_interval_s)
         connected = self.uplink is not None and self.uplink.connected and self._live_gen is not None
         if connected and len(self._inflight) < self.cfg.uplink.max_inflight:
-            if self._hold_until > now and (self.spool.n_records or self.spool.n_batches):
+            if self._hold_until > now and (self.spool.n_unsealed or self.spool.n_batches or self.spool.memory_batches):
                 due.append(self._hold_until)
-            elif self.spool.n_records:
+            elif self.spool.n_unsealed:
                 since = self._waiting_since
                 urgent = self._event_unsealed or self._flush_requested or since is None
                 due.append(now if urgent or since is None else since + self.cfg.uplink.batch_linger_s)
@@ -194,7 +194,7 @@ class Pipeline:
         self._last_commit = time.monotonic()
         if not batch:
             return
-        if not self.spool.n_records:
+        if not self.spool.n_unsealed:
             self._waiting_since = self._last_commit
         if any(not r.kind.evictable_first for r in batch):
             self._event_unsealed = True
@@ -276,14 +276,14 @@ class Pipeline:
                 return
         while len(self._inflight) < window and self._should_seal():
             new = self.spool.seal(self._batch_id, self._max_batch, compress=self.cfg.uplink.compress)
-            if not self.spool.n_records:
+            if not self.spool.n_unsealed:
                 self._event_unsealed = False
                 self._waiting_since = time.monotonic()
             if new is None:
                 break
             if not self._publish(new.seq, new.payload):
                 return
-        if self._flush_requested and not self.spool.n_records:
+        if self._flush_requested and not self.spool.n_unsealed:
             self._flush_requested = False
 
     def _publish(self, seq: int, payload: bytes) -> bool:

@@ -307,6 +307,10 @@ class Spool:
                 self._give_up_memory(f"the spool cannot be written ({e})")
                 return
         self.drops = self._merge(self.drops, {"shutdown.unwritable": pending})
+        if self._trouble is not None and self._trouble.state == LOW_HEADROOM and pending:
+            log.error("stopping with the file system below its headroom: %d records held in memory counted as "
+                      "shutdown.unwritable, not written", pending)
+            return
         written = 0
         try:
             for b in self._unpersisted_batches():
@@ -359,6 +363,14 @@ class Spool:
     def memory_records(self) -> int:
         """Records waiting in memory while the spool cannot be written (unsealed and in memory batches)."""
         return self._mem.n_records + self._mem.n_batch_records
+
+    @property
+    def n_unsealed(self) -> int:
+        """Records seal() can take now: the memory queue's while degraded (records on disk wait for the disk),
+        the spool's otherwise. What the pipeline's sealing pace must look at, not n_records."""
+        if self._blocked or (not self.n_records and self._mem.n_records):
+            return self._mem.n_records
+        return self.n_records
 
     @property
     def cap_bytes(self) -> int:

@@ -58,7 +58,9 @@ class MemoryQueue:
 
     @property
     def n_batch_records(self) -> int:
-        return sum(b.n_records for b in self.batches.values())
+        # list() copies under the GIL in one step: other threads (status, verdict) read this while the
+        # pipeline thread changes the dict.
+        return sum(b.n_records for b in list(self.batches.values()))
 
     def body_bytes(self) -> int:
         # Only asked for the seal decision; a rough figure is enough (the wire size is checked on sealing).

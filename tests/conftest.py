@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,16 @@ def records_match_catalog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             problems.extend(p for p in catalog.undeclared(r) if p not in problems)
         return r
 
+    snapshot = records.RecordFactory.snapshot
+
+    def checked_snapshot(self: records.RecordFactory, name: str, data: Mapping[str, Any], *, of: records.Record,
+                         mono_ms: int) -> records.Record:
+        r = snapshot(self, name, data, of=of, mono_ms=mono_ms)
+        if catalog.lookup(name) is not None:
+            problems.extend(p for p in catalog.undeclared(r) if p not in problems)
+        return r
+
     monkeypatch.setattr(records.RecordFactory, "make", checked)
+    monkeypatch.setattr(records.RecordFactory, "snapshot", checked_snapshot)
     yield
     assert not problems, f"declare in agent/catalog.py (then `python -m agent.catalog --write`): {problems}"

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from agent import spool_disk
-
-Mount = Callable[..., Path]
+from storage_util import Mount
 
 
 @pytest.fixture
@@ -32,20 +29,3 @@ def mount(tmp_path: Path) -> Iterator[Mount]:
     yield make
     for mnt in reversed(mounted):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def remount(mnt: Path, opts: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{opts}", str(mnt)], check=True)
-
-
-def fill(fs: Path, leave: int = 0) -> Path:
-    """Fill the file system to `leave` free bytes with a file of its own (delete it to give the space back)."""
-    f = fs / "filler"
-    with f.open("ab") as fh:
-        try:
-            while (free := spool_disk.free_bytes(fs) or 0) > leave:
-                fh.write(b"\0" * min(65536, max(4096, free - leave)))
-                fh.flush()
-        except OSError:
-            pass
-    return f

@@ -17,8 +17,8 @@ from typing import Any
 
 from agentproc import REPO, AgentProc, base_config, write_config
 from broker import Mosquitto
-from conftest import Mount, fill, remount
 from recorder import Recorder
+from storage_util import Mount, fill, remount
 
 
 def config(tmp: Path, fs: Path, port: int) -> Path:
@@ -103,6 +103,30 @@ def test_sigterm_while_full_and_offline_exits_clean_and_counts_everything(
     assert n_delivered(rec) + sum(drops.values()) + left == accepted(log)
 
 
+def test_sigterm_while_full_with_the_broker_up_delivers_from_memory_and_exits_0(
+        tmp_path: Path, mount: Mount, broker: Mosquitto) -> None:
+    fs = mount("3m")
+    conf = config(tmp_path, fs, broker.port)
+    log = tmp_path / "agent.log"
+    rec = Recorder(broker.port).start()
+    agent = AgentProc(conf, log).start()
+    try:
+        rec.wait(lambda r: bool(r.batches()), 20)
+        fill(fs)
+        agent.wait_log("spool disk full", 20)
+        n = len(rec.unique())
+        rec.wait(lambda r: len(r.unique()) > n + 2, 20)   # batches sealed in memory keep going out
+        assert agent.stop() == 0
+        time.sleep(0.5)
+    finally:
+        agent.kill()
+        rec.stop()
+    text = log.read_text()
+    assert "Traceback" not in text and text.count("spool disk full") == 1
+    left, drops = left_in(fs / "icvq" / "spool.db")
+    assert n_delivered(rec) + sum(drops.values()) + left == accepted(log)
+
+
 def test_read_only_file_system_at_start_still_delivers_then_recovers(
         tmp_path: Path, mount: Mount, broker: Mosquitto) -> None:
     fs = mount("4m")
@@ -116,6 +140,10 @@ def test_read_only_file_system_at_start_still_delivers_then_recovers(
         rec.wait(lambda r: bool(r.batches()), 20)    # only memory can seal now
         st = status_json(conf)
         assert st["spool"]["trouble"]["state"] == "read_only"
+        assert st["verdict"]["state"] == "failing"
+        assert "spool_read_only" in [r["code"] for r in st["verdict"]["reasons"]]
+        rec.wait(lambda r: any("spool_read_only" in h.data.get("reasons", []) for h in records(r, "agent.health"))
+                 and any(h.data.get("trouble") == "read_only" for h in records(r, "agent.spool")), 20)
         remount(fs, "rw")
         agent.wait_log("spool writable again", 20)
         time.sleep(1.0)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto
-from conftest import Mount, fill
 from recorder import Recorder
+from storage_util import Mount, fill
 
 import agent.spool as spool_mod
 from agent.clock import SystemClock
