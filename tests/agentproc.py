@@ -21,7 +21,7 @@ def base_config(tmp: Path, port: int, **sections: dict[str, Any]) -> dict[str, d
     cfg: dict[str, dict[str, Any]] = {
         "vehicle": {"id": "VIN0001", "device": "hu", "fleet": "test"},
         "uplink": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "batch_linger_s": 0.5,
-                   "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+                   "backoff_min_s": 0.2, "backoff_max_s": 1.0, "reconnect_probe_s": 0.5},
         "spool": {"path": str(tmp / "spool.db"), "commit_interval_s": 0.2},
         "history": {"path": str(tmp / "history.db")},
         "control": {"socket": str(tmp / "control.sock"), "group": ""},

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                               cwd=REPO, stdout=(out / "ingest.out").open("wb"), stderr=(out / "ingest.log").open("wb"))
     sections: dict[str, Any] = {
         "vehicle": {"id": "DEMO0000000000001", "device": "hu", "fleet": "demo"},
-        "uplink": {"host": "127.0.0.1", "port": broker.port, "batch_linger_s": 1.0, "backoff_max_s": 2.0},
+        "uplink": {"host": "127.0.0.1", "port": broker.port, "batch_linger_s": 1.0, "backoff_max_s": 2.0,
+                   "reconnect_probe_s": 1.0},
         "spool": {"path": str(out / "spool.db"), "max_mib": 16.0, "commit_interval_s": 1.0},
         "history": {"path": str(out / "history.db")},
         "control": {"socket": str(out / "control.sock"), "group": ""},

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.vm
 CONFIG: dict[str, dict[str, Any]] = {
     "vehicle": {"id": "VMTEST0001", "device": "hu", "fleet": "vmtest"},
     "uplink": {"host": "127.0.0.1", "port": 1883, "keepalive_s": 5, "batch_linger_s": 3.0,
-               "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+               "backoff_min_s": 0.2, "backoff_max_s": 1.0, "reconnect_probe_s": 0.5},
     "spool": {"path": "/var/lib/icvq/spool.db", "commit_interval_s": 0.2},
     "history": {"path": "/var/lib/icvq/history.db"},
     "control": {"socket": "/run/icvq/control.sock", "group": "icvq"},

@@ -69,7 +69,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def agent_for(tmp: Path, rig: Rig, name: str, vehicle: str) -> AgentProc:
     d = rig.pki.dir
     cfg = base_config(tmp, rig.port, vehicle={"id": vehicle},
-                      uplink={"host": "localhost", "backoff_min_s": 0.5, "backoff_max_s": 2.0},
+                      uplink={"host": "localhost", "backoff_min_s": 0.5, "backoff_max_s": 2.0,
+                              "reconnect_probe_s": 1.0},
                       uplink__tls={"ca": str(d / "ca.crt"), "cert": str(d / f"{name}.crt"),
                                    "key": str(d / f"{name}.key")})
     return AgentProc(write_config(tmp, cfg), tmp / "agent.log").start()

@@ -30,7 +30,8 @@ class Rig:
         self.cfg = from_mapping({
             "vehicle": {"id": "VST01", "device": "hu", "fleet": "t"},
             "uplink": {"host": "127.0.0.1", "port": port, "batch_linger_s": 0.0, "max_batch_kib": 16,
-                       "backoff_min_s": 0.1, "backoff_max_s": 1.0, "keepalive_s": 5},
+                       "backoff_min_s": 0.1, "backoff_max_s": 1.0, "reconnect_probe_s": 0.5,
+                       "keepalive_s": 5},
             "spool": {"path": str(fs / "spool.db"), "max_mib": max_mib, "min_free_mib": min_free_mib,
                       "commit_interval_s": 0.05},
             "agent": {"health_interval_s": 3600.0},

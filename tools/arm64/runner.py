@@ -108,6 +108,7 @@ keepalive_s = 10
 batch_linger_s = 3.0
 backoff_min_s = 0.2
 backoff_max_s = 1.0
+reconnect_probe_s = 0.5
 
 [spool]
 path = "{tmp / 'spool.db'}"

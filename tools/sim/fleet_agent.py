@@ -98,7 +98,8 @@ def agent_config(host: str, port: int, topic_prefix: str, allow_plaintext: bool 
         "vehicle": {"id": "SIM", "device": "hu", "fleet": "sim"},
         "uplink": {"host": host, "port": port, "topic_prefix": topic_prefix, "keepalive_s": 10,
                    "allow_plaintext": allow_plaintext,
-                   "batch_linger_s": 1.0, "backoff_min_s": 1.0, "backoff_max_s": 4.0, "connect_timeout_s": 5.0},
+                   "batch_linger_s": 1.0, "backoff_min_s": 1.0, "backoff_max_s": 4.0, "reconnect_probe_s": 1.0,
+                   "connect_timeout_s": 5.0},
         "spool": {"path": "/nonexistent", "commit_interval_s": 0.2},
         "agent": {"health_interval_s": 3600.0},
     })
