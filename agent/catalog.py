@@ -314,6 +314,12 @@ DROPS: tuple[DropReason, ...] = (
                                             "every unsealed record: the records of the oldest memory batches"),
     DropReason("shutdown.unwritable", "records held in memory at a stop while the spool could not take them "
                                       "(counted before the attempt, taken back for each chunk written)"),
+    DropReason("stop_unpersisted.metric", "periodic samples held in memory at a stop that neither the spool "
+                                          "(read-only, unopenable) nor the broker could take; kept in the drop "
+                                          "ledger (spool.ledger_path) and reported by the next start"),
+    DropReason("stop_unpersisted.event", "as stop_unpersisted.metric, for events and black-box snapshots"),
+    DropReason("stop_unpersisted.batch_records", "as stop_unpersisted.metric, for the records of batches sealed "
+                                                 "in memory and not acknowledged"),
     DropReason("invalid", "a record the strict wire decoder would reject"),
     DropReason("oversize", "one record larger than a batch may be"),
     DropReason("rejected.<code>", "a batch the broker refused with that MQTT 5 reason code (hex) five times"),

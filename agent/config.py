@@ -94,6 +94,7 @@ class SpoolConfig:
     min_free_mib: float = opt(8.0, min=0.0, max=65536.0)
     commit_interval_s: float = opt(60.0, min=0.05, max=600.0)
     memory_max_records: int = opt(20000, min=100, max=10_000_000)
+    ledger_path: str = ""   # "" = drops-ledger.json next to control.socket (/run/icvq under the unit)
 
 
 @dataclass(frozen=True)

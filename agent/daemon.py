@@ -55,7 +55,10 @@ class Daemon:
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mib * 2**20),
                            memory_max_records=cfg.spool.memory_max_records,
                            max_record_bytes=min(48 * 1024, cfg.uplink.max_batch_kib * 512),
-                           min_free_bytes=int(cfg.spool.min_free_mib * 2**20))
+                           min_free_bytes=int(cfg.spool.min_free_mib * 2**20),
+                           ledger_path=cfg.spool.ledger_path
+                           or os.path.join(os.path.dirname(cfg.control.socket), "drops-ledger.json"),
+                           boot_id=self.clock.boot_id)
         self.wire_vehicle = wire_vehicle(cfg.vehicle)  # the VIN or its pseudonym, fixed until restart
         self.software = read_software(cfg.agent.components, cfg.agent.software)  # (versions, SWINs) for births
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT

@@ -20,7 +20,9 @@ When the disk is full, read-only, or the spool cannot be opened at all, the spoo
 in memory (spool_memory, bounded, same eviction order), are sealed there under a sid of their own and sent,
 and go back to disk once it works (retried every RETRY_DISK_S). `trouble` says what is wrong, since when.
 At close a small preallocated reserve file is given back if the disk is full, so the clean-shutdown mark and
-the count of whatever could not be written still reach the disk.
+the count of whatever could not be written still reach the disk. When even that fails (read-only or
+unopenable spool, broker down) the count goes to a small fallback file instead (spool_ledger), reported by
+the next start as `stop_unpersisted.*`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from . import spool_disk, wire
+from . import spool_disk, spool_ledger, wire
 from .errors import WireError
 from .private import private_db, private_dir
 from .records import Kind, Record
@@ -122,8 +124,14 @@ def _classify(e: BaseException) -> str:
 class Spool:
     def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, memory_max_records: int = 20000,
                  max_record_bytes: int = 48 * 1024, now_ms: Callable[[], int] | None = None,
-                 min_free_bytes: int = 0) -> None:
+                 min_free_bytes: int = 0, ledger_path: str | os.PathLike[str] | None = None,
+                 boot_id: str = "") -> None:
         self.path = Path(path)
+        self.ledger_path = Path(ledger_path) if ledger_path else None
+        self.boot_id = boot_id
+        self._ledger: spool_ledger.Ledger | None = None   # read at open, not yet durable elsewhere
+        self._ledger_in_txn = False
+        self._delivered: dict[str, int] = {}    # counters an acknowledged agent.drops record carried (memory)
         self.on_disk = str(path) != ":memory:"
         self.max_bytes = max_bytes
         self.budget = spool_disk.Budget.for_cap(max_bytes)
@@ -161,6 +169,7 @@ class Spool:
         """Open (creating, or recovering from corruption). Returns how the previous run ended: "clean",
         "unclean" (power cut, crash, kill -9: a quality signal in itself), "first" for a new spool, or
         "unknown" when the spool cannot be opened: then the spool runs in memory and retries."""
+        self._read_ledger()
         try:
             return self._open_disk()
         except (sqlite3.Error, OSError) as e:
@@ -237,6 +246,11 @@ class Spool:
             raise
         self._db = db
         self.sid = int(meta["sid"])
+        if self._ledger is not None and meta.get("ledger") == self._ledger.id:
+            # Committed by an earlier run that died before deleting the file: already in meta.drops.
+            self.drops = self._merge(self.drops, {k: -v for k, v in self._ledger.drops.items()})
+            spool_ledger.remove(self.ledger_path or Path(), self._ledger)
+            self._ledger = None
         self.drops = self._merge(json.loads(meta.get("drops", "{}")), self.drops)
         self._drops_dirty = self._drops_dirty or bool(self.drops)
         self._recount()
@@ -244,6 +258,13 @@ class Spool:
 
     def _after_open(self) -> None:
         db = self._conn
+        if self._ledger is not None:
+            try:
+                with self._txn() as tx:
+                    self.drops = self._persist_drops(tx, {})
+                self._drops_dirty = False
+            except sqlite3.Error as e:
+                log.error("could not commit the drop ledger's counts yet (%s); kept until a later commit", e)
         known = {(b.sid, b.seq) for b in self._mem.batches.values()}
         for sid, seq, created, n, payload in db.execute(
                 "SELECT sid, seq, created_ms, n_records, payload FROM held ORDER BY created_ms"):
@@ -337,11 +358,64 @@ class Spool:
             log.warning("stopping: %d records held in memory were written to the spool", written)
 
     def _give_up_memory(self, why: str) -> None:
-        n = self._mem.n_records + sum(b.n_records for b in self._unpersisted_batches())
-        if n:
-            self._count_drop("shutdown.unwritable", n)
-            log.error("stopping: %s; %d records held in memory are lost and could not be counted on disk "
-                      "(drops %s)", why, n, json.dumps(self.drops, sort_keys=True))
+        """Neither the spool nor the broker takes what memory holds: count it, and put every count the spool
+        lacks into the fallback ledger (spool_ledger) for the next start to report."""
+        lost: dict[str, int] = {}
+        for r in self._mem.records:
+            key = f"{spool_ledger.REASON}.{'metric' if r.kind.evictable_first else 'event'}"
+            lost[key] = lost.get(key, 0) + 1
+        n_batch = sum(b.n_records for b in self._mem.batches.values() if not b.persisted)
+        if n_batch:
+            lost[f"{spool_ledger.REASON}.batch_records"] = n_batch
+        n = sum(lost.values())
+        self._count_drops(lost)
+        # Only what no one has yet: not in meta.drops, not in an agent.drops record the broker acknowledged.
+        on_disk, sent = self._drops_on_disk(), self._delivered
+        unpersisted = {k: v - max(on_disk.get(k, 0), sent.get(k, 0)) for k, v in self.drops.items()}
+        unpersisted = {k: v for k, v in unpersisted.items() if v > 0}
+        if not unpersisted:
+            return
+        if self.ledger_path is None:
+            log.error("stopping: %s; %d records held in memory are lost; no drop ledger configured, counts "
+                      "not persisted (drops %s)", why, n, json.dumps(unpersisted, sort_keys=True))
+            return
+        run = {"boot": self.boot_id, "pid": os.getpid(), "sid": self.sid, "memory_sid": self._mem.sid,
+               "why": why}
+        try:
+            self._ledger = spool_ledger.write(self.ledger_path, unpersisted, run, self._now_ms())
+        except OSError as e:
+            log.error("stopping: %s; %d records held in memory are lost and the drop ledger %s cannot be "
+                      "written either (%s); counts lost: %s", why, n, self.ledger_path, e,
+                      json.dumps(unpersisted, sort_keys=True))
+            return
+        log.error("stopping: %s; %d records held in memory are lost; counted in the drop ledger %s for the "
+                  "next start: %s", why, n, self.ledger_path, json.dumps(unpersisted, sort_keys=True))
+
+    def _drops_on_disk(self) -> dict[str, int]:
+        if self._db is None:
+            return {}
+        try:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'drops'").fetchone()
+            return {str(k): int(v) for k, v in json.loads(row[0]).items()} if row else {}
+        except (sqlite3.Error, ValueError, TypeError, AttributeError):
+            return {}      # unreadable: the ledger over-reports rather than losing counts
+
+    def _read_ledger(self) -> None:
+        if self.ledger_path is None or self._ledger is not None:
+            return
+        led = spool_ledger.read(self.ledger_path)
+        if led is None:
+            return
+        self._ledger = led
+        self._count_drops(led.drops)
+        log.warning("drop ledger %s from an earlier stop (%s): %s; reporting it", self.ledger_path,
+                    json.dumps(led.run, sort_keys=True), json.dumps(led.drops, sort_keys=True))
+
+    def _ledger_carried(self, carried: bool) -> None:
+        """A commit of meta.drops (with the ledger's id) or a delivered memory batch with the counts in it."""
+        if carried and self._ledger is not None and self.ledger_path is not None:
+            spool_ledger.remove(self.ledger_path, self._ledger)
+            self._ledger = None
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -631,14 +705,20 @@ class Spool:
             yield db
             db.execute("COMMIT")
         except BaseException:
+            self._ledger_in_txn = False
             self._rollback()
             self._acked |= acked
             self._acked_held |= acked_held
             raise
+        carried, self._ledger_in_txn = self._ledger_in_txn, False
+        self._ledger_carried(carried)
 
     def _persist_drops(self, db: sqlite3.Connection, dropped: dict[str, int]) -> dict[str, int]:
         drops = self._merge(self.drops, dropped)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('drops', ?)", (json.dumps(drops),))
+        if self._ledger is not None:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('ledger', ?)", (self._ledger.id,))
+            self._ledger_in_txn = True
         return drops
 
     def _evict(self, excess: int) -> dict[str, int]:
@@ -869,6 +949,9 @@ class Spool:
                 b = self._mem.batches.pop(seq, None)
                 if b is not None:
                     n += 1
+                    if b.drops is not None:      # these counters reached the broker
+                        self._delivered = {k: max(int(v), self._delivered.get(k, 0)) for k, v in b.drops.items()}
+                        self._ledger_carried(True)
                     if b.persisted:
                         self._acked_held.add((b.sid, b.seq))
             elif seq not in self._acked:

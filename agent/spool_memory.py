@@ -39,6 +39,7 @@ class MemBatch:
     n_records: int
     created_ms: int
     persisted: bool = False     # a copy is in the spool's `held` table
+    drops: dict[str, int] | None = None  # the counters of the last agent.drops record inside, if any
 
 
 class MemoryQueue:
@@ -142,7 +143,9 @@ class MemoryQueue:
                 continue
             for _ in take:
                 self.records.popleft()
-            b = MemBatch(self._next_handle, self.sid, self._next_seq, payload, len(take), int(time.time() * 1000))
+            b = MemBatch(self._next_handle, self.sid, self._next_seq, payload, len(take), int(time.time() * 1000),
+                         drops=next((dict(r.data) for r in reversed(take)
+                                     if r.name == "agent.drops" and isinstance(r.data, dict)), None))
             self._next_handle -= 1
             self._next_seq += 1
             self.batches[b.handle] = b

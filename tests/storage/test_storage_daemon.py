@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agentproc import REPO, AgentProc, base_config, write_config
 from broker import Mosquitto
 from recorder import Recorder
@@ -210,3 +211,47 @@ def test_truncated_spool_is_quarantined_and_its_records_counted(tmp_path: Path, 
         assert d["spool_corrupt.estimated"] >= held // 10
     assert records(rec, "agent.start")[-1].data["previous_shutdown"] == "unclean"
     assert list(spool.parent.glob("spool.db.corrupt-*"))
+
+
+@pytest.mark.parametrize("spool_after", ["read_only", "writable"])
+def test_read_only_spool_and_broker_down_at_stop_counts_go_to_the_ledger_and_reach_the_backend_next_start(
+        tmp_path: Path, mount: Mount, broker: Mosquitto, spool_after: str) -> None:
+    fs = mount("4m")
+    (fs / "icvq").mkdir()
+    remount(fs, "ro")
+    conf = config(tmp_path, fs, broker.port)
+    ledger = tmp_path / "drops-ledger.json"          # the default: next to control.socket
+    log = tmp_path / "agent.log"
+    broker.kill()
+    agent = AgentProc(conf, log).start()
+    agent.wait_log("spool read only", 20)
+    time.sleep(1.5)                                   # records pile up in memory, nowhere to go
+    assert agent.stop() == 0
+    assert "Traceback" not in log.read_text()
+    assert ledger.stat().st_mode & 0o777 == 0o600
+    lost = json.loads(ledger.read_text())["drops"]
+    n_lost = sum(v for k, v in lost.items() if k.startswith("stop_unpersisted."))
+    assert n_lost > 0
+    if spool_after == "writable":
+        remount(fs, "rw")
+    rec = Recorder(broker.start().port).start()
+    try:
+        agent = AgentProc(conf, log).start()          # read-only: memory mode again; writable: a normal start
+        rec.wait(lambda r: any(all(d.data.get(k) == v for k, v in lost.items()) for d in records(r, "agent.drops")),
+                 30)
+        agent.wait_log("reported", 20)
+        assert not ledger.exists(), "deleted once committed to the spool or acknowledged by the broker"
+        assert agent.stop() == 0
+        time.sleep(0.5)
+    finally:
+        agent.kill()
+        rec.stop()
+    assert "Traceback" not in log.read_text()
+    assert not ledger.exists(), "nothing new was lost at the second stop, nothing reported twice"
+    if spool_after == "writable":
+        left, drops = left_in(fs / "icvq" / "spool.db")
+        assert all(drops.get(k) == v for k, v in lost.items()), "the ledger's counts are in the spool's tally"
+        assert n_delivered(rec) + sum(drops.values()) + left == accepted(log)
+    else:   # nothing ever reached the read-only spool: both runs' records were delivered or counted
+        final = max((d.data for d in records(rec, "agent.drops")), key=lambda d: sum(d.values()))
+        assert n_delivered(rec) + sum(final.values()) == accepted(log)
