@@ -360,15 +360,13 @@ class Spool:
     def _give_up_memory(self, why: str) -> None:
         """Neither the spool nor the broker takes what memory holds: count it, and put every count the spool
         lacks into the fallback ledger (spool_ledger) for the next start to report."""
-        lost: dict[str, int] = {}
-        for r in self._mem.records:
-            key = f"{spool_ledger.REASON}.{'metric' if r.kind.evictable_first else 'event'}"
-            lost[key] = lost.get(key, 0) + 1
+        n_metric = sum(1 for r in self._mem.records if r.kind.evictable_first)
+        n_event = self._mem.n_records - n_metric
         n_batch = sum(b.n_records for b in self._mem.batches.values() if not b.persisted)
-        if n_batch:
-            lost[f"{spool_ledger.REASON}.batch_records"] = n_batch
-        n = sum(lost.values())
-        self._count_drops(lost)
+        n = n_metric + n_event + n_batch
+        self._count_drop("stop_unpersisted.metric", n_metric)
+        self._count_drop("stop_unpersisted.event", n_event)
+        self._count_drop("stop_unpersisted.batch_records", n_batch)
         # Only what no one has yet: not in meta.drops, not in an agent.drops record the broker acknowledged.
         on_disk, sent = self._drops_on_disk(), self._delivered
         unpersisted = {k: v - max(on_disk.get(k, 0), sent.get(k, 0)) for k, v in self.drops.items()}

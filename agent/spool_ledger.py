@@ -5,7 +5,7 @@ which keeps it across restarts with RuntimeDirectoryPreserve=restart). When an a
 memory that neither the broker nor the spool can take (read-only or unopenable spool, broker down), the
 spool's own tally cannot reach the disk either; the ledger is the last place the count goes. It holds the
 *unpersisted* part of the drop counters (what the spool's `meta.drops` lacks), with the stop's loss under
-`stop_unpersisted`, the run's identity and the time. One entry at most: a later stop replaces it with a
+`stop_unpersisted.*`, the run's identity and the time. One entry at most: a later stop replaces it with a
 superset (its counters include what the previous ledger reported), so nothing is counted twice.
 
 The next start merges it into the spool's counters (so it rides in the normal `agent.drops` record) and
@@ -31,7 +31,6 @@ from .private import private_dir, private_file
 
 log = logging.getLogger("icvq.spool")
 
-REASON = "stop_unpersisted"
 MAX_BYTES = 64 * 1024   # a ledger bigger than this is not ours
 
 

@@ -284,6 +284,7 @@ REQUIRED = {
     ("Service", "SupplementaryGroups"): "video input dialout",
     ("Service", "StateDirectory"): "icvq",
     ("Service", "RuntimeDirectory"): "icvq",
+    ("Service", "RuntimeDirectoryPreserve"): "restart",   # the drop ledger (spool.ledger_path) survives it
     ("Service", "ConfigurationDirectory"): "icvq",
     ("Service", "StandardInput"): "file:/dev/kmsg",
     ("Service", "NoNewPrivileges"): "yes",

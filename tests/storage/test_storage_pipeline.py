@@ -5,7 +5,9 @@ thousands of records in seconds; the daemon-level scenarios are in test_storage_
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from recorder import Recorder
 from storage_util import Mount, fill
 
 import agent.spool as spool_mod
+from agent import spool_ledger
 from agent.clock import SystemClock
 from agent.config import from_mapping
 from agent.pipeline import Pipeline
@@ -173,3 +176,22 @@ def test_headroom_is_kept_while_another_writer_fills_the_disk(mount: Mount, brok
     finally:
         rec.stop()
         rig.close()
+
+
+def test_a_ledger_committed_before_a_crash_is_not_counted_twice(tmp_path: Path) -> None:
+    ledger = tmp_path / "run" / "drops-ledger.json"
+    led = spool_ledger.write(ledger, {"stop_unpersisted.metric": 7}, {"pid": 1}, 0)
+    assert ledger.stat().st_mode & 0o777 == 0o600
+    sp = Spool(tmp_path / "spool.db", 2**20, ledger_path=ledger)
+    sp.open()
+    assert sp.drops == {"stop_unpersisted.metric": 7} and not ledger.exists(), "committed, then deleted"
+    sp.close()
+    # A crash between that commit and the unlink: the same ledger is back, its id already in meta.
+    ledger.write_text(json.dumps({"id": led.id, "drops": led.drops}))
+    db = sqlite3.connect(tmp_path / "spool.db")
+    assert db.execute("SELECT v FROM meta WHERE k = 'ledger'").fetchone()[0] == led.id
+    db.close()
+    sp = Spool(tmp_path / "spool.db", 2**20, ledger_path=ledger)
+    sp.open()
+    assert sp.drops == {"stop_unpersisted.metric": 7} and not ledger.exists(), "recognised by its id"
+    sp.close()
