@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 import time
 import uuid
@@ -41,14 +42,24 @@ class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_byte * 512)]
 
 
-def _kernel_says_synced() -> bool | None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Once per process: find_library forks `/sbin/ldconfig -p` and parses its output (~10 ms of CPU and a
+    # fork of the whole agent); calling it at every recheck (10 s) was the system probe's largest idle cost.
     name = ctypes.util.find_library("c")
-    if not name:
+    try:
+        return ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+
+
+def _kernel_says_synced() -> bool | None:
+    libc = _libc()
+    if libc is None:
         return None
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
         state = libc.adjtimex(ctypes.byref(_Timex()))
-    except (OSError, AttributeError):
+    except AttributeError:
         return None
     if state < 0:
         return None

@@ -215,3 +215,22 @@ def test_events_may_name_a_whole_family() -> None:
     box.observe([rec.event("display.gpu_hang", {"driver": "i915"}), rec.event("can.error", {"bus": "can0"})])
     box.step()
     assert [r.data["trigger"] for r in out if isinstance(r.data, dict)] == ["display.gpu_hang"]
+
+
+def test_process_table_is_scanned_slowly_while_idle_at_once_when_busy_or_triggered() -> None:
+    clock = FakeClock()
+    out: list[Record] = []
+    cpu = [5.0]
+    box = _box(BlackboxConfig(), clock, out, cpu)
+    scans: list[int] = []
+    scan = box.scanner.scan
+    box.scanner.scan = lambda now, n: scans.append(round(now - 1000)) or scan(now, n)  # type: ignore[method-assign]
+    rec = RecordFactory(clock)
+    for second in range(100):
+        cpu[0] = 80.0 if 40 <= second < 52 else 5.0
+        box.step()
+        if second == 75:
+            box.observe([rec.begin("display.freeze", {"cause": "hmi_stopped"})])
+        clock.advance(1.0)
+    # idle: every 30 s; busy from 40: at once, then every 5 s; idle again: 30 s after the last; a trigger: next turn
+    assert scans == [0, 30, 40, 45, 50, 76], scans
