@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import __version__, health, inherited, tls
+from . import __version__, health, inherited, memory, tls
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
 from .config import AgentConfig, load, probe_module
@@ -221,6 +221,7 @@ class Daemon:
         ping_every = (notifier.watchdog_s or 20.0) / 2
         last_ping = 0.0
         last_status = ""
+        last_trim = float("-inf")  # the first turn trims what start-up left in the heap
         while True:
             # Signals set _stop; otherwise only the watchdog ping and the STATUS line need a turn (issue 13:
             # this was a wake-up every 2 s; 5 s keeps `systemctl status` current enough).
@@ -242,6 +243,9 @@ class Daemon:
             if line != last_status:
                 notifier.status(line)
                 last_status = line
+            if now - last_trim >= memory.TRIM_EVERY_S:
+                memory.trim()
+                last_trim = now
         notifier.stopping()
         notifier.status("stopping: flushing spool")
 
@@ -294,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if inherited.adopt_stdin_kmsg():
         log.info("reading the kernel log from the descriptor systemd passed on stdin")
     lower_priority(cfg.agent.nice, cfg.agent.io_idle)
+    memory.one_arena()  # before the first thread (issue 13: RSS)
     daemon = Daemon(cfg, args.config)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
