@@ -77,7 +77,7 @@ class Verdict:
         probs = self.problems
         if not probs:
             return HEALTHY
-        parts = [r.text + (f" for {_age(self.now - r.since)}" if r.since is not None else "") for r in probs[:3]]
+        parts = [r.text + (f" for {age(self.now - r.since)}" if r.since is not None else "") for r in probs[:3]]
         more = f" (+{len(probs) - 3} more)" if len(probs) > 3 else ""
         return f"{self.state}: " + "; ".join(parts) + more
 
@@ -134,7 +134,7 @@ def verdict(f: Facts) -> Verdict:
     """The verdict and its reasons, worst first (failing, then degraded, then notes; stable within each)."""
     out: list[Reason] = []
     if f.pipeline_age_s >= PIPELINE_STALL_S:
-        out.append(Reason("pipeline_stalled", FAILING, f"pipeline stalled: last turn {_age(f.pipeline_age_s)} ago"
+        out.append(Reason("pipeline_stalled", FAILING, f"pipeline stalled: last turn {age(f.pipeline_age_s)} ago"
                           "; systemd's watchdog restarts the agent", f.now - f.pipeline_age_s))
     st = f.spool_trouble
     if st is not None:
@@ -178,7 +178,7 @@ def verdict(f: Facts) -> Verdict:
     if cert_end is not None and cert_end - f.now < CERT_RENEW_S and f.connect_error_code not in REFUSALS_FAILING:
         when = time.strftime("%Y-%m-%d", time.gmtime(cert_end))
         text = (f"client certificate expired on {when}" if cert_end <= f.now else
-                f"client certificate expires on {when}, in {_age(cert_end - f.now)}")
+                f"client certificate expires on {when}, in {age(cert_end - f.now)}")
         out.append(Reason("client_cert_expiring", DEGRADED, text + ": install a renewed one (docs/security.md)"))
     if f.transport == "plaintext-allowed":
         out.append(Reason("plaintext_allowed", NOTE, "uplink WITHOUT TLS to a non-loopback broker "
@@ -197,7 +197,8 @@ def verdict(f: Facts) -> Verdict:
     return Verdict(HEALTHY if state == NOTE else state, tuple(out), f.now)
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
+    """3s, 4m12s, 2h03m, 3d04h: short enough for a table or STATUS=, unambiguous enough for a ticket."""
     s = int(max(0.0, seconds))
     if s < 60:
         return f"{s}s"

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from .. import health
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.I)
 
@@ -23,17 +25,8 @@ def isatty(stream: TextIO | None = None) -> bool:
 
 
 def age(seconds: float | None) -> str:
-    """3s, 4m12s, 2h03m, 3d04h: short enough for a table, unambiguous enough for a ticket."""
-    if seconds is None:
-        return "-"
-    s = int(max(0.0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    """The verdict's age format (agent.health.age), with "-" for unknown."""
+    return "-" if seconds is None else health.age(seconds)
 
 
 def size(n: float | None) -> str:

@@ -83,6 +83,26 @@ def fake_sysfs(root: Path) -> None:
         p.write_text(text + "\n")
 
 
+
+def time_probe_thread(probe: DisplayProbe) -> list[float]:
+    """Count the CPU the probe's thread spends in receive(); returns the one-cell accumulator.
+
+    Read inside the thread (CLOCK_THREAD_CPUTIME_ID, ns resolution; per-thread times in /proc only count
+    10 ms ticks). Blocking in select() between turns costs nothing and is not counted.
+    """
+    spent = [0.0]
+    receive = probe.receive
+
+    def timed_receive(timeout_s: float) -> Iterable[Record]:
+        c = time.thread_time()
+        try:
+            return receive(timeout_s)
+        finally:
+            spent[0] += time.thread_time() - c
+
+    setattr(probe, "receive", timed_receive)  # noqa: B010 - instance attribute shadows the method
+    return spent
+
 def probe_share(tmp: Path, seconds: float) -> tuple[float, float]:
     """Run the real probe thread at its default rates on a 1280x720 frame, a fake sysfs tree and an idle kmsg
     FIFO; return (share of one core in %, samples taken)."""
@@ -98,19 +118,7 @@ def probe_share(tmp: Path, seconds: float) -> tuple[float, float]:
     probe = DisplayProbe(cfg, ProbeContext(clock=SystemClock(), emit=lambda r: None))
     # The static test frame makes the clock region go stale: that episode is expected, its log lines are not news.
     logging.getLogger("icvq.probe").setLevel(logging.ERROR)
-    # CPU of the probe thread, read inside it (CLOCK_THREAD_CPUTIME_ID, ns resolution; per-thread times in
-    # /proc only count 10 ms ticks). Blocking in select() between turns costs nothing and is not counted.
-    spent = [0.0]
-    receive = probe.receive
-
-    def timed_receive(timeout_s: float) -> Iterable[Record]:
-        c = time.thread_time()
-        try:
-            return receive(timeout_s)
-        finally:
-            spent[0] += time.thread_time() - c
-
-    setattr(probe, "receive", timed_receive)  # noqa: B010 - instance attribute shadows the method
+    spent = time_probe_thread(probe)
     probe.start()
     time.sleep(1.0)
     c0, t0 = spent[0], time.monotonic()

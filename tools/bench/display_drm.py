@@ -21,7 +21,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ def guest(seconds: float) -> dict[str, Any]:
     from agent.probes.display import Config, DisplayProbe
     from agent.records import Record
     from agent.schema import build
+    from tools.bench.display import time_probe_thread
 
     os.makedirs(XDG, mode=0o700, exist_ok=True)
     Path(XDG, "weston.ini").write_text("[core]\nrequire-input=false\nidle-time=0\n[shell]\n"
@@ -79,17 +79,7 @@ def guest(seconds: float) -> dict[str, Any]:
     records: list[Record] = []
     probe = DisplayProbe(cfg, ProbeContext(clock=SystemClock(), emit=records.append))
     logging.getLogger("icvq.probe").setLevel(logging.ERROR)
-    spent = [0.0]
-    receive = probe.receive
-
-    def timed_receive(timeout_s: float) -> Iterable[Record]:
-        c = time.thread_time()
-        try:
-            return receive(timeout_s)
-        finally:
-            spent[0] += time.thread_time() - c
-
-    setattr(probe, "receive", timed_receive)  # noqa: B010 - instance attribute shadows the method
+    spent = time_probe_thread(probe)
     probe.start()
     time.sleep(2.0)
     c0, h0, t0 = spent[0], _proc_cpu_s(helper.pid), time.monotonic()
