@@ -227,14 +227,8 @@ class Onsets:
 def gather(d: DaemonView, now: float, mono: float) -> Facts:
     """Snapshot the running daemon's facts: in-memory attributes only, safe from any thread."""
     pl, up, sp = d.pipeline, d.uplink, d.spool
-    trouble = getattr(sp, "trouble", None)  # the storage work's Spool.trouble (TEAM-RULES contract)
-    spool_fact: SpoolFact | None = None
-    if trouble is not None:
-        spool_fact = SpoolFact(trouble.state, trouble.since, trouble.detail)
-    elif sp.degraded:  # a spool without `trouble`: since when the verdict first saw it
-        spool_fact = SpoolFact("unwritable", d.onsets("spool_unwritable", True, now), sp.last_disk_error)
-    else:
-        d.onsets("spool_unwritable", False, now)
+    trouble = sp.trouble  # set whenever the spool is degraded (Spool._block), with its own since
+    spool_fact = None if trouble is None else SpoolFact(trouble.state, trouble.since, trouble.detail)
     synced = d.clock.synced()
     return Facts(
         now=now, pipeline_age_s=max(0.0, mono - pl.alive_mono),

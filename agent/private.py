@@ -15,11 +15,13 @@ hands over as credentials (`LoadCredential=`, under $CREDENTIALS_DIRECTORY or /r
 from the mode check: systemd keeps them readable by the unit's user and root only, sometimes through an ACL
 that makes the mode read 0440.
 
-No threads; called at open time and per connection attempt (one stat and one small read).
+No threads; called at open time and per connection attempt (one stat and one small read). `replace_private`
+is the one atomic, durable small-file write (campaigns, the drop ledger).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -64,6 +66,34 @@ def private_file(path: Path | str, mode: int = FILE_MODE) -> Path:
     finally:
         os.close(fd)
     return p
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename or unlink in `path` durable: without it a power cut may bring the old entry back."""
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def replace_private(path: Path | str, body: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `body` atomically and durably: a fresh temp file beside it with `mode` (umask
+    ignored, a stale temp from a crash removed first), fsync, rename over `path`, fsync the directory. A power
+    cut leaves the old or the new content, never a torn file. Raises OSError when that is impossible."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, p)
+    fsync_dir(p.parent)
 
 
 def private_db(path: Path | str) -> Path:

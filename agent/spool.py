@@ -76,7 +76,7 @@ DISK_FULL, READ_ONLY, UNOPENABLE, IO_ERROR, LOW_HEADROOM = \
 
 @dataclass(frozen=True)
 class SpoolTrouble:
-    """Why the spool is not working normally (contract read by the health verdict, TEAM-RULES.md)."""
+    """Why the spool is not working normally (read by the health verdict, agent/health.py)."""
 
     state: str      # disk_full | read_only | unopenable | io_error | low_headroom
     since: float    # wall-clock seconds when this state began
@@ -424,7 +424,7 @@ class Spool:
     # ---------------------------------------------------------------------------------------- trouble
     @property
     def trouble(self) -> SpoolTrouble | None:
-        """None when the spool works normally (contract: TEAM-RULES.md, read by the health verdict)."""
+        """None when the spool works normally; set whenever it is degraded (read by agent/health.py)."""
         return self._trouble
 
     @property

@@ -19,15 +19,13 @@ threads; called by the spool on the pipeline thread (open, ack, close).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .private import private_dir, private_file
+from .private import fsync_dir, private_dir, replace_private
 
 log = logging.getLogger("icvq.spool")
 
@@ -64,24 +62,9 @@ def write(path: Path, drops: dict[str, int], run: dict[str, object], written_ms:
     """Replace the ledger atomically and durably. Raises OSError when that is impossible."""
     led = Ledger(secrets.token_hex(8), dict(drops), dict(run), written_ms)
     private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    private_file(tmp, 0o600)
     body = json.dumps({"id": led.id, "drops": led.drops, "run": led.run, "written_ms": written_ms},
                       sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_private(path, body, 0o600)
     return led
 
 
@@ -92,11 +75,7 @@ def remove(path: Path, led: Ledger) -> None:
         return
     try:
         path.unlink()
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(path.parent)
         log.warning("drop ledger %s reported (%s) and removed", path, json.dumps(led.drops, sort_keys=True))
     except OSError as e:
         log.error("cannot remove the drop ledger %s: %s", path, e)

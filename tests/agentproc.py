@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,45 @@ class AgentProc:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET as systemd offers it: collects what the agent sends (READY=1, STATUS=..., WATCHDOG=1),
+    each datagram with its arrival time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def lines(self) -> list[str]:
+        return [line for _, m in self.messages for line in m.split("\n")]
+
+    def status(self) -> str:
+        """The last STATUS= text, what `systemctl status` shows now."""
+        return next((ln[7:] for ln in reversed(self.lines()) if ln.startswith("STATUS=")), "")
+
+    def wait(self, text: str, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines()):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} never notified; got {self.lines()}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..private import replace_private
 
 log = logging.getLogger("icvq.blackbox")
 
@@ -22,19 +23,7 @@ FORMAT = 1
 def save(path: Path, docs: Sequence[dict[str, Any]]) -> None:
     body = json.dumps({"v": FORMAT, "campaigns": list(docs)}, separators=(",", ":"), sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_private(path, body, 0o600)
 
 
 def load(path: Path) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 A CPU load spike is injected before the HMI is stopped; the display.freeze episode must arrive with a
 `blackbox.snapshot` linked to it that covers `pre_s` before and `post_s` after the freeze's start, and whose
 CPU and process columns show the spike at its place. Scaled down to keep the suite's wall time bounded
-(TEAM-RULES: ≤ 60 s for the black box's tests): pre 6 s / post 2 s / spike 4 s before — the defaults'
+(the black box's tests get ≤ 60 s of the suite): pre 6 s / post 2 s / spike 4 s before — the defaults'
 30 s / 10 s / 20 s divided by 5, the same shape. The defaults themselves are exercised on the same code with a
 FakeClock in tests/blackbox/test_blackbox_units.py, and their byte cost in `python -m tools.bench blackbox`.
 """

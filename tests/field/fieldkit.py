@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -185,32 +184,3 @@ class Lines:
         return dict(json.loads(line))
 
 
-# ----------------------------------------------------------------------------------- systemd's view
-class NotifySocket:
-    """A NOTIFY_SOCKET as systemd offers it: collects what the agent sends (READY=1, STATUS=..., WATCHDOG=1)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.lines.extend(self.sock.recv(4096).decode().split("\n"))
-            except TimeoutError:
-                continue
-
-    def status(self) -> str:
-        """The last STATUS= text, what `systemctl status` shows now."""
-        return next((ln[7:] for ln in reversed(self.lines) if ln.startswith("STATUS=")), "")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()

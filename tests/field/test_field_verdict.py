@@ -28,9 +28,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from agentproc import AgentProc, base_config, write_config
+from agentproc import AgentProc, NotifySocket, base_config, write_config
 from broker import Mosquitto
-from fieldkit import NotifySocket, Sshd
+from fieldkit import Sshd
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 

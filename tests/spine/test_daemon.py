@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from agentproc import AgentProc, base_config, to_toml, write_config
+from agentproc import AgentProc, NotifySocket, base_config, to_toml, write_config
 
 from agent.sdnotify import Notifier
-
-
-class NotifySocket:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except TimeoutError:
-                continue
-
-    def lines(self) -> list[str]:
-        return [line for _, m in self.messages for line in m.split("\n")]
-
-    def wait(self, text: str, timeout_s: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines()):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"{text!r} never notified; got {self.lines()}")
 
 
 def test_ready_status_watchdog_and_stopping(tmp_path: Path, broker) -> None:
@@ -59,7 +28,7 @@ def test_ready_status_watchdog_and_stopping(tmp_path: Path, broker) -> None:
     assert len(pings) >= 2, "pings at about half of WATCHDOG_USEC"
     assert agent.stop() == 0
     ns.wait("STOPPING=1")
-    ns.stop.set()
+    ns.close()
 
 
 def test_sighup_reloads_and_a_broken_reload_keeps_running(tmp_path: Path, broker) -> None:

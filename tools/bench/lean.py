@@ -102,6 +102,14 @@ class Subscriber:
         self.c.disconnect()
 
 
+def _wait_connected(d: Daemon, settle_s: float) -> None:
+    """Until the uplink is connected (at most 20 s), then `settle_s` more so start-up traffic is out of the way."""
+    deadline = time.monotonic() + 20
+    while not d.uplink.connected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(settle_s)
+
+
 def _daemon(tmp: Path, port: int) -> Daemon:
     conf = icvq_conf(tmp, port)
     d = Daemon(load(conf, lean=True), str(conf))
@@ -115,10 +123,7 @@ def bench_event_latency(tmp: Path, n: int) -> dict[str, Any]:
     d = _daemon(tmp / "ev", broker.port)
     try:
         acks = Acks(d)
-        deadline = time.monotonic() + 20
-        while not d.uplink.connected and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(2)
+        _wait_connected(d, settle_s=2.0)
         published0 = d.pipeline.counters.snapshot().get("published", 0)
         lat: list[float] = []
         rnd = random.Random(13)
@@ -261,10 +266,7 @@ def bench_reconnect(tmp: Path, trials: int) -> dict[str, Any]:
     rnd = random.Random(31)
     try:
         acks = Acks(d)
-        deadline = time.monotonic() + 20
-        while not d.uplink.connected and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(3)
+        _wait_connected(d, settle_s=3.0)
         for i in range(trials):
             broker.kill()
             time.sleep(rnd.uniform(2.0, 4.0))
