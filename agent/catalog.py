@@ -21,6 +21,7 @@ which the Provisions name explicitly). No thread, no I/O: data and pure function
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class DropReason:
     reason: str            # exact key in `agent.drops`, or a prefix ending in ".<code>" for a family
     meaning: str
 
-    @property
+    @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
         return re.compile(re.escape(self.reason).replace(re.escape("<code>"), r"0x[0-9a-f]+") + r"\Z")
 

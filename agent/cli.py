@@ -13,15 +13,15 @@ import sys
 from collections.abc import Callable
 
 from . import __version__, fieldcli, tls, wire
-from .config import DEFAULT_PATH, load
+from .config import load
 from .errors import EX_CONFIG, ConfigError, WireError
-from .fieldcli.client import EPILOG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EXIT_OK
+from .fieldcli.client import EPILOG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EXIT_OK, config_path
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = getattr(args, "config", None) or os.environ.get("ICVQ_CONFIG") or str(DEFAULT_PATH)
+    path = config_path(args)
     try:
         cfg = load(path)
         tls.check(cfg)

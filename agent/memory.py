@@ -15,6 +15,7 @@ call; on a libc without them (musl) both are no-ops.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 log = logging.getLogger("icvq.memory")
@@ -23,6 +24,7 @@ M_ARENA_MAX = -8  # glibc malloc.h
 TRIM_EVERY_S = 60.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None)  # the symbols already loaded into the process: libc's among them

@@ -84,8 +84,7 @@ class Pipeline:
         self._hold_s = 0.0
         self.no_subscribers_since: float | None = None   # wall clock of the first 0x10 of the current run
         self._flush_requested = False
-        self._last_commit = time.monotonic()
-        self._intake_since = self._last_commit  # when the oldest record in the intake arrived
+        self._intake_since = time.monotonic()  # when the oldest record in the intake arrived
         self._last_health = time.monotonic()
         self._max_batch = cfg.uplink.max_batch_kib * 1024
         self._urgent = False
@@ -191,11 +190,11 @@ class Pipeline:
             batch = list(self._intake)
             self._intake.clear()
             self._urgent = False
-        self._last_commit = time.monotonic()
+        now = time.monotonic()
         if not batch:
             return
         if not self.spool.n_unsealed:
-            self._waiting_since = self._last_commit
+            self._waiting_since = now
         if any(not r.kind.evictable_first for r in batch):
             self._event_unsealed = True
         self.spool.put(batch)
@@ -301,7 +300,7 @@ class Pipeline:
         return True
 
     def _should_seal(self) -> bool:
-        n, body_bytes, _oldest_ms = self.spool.unsealed_summary()
+        n, body_bytes = self.spool.unsealed_summary()
         return pacing.seal_due(n_unsealed=n, body_bytes=body_bytes, max_batch=self._max_batch,
                                urgent=self._event_unsealed or self._flush_requested or self._stop.is_set(),
                                waiting_since=self._waiting_since, now=time.monotonic(),

@@ -441,9 +441,13 @@ class Spool:
     def n_unsealed(self) -> int:
         """Records seal() can take now: the memory queue's while degraded (records on disk wait for the disk),
         the spool's otherwise. What the pipeline's sealing pace must look at, not n_records."""
-        if self._blocked or (not self.n_records and self._mem.n_records):
-            return self._mem.n_records
-        return self.n_records
+        return self._mem.n_records if self._seal_from_memory else self.n_records
+
+    @property
+    def _seal_from_memory(self) -> bool:
+        """Seal from the memory queue: while degraded (records on disk wait for the disk), or when only memory
+        holds unsealed records (written back after recovery once the disk is drained)."""
+        return self._blocked or (not self.n_records and bool(self._mem.n_records))
 
     @property
     def cap_bytes(self) -> int:
@@ -780,20 +784,17 @@ class Spool:
             self._acked_held.add(self._mem.dropped_held.pop())
 
     # ----------------------------------------------------------------------------------------- batches
-    def unsealed_summary(self) -> tuple[int, int, int | None]:
-        """(records, body bytes, wall_ms of the oldest) waiting to be sealed; O(1), asked on every step.
-        While degraded only the memory queue counts: records on disk wait for the disk."""
-        if self._blocked or (not self.n_records and self._mem.n_records):
-            return self._mem.n_records, self._mem.body_bytes(), self._mem.oldest_wall_ms()
-        if not self.n_records:
-            return 0, 0, None
-        row = self._conn.execute("SELECT wall_ms FROM records ORDER BY id LIMIT 1").fetchone()
-        return self.n_records, self.record_body_bytes, row[0] if row else None
+    def unsealed_summary(self) -> tuple[int, int]:
+        """(records, body bytes) waiting to be sealed, asked on every step: O(1) from the tracked totals (the
+        memory queue, only while degraded, sums its records). Only the memory queue counts while degraded."""
+        if self._seal_from_memory:
+            return self._mem.n_records, self._mem.body_bytes()
+        return self.n_records, self.record_body_bytes
 
     def seal(self, make_id: Callable[[str, int], wire.BatchId], max_bytes: int, *,
              max_records: int = 5000, compress: str = "auto") -> SealedBatch | None:
         """Move the oldest unsealed records (one boot, one sync state) into a new batch of ≤ max_bytes."""
-        if self._blocked or (not self.n_records and self._mem.n_records):
+        if self._seal_from_memory:
             b, oversize = self._mem.seal(make_id, max_bytes, max_records=max_records, compress=compress,
                                          avoid_sid=self.sid)
             self._count_drop("oversize", oversize)

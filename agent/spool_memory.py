@@ -68,9 +68,6 @@ class MemoryQueue:
         return sum(24 + len(r.name) + (8 if not isinstance(r.data, dict) else 16 * len(r.data))
                    for r in self.records)
 
-    def oldest_wall_ms(self) -> int | None:
-        return self.records[0].wall_ms if self.records else None
-
     # ---------------------------------------------------------------------------------------- records
     def add(self, records: Iterable[Record], *, front: bool = False) -> dict[str, int]:
         """Hold records (front=True puts them back ahead of newer ones); returns what the bound dropped."""

@@ -254,6 +254,10 @@ class Uplink:
         client = self._client
         if client is None or not self._connected.is_set():
             return False
+        return self._publish_birth(client)
+
+    def _publish_birth(self, client: mqtt.Client) -> bool:
+        """The retained birth on the status topic: at every connection, and again when what it reports changes."""
         return client.publish(self.status_topic, self._status("birth"), qos=1, retain=True,
                               properties=self._props()).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -435,7 +439,7 @@ class Uplink:
                 log.warning("connected WITHOUT TLS to %s:%d (uplink.allow_plaintext = true): telemetry and "
                             "credentials cross the network readable by anyone on the path", self.cfg.host,
                             self.cfg.port)
-            client.publish(self.status_topic, self._status("birth"), qos=1, retain=True, properties=self._props())
+            self._publish_birth(client)
             self.events.put(Up(gen, max_packet))
             self._wayback.drain()
             self._dead.wait()  # set by on_disconnect and by stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -252,6 +252,3 @@ def summary(c: Campaign, now_wall: float) -> dict[str, Any]:
     return {"id": c.id, "revision": c.revision, "state": c.state(now_wall), "trigger": c.trigger.names[0],
             "end": int(c.end)}
 
-
-def ids(cs: Sequence[Campaign]) -> list[str]:
-    return [c.id for c in cs]

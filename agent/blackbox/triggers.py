@@ -80,13 +80,11 @@ def builtin(families: Sequence[str], events: Sequence[str], capture: Sequence[st
 class RateLimiter:
     last: dict[str, float] = field(default_factory=dict)
     taken: dict[str, int] = field(default_factory=dict)
-    suppressed: dict[str, int] = field(default_factory=dict)
 
     def allow(self, t: Trigger, now: float) -> bool:
         prev = self.last.get(t.key)
         if (prev is not None and now - prev < t.min_interval_s) or \
                 (t.max_snapshots is not None and self.taken.get(t.key, 0) >= t.max_snapshots):
-            self.suppressed[t.key] = self.suppressed.get(t.key, 0) + 1
             return False
         self.last[t.key] = now
         self.taken[t.key] = self.taken.get(t.key, 0) + 1

@@ -133,8 +133,13 @@ class Context:
         return Client(self.socket, timeout_s)
 
 
+def config_path(args: argparse.Namespace) -> str:
+    """-c/--config, else $ICVQ_CONFIG, else the installed default."""
+    return getattr(args, "config", None) or os.environ.get("ICVQ_CONFIG") or str(DEFAULT_PATH)
+
+
 def context(args: argparse.Namespace) -> Context:
-    path = getattr(args, "config", None) or os.environ.get("ICVQ_CONFIG") or str(DEFAULT_PATH)
+    path = config_path(args)
     cfg: AgentConfig | None = None
     err = ""
     try:

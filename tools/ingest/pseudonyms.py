@@ -19,15 +19,19 @@ from collections.abc import Iterable
 from agent.pseudonym import pseudonym, read_key
 
 
+def read_vins(path: str) -> list[str]:
+    """The VIN register: one VIN per line; blank lines and # comments skipped."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
 class Pseudonyms:
     def __init__(self, key: bytes, vins: Iterable[str]) -> None:
         self.to_vin = {pseudonym(key, v): v for v in vins}
 
     @classmethod
     def from_files(cls, key_file: str, vins_file: str) -> Pseudonyms:
-        with open(vins_file, encoding="utf-8") as f:
-            vins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        return cls(read_key(key_file), vins)
+        return cls(read_key(key_file), read_vins(vins_file))
 
     def resolve(self, vehicle: str) -> str:
         """The VIN behind a pseudonym; anything else (a VIN, an unknown pseudonym) unchanged."""
@@ -43,8 +47,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     vins = list(a.vin)
     if a.vins:
-        with open(a.vins, encoding="utf-8") as f:
-            vins += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        vins += read_vins(a.vins)
     key = read_key(a.key)
     for v in vins:
         sys.stdout.write(f"{pseudonym(key, v)} {v}\n")
