@@ -161,7 +161,9 @@ class BlackBox:
             cpu = sample.get("cpu")
             self.ring.add("system", now, sample)
         idle = isinstance(cpu, (int, float)) and cpu < IDLE_CPU_PCT
-        every = self.cfg.procs_interval_s * (IDLE_PROCS_FACTOR if idle else 1)
+        # Due at the turn nearest its time: turns wake a few ms late or early, and a strict `>=` turns a 0.5 s
+        # cadence into 1 s whenever the previous turn was the late one.
+        every = self.cfg.procs_interval_s * (IDLE_PROCS_FACTOR if idle else 1) - self.cfg.interval_s / 2
         if "procs" in self.enabled_channels and (self._procs_now or now - self._last_procs >= every):
             self._procs_now = False
             self._last_procs = now

@@ -94,10 +94,13 @@ def parse_pid_stat(text: str) -> tuple[str, int] | None:
 
 
 def top_cpu(prev: Mapping[int, int], cur: Mapping[int, tuple[str, int]], dt_s: float, n: int) -> list[list[object]]:
-    """The n processes that used most CPU between two scans: [[comm, % of one core], ...]."""
+    """The n processes that used most CPU between two scans: [[comm, % of one core], ...]. A pid the earlier scan
+    did not see was started since (pids are not reused within seconds; pid_max is 4M on 64-bit), so all its
+    ticks fall in the interval: a short burst by a new process shows at the first scan after it started
+    instead of never, if it is gone by the next one."""
     if dt_s <= 0 or n <= 0:
         return []
-    used = [(ticks - prev[pid], comm) for pid, (comm, ticks) in cur.items() if pid in prev and ticks > prev[pid]]
+    used = [(ticks - prev.get(pid, 0), comm) for pid, (comm, ticks) in cur.items() if ticks > prev.get(pid, 0)]
     used.sort(reverse=True)
     return [[comm, round(100.0 * d / CLK_TCK / dt_s, 1)] for d, comm in used[:n]]
 

@@ -43,7 +43,8 @@ def test_proc_parsers() -> None:
     assert sysread.parse_pid_stat("42 broken") is None
     top = sysread.top_cpu({1: 0, 2: 0, 3: 5}, {1: ("a", 10), 2: ("b", 200), 3: ("c", 5), 4: ("new", 999)},
                           2.0, 2)
-    assert [t[0] for t in top] == ["b", "a"]  # the new pid has no earlier reading: not counted
+    # A pid the earlier scan did not see started since: all its ticks are in the interval.
+    assert [t[0] for t in top] == ["new", "b"] and top[0][1] == round(100.0 * 999 / sysread.CLK_TCK / 2.0, 1)
 
 
 def test_real_proc_reader_samples_this_machine() -> None:
@@ -234,3 +235,16 @@ def test_process_table_is_scanned_slowly_while_idle_at_once_when_busy_or_trigger
         clock.advance(1.0)
     # idle: every 30 s; busy from 40: at once, then every 5 s; idle again: 30 s after the last; a trigger: next turn
     assert scans == [0, 30, 40, 45, 50, 76], scans
+
+
+def test_busy_process_scans_keep_their_cadence_when_turns_wake_late_or_early() -> None:
+    clock = FakeClock()
+    box = _box(BlackboxConfig(interval_s=0.5, procs_interval_s=0.5), clock, [], [90.0])
+    scans: list[float] = []
+    scan = box.scanner.scan
+    box.scanner.scan = lambda now, n: scans.append(now) or scan(now, n)  # type: ignore[method-assign]
+    for jitter in (0.0, 0.004, -0.003, 0.006, 0.0, -0.002):  # ms-scale wake-up jitter around a 0.5 s cadence
+        clock.advance(0.5 + jitter)
+        box.step()
+    assert len(scans) == 6
+

@@ -47,6 +47,8 @@ def test_freeze_arrives_with_context_showing_the_spike_before_it(tmp_path: Path,
         spike_wall = time.time()
         spinners = [subprocess.Popen([sys.executable, "-c", SPINNER]) for _ in range(2)]
         time.sleep(SPIKE_BEFORE_S - 0.6)
+        for s in spinners:  # reaped as a parent would: a zombie's ticks would show again at later scans
+            s.wait(10)
         changed()
         wait_for(changed, 3, "the next tick")              # stop right after a tick: the freeze starts here
         hmi.send_signal(signal.SIGSTOP)
