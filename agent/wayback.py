@@ -5,13 +5,22 @@ While the uplink is disconnected its thread sleeps here between attempts. It wak
   answer again;
 - the kernel says a network interface came up or got an address (rtnetlink multicast groups RTMGRP_LINK and
   RTMGRP_IPV4/IPV6_IFADDR, read on the same wait: no thread, no polling).
-Waking is a select() on a socketpair and the netlink socket, so an idle disconnected agent costs no CPU.
+Waking is a poll() on a socketpair and the netlink socket, so an idle disconnected agent costs no CPU.
+
+The uplink also waits here while connected (until `wake` says the connection died), because news that the
+way is back can come under a connection that never noticed the loss: a tunnel shorter than MQTT keep-alive
+(60 s: paho gives up after 1-2 keep-alive periods). What was written meanwhile sits behind TCP's retransmission
+timer, which doubled through the outage (3-20 s outages: next retry up to 13 s after the link is back,
+tools/bench/linkback.py), and after a new address the connection is dead until keep-alive says so.
+`connection_stalled` tells those apart from a healthy connection (TCP_INFO's backoff; is the source address
+still ours), and the uplink then reconnects at once instead of waiting for either.
 Hand-written because nothing in the standard library or our dependencies listens to rtnetlink; the parsing is
 the 16-byte nlmsghdr and the 16-byte ifinfomsg, nothing else.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
@@ -44,6 +53,40 @@ def interface_came_up(data: bytes) -> str | None:
                 return f"interface #{index} is up"
         off += (length + 3) & ~3
     return None
+
+
+_TCP_INFO_HEAD = struct.Struct("=BBBBB")  # tcpi_state, ca_state, retransmits, probes, backoff
+
+
+def tcp_backing_off(info: bytes) -> bool:
+    """From the head of struct tcp_info: has a retransmission or zero-window-probe timer of this connection
+    expired and doubled (data written is waiting out a backed-off timer)?"""
+    if len(info) < _TCP_INFO_HEAD.size:
+        return False
+    return _TCP_INFO_HEAD.unpack_from(info)[4] > 0
+
+
+def _address_gone(family: int, local: tuple[object, ...]) -> bool:
+    """The connection's source address is no longer on this host (the link came back with a new one)."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((local[0], 0, *local[2:]))
+    except OSError as e:
+        return e.errno == errno.EADDRNOTAVAIL
+    return False
+
+
+def connection_stalled(sock: socket.socket | None) -> bool:
+    """After news that the way is back: would this connection wait out a timer (or keep-alive) instead of
+    carrying data now? False for anything not a TCP socket of ours."""
+    if sock is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_HEAD.size)
+        local = sock.getsockname()
+    except (OSError, AttributeError):
+        return False
+    return tcp_backing_off(info) or (isinstance(local, tuple) and _address_gone(sock.family, local))
 
 
 def _netlink() -> socket.socket | None:
@@ -87,8 +130,17 @@ class WayBack:
                 pass
         self._reason = ""
 
-    def wait(self, timeout_s: float) -> str | None:
-        """Sleep up to timeout_s; returns why the way may be back, or None when the time ran out."""
+    def wake(self) -> None:
+        """Make a waiter look at its `done` condition (the connection died): no news of the way, and a wait
+        without `done` (the reconnect wait) ignores it."""
+        try:
+            self._w.send(b"w")
+        except OSError:
+            pass
+
+    def wait(self, timeout_s: float, done: Callable[[], bool] | None = None) -> str | None:
+        """Sleep up to timeout_s; returns why the way may be back, or None when the time ran out or `done()`
+        became true (checked after each wake-up)."""
         deadline = self._now() + timeout_s
         socks = {s.fileno(): s for s in (self._r, self._nl) if s is not None}
         # poll(), not select(): a process holding many sockets (the fleet simulator runs hundreds of agents
@@ -97,6 +149,8 @@ class WayBack:
         for fd in socks:
             poller.register(fd, select.POLLIN)
         while True:
+            if done is not None and done():
+                return None
             left = deadline - self._now()
             if left <= 0:
                 return None
@@ -111,6 +165,8 @@ class WayBack:
                 except OSError:
                     continue
                 if s is self._r:
+                    if b"!" not in data:
+                        continue  # only wake(): see `done`
                     reason = self._reason or "nudged"
                     self.drain()
                     return reason
