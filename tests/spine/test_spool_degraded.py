@@ -113,6 +113,31 @@ def test_headroom_shrinks_the_cap_instead_of_filling_the_file_system(mount) -> N
     sp.close()
 
 
+@pytest.mark.parametrize("cause", ["spool_full", "headroom"])
+def test_each_cause_of_eviction_counts_every_class_under_its_own_name(mount, cause: str) -> None:
+    """One write larger than the whole cap takes everything older, in order (samples, snapshots, events, sealed
+    batches), and itself: the max_mib cap counts all of it as spool_full.*, a squeezed headroom as headroom.*."""
+    fs = mount("8m")
+    if cause == "headroom":
+        fill(fs, leave=3 << 20)
+        sp = Spool(fs / "s.db", 64 << 20, min_free_bytes=2 << 20, max_record_bytes=4 << 20)
+    else:
+        sp = Spool(fs / "s.db", 1 << 20, max_record_bytes=4 << 20)
+    sp.open()
+    sp.put([rec(i, Kind.EVENT) for i in range(10)])
+    batch = sp.seal(make_id(sp), 1 << 16)             # sealed, never acknowledged
+    assert batch is not None and batch.n_records == 10
+    sp.put([rec(100 + i) for i in range(10)] + [rec(200 + i, Kind.SNAPSHOT) for i in range(10)]
+           + [rec(300 + i, Kind.EVENT) for i in range(10)])
+    assert sp.drops == {}
+    huge = Record(Kind.EVENT, "test.x", 1_700_000_001_000, 11_000, BOOT, True, {"pad": ["x" * 4000] * 500})
+    sp.put([huge])                                    # ~2 MB: more than either cap
+    assert sp.drops == {f"{cause}.metric": 10, f"{cause}.snapshot": 10, f"{cause}.event": 10,
+                        f"{cause}.batch_records": 10, f"{cause}.incoming": 1}
+    assert sp.n_records == 0 and sp.sealed() == [] and not sp.degraded
+    sp.close()
+
+
 def test_full_disk_seals_in_memory_under_a_memory_sid_then_writes_back(mount) -> None:
     fs = mount("2m")
     sp = Spool(fs / "s.db", 64 << 20, memory_max_records=5000)
