@@ -1,7 +1,8 @@
 """The pre-trigger ring: the last `window_s` seconds of context per channel, bounded in time AND in bytes.
 
 Written to from several threads (the black box's sampler, probe threads through the context tap, the pipeline
-thread through the record observer), read by the snapshot builder; one lock, held only for deque operations.
+thread through the record observer), read by the snapshot builder; one lock, held for the rate limit, the copy
+of a kept sample and deque operations.
 
 Bytes are an estimate of what the samples cost as Python objects (`approx_size`), not of their wire size:
 the bound is about the car's RAM. At defaults the ring holds ~60 system samples, 12 process tables, ≤ 300 kmsg
@@ -10,7 +11,8 @@ lines and ~60 samples each of link, display and 4 CAN buses: 0.33 MiB measured w
 
 Rate limits: every channel but kmsg keeps at most one sample per `min_gap_s` (the first one wins; later ones
 in the same gap are counted as `coalesced`); kmsg lines pass a token bucket (`kmsg_per_s`, `kmsg_burst`), and
-the first line after a suppressed run carries `skipped` = how many were suppressed.
+the first line after a suppressed run carries `skipped` = how many were suppressed. The limit is checked before
+the sample is copied: at 10 Hz DRM polling ~9 of 10 display samples are dropped, and a dropped one costs no copy.
 """
 
 from __future__ import annotations
@@ -61,7 +63,6 @@ class ContextRing:
     def add(self, channel: str, t: float, fields: Mapping[str, Any], key: str = "") -> bool:
         """Keep one sample taken at monotonic time t; False when a rate limit dropped it. `key` separates
         sources sharing a channel for the rate limit (one CAN channel, several buses)."""
-        data = dict(fields)
         with self._lock:
             q = self._ch.setdefault(channel, deque())
             if channel == "kmsg":
@@ -69,6 +70,7 @@ class ContextRing:
                     self._skipped += 1
                     self.counters.inc("kmsg_suppressed")
                     return False
+                data = dict(fields)
                 text = data.get("msg")
                 if isinstance(text, str) and len(text) > self.kmsg_max_chars:
                     data["msg"] = text[: self.kmsg_max_chars]
@@ -80,6 +82,7 @@ class ContextRing:
                     self.counters.inc(f"coalesced.{channel}")
                     return False
                 self._last[(channel, key)] = t
+                data = dict(fields)
             size = 48 + approx_size(data)
             q.append((t, data, size))
             self._bytes += size

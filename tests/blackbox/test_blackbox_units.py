@@ -4,6 +4,7 @@ the columnar snapshot at the default 30 s / 10 s, triggers and their per-family 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 
 import msgpack
 import pytest
@@ -76,6 +77,35 @@ def test_ring_bounds_and_rate_limits() -> None:
     for i in range(200):
         small.add("kmsg", float(i), {"lvl": 4, "msg": "y" * 100})
     assert small.bytes <= 4096 and small.counters.get("evicted_bytes_bound") > 0
+
+
+class _CountingSample(Mapping[str, object]):
+    """A sample that counts how often it is read: copying it reads every key."""
+
+    def __init__(self, **fields: object) -> None:
+        self.fields, self.reads = fields, 0
+
+    def __getitem__(self, k: str) -> object:
+        self.reads += 1
+        return self.fields[k]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+
+def test_ring_copies_only_the_samples_it_keeps() -> None:
+    ring = ContextRing(10.0, 1 << 20, kmsg_per_s=1.0, kmsg_burst=1)
+    kept, dropped = _CountingSample(age=1.0), _CountingSample(age=2.0)
+    assert ring.add("display", 0.0, kept) and not ring.add("display", 0.1, dropped)
+    assert kept.reads == 1 and dropped.reads == 0
+    kept.fields["age"] = 9.0  # the ring holds its own copy: the caller may reuse its dict
+    assert ring.window(0, 1, ["display"])["display"] == [(0.0, {"age": 1.0})]
+    line, storm = _CountingSample(msg="a"), _CountingSample(msg="b")
+    assert ring.add("kmsg", 0.0, line) and not ring.add("kmsg", 0.0, storm)
+    assert line.reads > 0 and storm.reads == 0
 
 
 def _box(cfg: BlackboxConfig, clock: FakeClock, out: list[Record], cpu: list[float]) -> BlackBox:

@@ -5,31 +5,28 @@ keeps a dark grid with a lit region from ever being `black_since`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from display_helpers import write_xwd
+from rule_timeline import Timeline, run
 
-from agent.probes.display.episodes import EpisodeMachine
+from agent.clock import FakeClock
+from agent.probe import ProbeContext
+from agent.probes.display import Config, DisplayProbe, rules
 from agent.probes.display.frame_state import FrameTracker
 from agent.probes.display.framebuffer import FrameSample, Layout
 from agent.probes.display.rules import BacklightSignal, RegionSignal, Signals, Thresholds, black_verdict, freeze_verdict
 from agent.probes.display.settings import RegionConfig
+from agent.schema import build
 
 TH = Thresholds(black_min_s=2.0)
 CLOCK = RegionSignal("clock", last_change=0.0, stale_after_s=2.5)
 
 
-def black_run(timeline: list[tuple[float, dict[str, Any]]], base: dict[str, Any]) -> list[tuple[str, float]]:
-    sig = Signals(now=0.0, fb_ok=True, **base)
-    m = EpisodeMachine("display.black")
-    out = []
-    for t, change in timeline:
-        sig = replace(sig, now=t, **change)
-        tr = m.step(black_verdict(sig, TH), t, 1000.0 + t)
-        if tr:
-            tr.open.episode = 1
-            out.append((tr.kind, t))
-    return out
+def black_run(timeline: Timeline, base: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(kind, t) for kind, t, _, _ in run(timeline, "black", {"fb_ok": True, **base}, TH)]
 
 
 DRM_CASES: list[tuple[str, dict[str, Any], list[tuple[float, dict[str, Any]]], list[tuple[str, float]]]] = [
@@ -139,3 +136,46 @@ def test_sparse_clock_keeps_a_dark_ui_alive(lit: float, last_change: float, flip
     s = Signals(now=10.0, fb_ok=True, black_since=1.0, lit_fraction=0.0, frame_changed_at=1.0, flip_at=flip_at,
                 regions=(RegionSignal("clock", last_change, 2.5),), region_lit=(("clock", lit),))
     assert (not black_verdict(s, TH).active) is alive
+
+
+def _counting_dark_ui_alive(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = rules.dark_ui_alive
+
+    def counted(s: Signals, th: Thresholds) -> bool:
+        calls[0] += 1
+        return real(s, th)
+
+    monkeypatch.setattr(rules, "dark_ui_alive", counted)
+    return calls
+
+
+def test_judge_asks_the_dark_ui_rule_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held black frame (a freeze's region stale too): both verdicts need the rule's answer; it is asked once."""
+    s = Signals(now=10.0, fb_ok=True, black_since=1.0, lit_fraction=0.0, frame_changed_at=1.0, flip_at=9.5,
+                regions=(CLOCK,), region_lit=(("clock", 0.0),), hb_last_rx=0.0)
+    calls = _counting_dark_ui_alive(monkeypatch)
+    j = rules.judge(s, TH)
+    assert calls == [1]
+    assert j.frame_black and j.black.active and j.freeze.active  # the heartbeat stopped: that freeze stands
+    assert (j.freeze, j.black) == (freeze_verdict(s, TH), black_verdict(s, TH))
+
+
+def test_probe_asks_the_dark_ui_rule_once_a_tick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fb = tmp_path / "Xvfb_screen0"
+    write_xwd(fb, 64, 32, rgb=(0, 0, 0))
+    clock = FakeClock()
+    cfg = build(Config, {"enabled": True, "fb_path": str(fb), "fb_interval_s": 0.5, "black_min_s": 2.0,
+                         "sysfs_root": str(tmp_path / "sys"), "metrics_interval_s": 3600.0}, path="probes.display")
+    probe = DisplayProbe(cfg, ProbeContext(clock=clock, emit=lambda r: None))
+    calls = _counting_dark_ui_alive(monkeypatch)
+    try:
+        probe.open()
+        out = []
+        for _ in range(8):
+            out += probe.tick()
+            clock.advance(0.5)
+    finally:
+        probe.close()
+    assert [r.name for r in out] == ["display.black"]   # black from the first frame: every tick asked
+    assert calls == [8]

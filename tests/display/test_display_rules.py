@@ -6,6 +6,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import rule_timeline
+from rule_timeline import Timeline, Transitions
 
 from agent.probes.display.episodes import EpisodeMachine
 from agent.probes.display.rules import (
@@ -23,24 +25,12 @@ from agent.probes.display.rules import (
     problems,
 )
 
-Timeline = list[tuple[float, dict[str, Any]]]
 TH = Thresholds(heartbeat_timeout_s=3.0, input_timeout_s=5.0, black_min_s=2.0, gpu_hang_window_s=30.0)
 
 
 def run(timeline: Timeline, which: str = "freeze", base: dict[str, Any] | None = None,
-        th: Thresholds = TH) -> list[tuple[str, float, str, float | None]]:
-    """Feed the timeline through the rule and an EpisodeMachine; return (kind, t, cause, duration_s)."""
-    sig = Signals(now=0.0, **(base or {}))
-    verdict = freeze_verdict if which == "freeze" else black_verdict
-    m = EpisodeMachine(f"display.{which}", black_explanation if which == "black" else None)
-    out = []
-    for t, change in timeline:
-        sig = replace(sig, now=t, **change)
-        tr = m.step(verdict(sig, th), t, 10_000.0 + t)
-        if tr:
-            tr.open.episode = 1
-            out.append((tr.kind, t, tr.fields["cause"], tr.fields.get("duration_s")))
-    return out
+        th: Thresholds = TH) -> Transitions:
+    return rule_timeline.run(timeline, which, base, th)
 
 
 def ticks(t0: float, t1: float, step: float = 1.0, **change: Any) -> Timeline:

@@ -19,7 +19,7 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -194,13 +194,17 @@ class PropertyNames:
         return {self.name(fd, ids[i]): vals[i] for i in range(count)}
 
 
-def primary_planes(fd: int, props: PropertyNames) -> list[Plane]:
-    """Primary planes, those attached to a CRTC first."""
-    out = []
-    for pid in plane_ids(fd):
-        if props.values(fd, pid, OBJECT_PLANE).get("type") == PLANE_TYPE_PRIMARY:
-            out.append(get_plane(fd, pid))
-    return sorted(out, key=lambda p: (p.crtc_id == 0, p.plane_id))
+def primary_plane_ids(fd: int, props: PropertyNames) -> list[int]:
+    """Ids of the primary planes: GETPLANERESOURCES twice and two OBJ_GETPROPERTIES per plane of the card (cursor
+    and overlay planes included), for a set the driver creates when it loads."""
+    return [pid for pid in plane_ids(fd) if props.values(fd, pid, OBJECT_PLANE).get("type") == PLANE_TYPE_PRIMARY]
+
+
+def primary_planes(fd: int, props: PropertyNames, ids: Sequence[int] | None = None) -> list[Plane]:
+    """Primary planes, those attached to a CRTC first; one GETPLANE each when the caller has their `ids` already
+    (primary_plane_ids)."""
+    planes = [get_plane(fd, pid) for pid in (primary_plane_ids(fd, props) if ids is None else ids)]
+    return sorted(planes, key=lambda p: (p.crtc_id == 0, p.plane_id))
 
 
 def resources(fd: int) -> tuple[list[int], list[int]]:

@@ -36,9 +36,7 @@ from .rules import (
     Thresholds,
     Verdict,
     black_explanation,
-    black_verdict,
-    dark_ui_alive,
-    freeze_verdict,
+    judge,
     problems,
 )
 from .settings import Config
@@ -186,7 +184,7 @@ class DisplayProbe(StreamProbe):
         self._read_streams(now, out)
         if self.kms and self.sources["drm"].up and now >= self._next["flip"]:
             self._next["flip"] = max(self._next["flip"] + self.cfg.drm_flip_poll_s, now)
-            self._poll_kms(now, self.sysfs is None and now >= self._next["sysfs"])
+            self._poll_kms(now, flip=True, state=self.sysfs is None and now >= self._next["sysfs"])
         if self.frames and now >= self._next["fb"]:
             self._next["fb"] = max(self._next["fb"] + self.cfg.fb_interval_s, now)
             self._sample_fb(now)
@@ -372,13 +370,16 @@ class DisplayProbe(StreamProbe):
         elif u.grid_changed:
             self.input.redraw(now)
 
-    def _poll_kms(self, now: float, state_due: bool) -> None:
-        """fb_id every drm_flip_poll_s; CRTC/connector state with the sysfs readings (or on their schedule)."""
+    def _poll_kms(self, now: float, *, flip: bool, state: bool) -> None:
+        """fb_id (`flip`: every drm_flip_poll_s), then CRTC/connector state (`state`: with the sysfs readings, or
+        on their schedule where there are none); a failed read takes the drm source down."""
         assert self.kms
         try:
-            self.kms.poll_flip(now)
-            if state_due:
-                self._next["sysfs"] = max(self._next["sysfs"] + self.cfg.sysfs_interval_s, now)
+            if flip:
+                self.kms.poll_flip(now)
+            if state:
+                if self.sysfs is None:  # no sysfs readings: the connector state keeps their schedule alone
+                    self._next["sysfs"] = max(self._next["sysfs"] + self.cfg.sysfs_interval_s, now)
                 self._kms_connectors = self.kms.connectors(now, self._kms_conn_state)
         except OSError as e:
             self.kms.close()
@@ -388,12 +389,7 @@ class DisplayProbe(StreamProbe):
     def _read_sysfs(self, now: float) -> None:
         assert self.sysfs
         if self.kms and self.sources["drm"].up:
-            try:
-                self._kms_connectors = self.kms.connectors(now, self._kms_conn_state)
-            except OSError as e:
-                self.kms.close()
-                self._kms_connectors = ()
-                self._source_down("drm", now, str(e), "drm_read_failed")
+            self._poll_kms(now, flip=False, state=True)
         bls = self.sysfs.backlights()
         conns = self.sysfs.connectors()
         if self.sysfs.malformed != self._sysfs_malformed:
@@ -454,10 +450,10 @@ class DisplayProbe(StreamProbe):
 
     def _evaluate(self, now: float, out: list[Record]) -> None:
         sig = self.signals(now)
-        fv, bv = freeze_verdict(sig, self.th), black_verdict(sig, self.th)
+        j = judge(sig, self.th)
+        fv, bv = j.freeze, j.black
         wall = self.clock.wall()
-        if self.freeze.open and not fv.active and (bv.active or (sig.black_since is not None
-                                                             and not dark_ui_alive(sig, self.th))):
+        if self.freeze.open and not fv.active and (bv.active or j.frame_black):
             # The frozen screen went black (compositor or HMI gone): not a recovery; a black episode follows once
             # it has lasted black_min_s.
             t = self.freeze.close(now, wall, "black_screen")

@@ -179,9 +179,8 @@ def _supporting(s: Signals, th: Thresholds, start: float) -> list[Evidence]:
     return out
 
 
-def freeze_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
+def freeze_evidence(s: Signals, th: Thresholds, frame_black: bool) -> list[Evidence]:
     ev: list[Evidence] = []
-    frame_black = s.black_since is not None and not dark_ui_alive(s, th)
     if s.fb_ok and not frame_black:
         for r in s.regions:
             if s.now - r.last_change > r.stale_after_s:
@@ -225,17 +224,18 @@ def explain(evidence: Sequence[Evidence]) -> str:
     return min(supported, key=specificity)
 
 
-def freeze_verdict(s: Signals, th: Thresholds) -> Verdict:
+def freeze_verdict(s: Signals, th: Thresholds, frame_black: bool | None = None) -> Verdict:
+    """`frame_black` is `frame_is_black(s, th)` where the caller has it already (`judge`)."""
     if not screen_expected_on(s, th):
         return INACTIVE
-    ev = freeze_evidence(s, th)
+    ev = freeze_evidence(s, th, frame_is_black(s, th) if frame_black is None else frame_black)
     primary = [e for e in ev if e.primary]
     if not primary:
         return INACTIVE
     return Verdict(True, min(e.since for e in primary), explain(ev), tuple(ev))
 
 
-def black_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
+def black_evidence(s: Signals, th: Thresholds, frame_black: bool) -> list[Evidence]:
     ev: list[Evidence] = []
     held = th.black_min_s
     for b in s.backlights:
@@ -247,7 +247,7 @@ def black_evidence(s: Signals, th: Thresholds) -> list[Evidence]:
         if s.now - since >= held:
             ev.append(Evidence("connector", CONNECTOR_OFF, since, True,
                                {"connectors": [dict(c.fields) for c in s.connectors]}))
-    if s.black_since is not None and s.now - s.black_since >= held and not dark_ui_alive(s, th):
+    if frame_black and s.black_since is not None and s.now - s.black_since >= held:
         bl = "unknown" if not s.backlights else ("on" if all(b.state == "on" for b in s.backlights) else "off")
         conn = "unknown" if not s.connectors else ("ok" if any(c.ok for c in s.connectors) else "off")
         ev.append(Evidence("framebuffer", BLACK_FRAME, s.black_since, True, {
@@ -283,6 +283,25 @@ def dark_ui_alive(s: Signals, th: Thresholds) -> bool:
     return min(s.flip_at, s.frame_changed_at) > max(s.black_since, recent)
 
 
+def frame_is_black(s: Signals, th: Thresholds) -> bool:
+    """The frame (grid and every region) is dark and nothing drawn in it says a dark UI is alive."""
+    return s.black_since is not None and not dark_ui_alive(s, th)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    freeze: Verdict
+    black: Verdict
+    frame_black: bool           # frame_is_black(): a black frame ends a freeze without being a recovery
+
+
+def judge(s: Signals, th: Thresholds) -> Judgement:
+    """Both verdicts of one snapshot, with the dark-UI rule evaluated once: the probe's every tick (both verdicts
+    and the freeze-to-black hand-over ask it; each answer walks the regions)."""
+    frame_black = frame_is_black(s, th)
+    return Judgement(freeze_verdict(s, th, frame_black), black_verdict(s, th, frame_black), frame_black)
+
+
 def _dark_detail(s: Signals) -> dict[str, Any]:
     """Why a dark frame counts as black, in the evidence: how dark the grid and each region are (a dark theme's
     clock region is lit, so it never gets here) and, under DRM, whether new frames were still flipped."""
@@ -297,10 +316,11 @@ def _dark_detail(s: Signals) -> dict[str, Any]:
     return out
 
 
-def black_verdict(s: Signals, th: Thresholds) -> Verdict:
+def black_verdict(s: Signals, th: Thresholds, frame_black: bool | None = None) -> Verdict:
+    """`frame_black` is `frame_is_black(s, th)` where the caller has it already (`judge`)."""
     if not screen_expected_on(s, th):
         return INACTIVE
-    ev = black_evidence(s, th)
+    ev = black_evidence(s, th, frame_is_black(s, th) if frame_black is None else frame_black)
     if not ev:
         return INACTIVE
     cause = min((e.kind for e in ev), key=specificity)

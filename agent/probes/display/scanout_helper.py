@@ -31,7 +31,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .drm import DrmError, PropertyNames, fourcc, gem_close, mapped, open_card, primary_planes, scanout_fb
+from .drm import (
+    DrmError,
+    Plane,
+    PropertyNames,
+    fourcc,
+    gem_close,
+    mapped,
+    open_card,
+    primary_plane_ids,
+    primary_planes,
+    scanout_fb,
+)
 from .framebuffer import GridSampler, Layout, Rect
 
 log = logging.getLogger("icvq.drm_sampler")
@@ -93,6 +104,7 @@ class ScanoutSampler:
         self.fd = open_card(card)
         self.props = PropertyNames()
         self._samplers: dict[tuple[Any, ...], GridSampler] = {}
+        self._primary_ids: list[int] | None = None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -108,8 +120,26 @@ class ScanoutSampler:
                 black_fraction=req["black_fraction"], regions=[Rect(*r) for r in req["regions"]])
         return g
 
+    def _primaries(self) -> list[Plane]:
+        """The primary planes, attached first, each read afresh (the compositor moves them between CRTCs); which
+        planes are primary is cached. Found again when a cached id fails (ENOENT: the driver's planes changed)
+        or none of them drives a CRTC (after a hotplug, or between compositors: what every request cost before).
+        No uevent socket tells of a hotplug: the unit allows AF_UNIX only."""
+        if self._primary_ids is not None:
+            try:
+                planes = primary_planes(self.fd, self.props, self._primary_ids)
+            except DrmError:
+                planes = []
+            if planes and planes[0].crtc_id != 0:
+                return planes
+        self._primary_ids = None
+        ids = primary_plane_ids(self.fd, self.props)
+        planes = primary_planes(self.fd, self.props, ids)
+        self._primary_ids = ids
+        return planes
+
     def sample(self, req: dict[str, Any]) -> dict[str, Any]:
-        planes = primary_planes(self.fd, self.props)
+        planes = self._primaries()
         if not planes:
             return {"v": 1, "ok": False, "reason": "no_plane", "detail": "the card has no primary plane"}
         plane = planes[0]

@@ -99,11 +99,11 @@ def _r2(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def signal_back(ep: Sequence[Sample], r: Rules, start: float | None = None) -> tuple[bool, float | None]:
-    """(signal was lost, when it was usable again for good). Never lost → back at the episode's start."""
+def signal_back(ep: Sequence[Sample], r: Rules, start: float) -> tuple[bool, float | None]:
+    """(signal was lost, when it was usable again for good). Never lost → back at the loss `start`."""
     lost = any(usable(s, r) is False for s in ep)
     if not lost:
-        return False, ep[0].t if start is None else start
+        return False, start
     return True, back_at(ep, lambda s: usable(s, r) is not False)
 
 
@@ -244,7 +244,7 @@ def _longest_silence(ep: Sequence[Sample], horizon: float) -> float:
 
 
 def terminal_evidence(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float,
-                      start: float | None = None) -> list[str]:
+                      start: float) -> list[str]:
     _, ref = signal_back(ep, r, start)
     out = []
     if any(s.modem for s in pre) and _longest_silence(ep, horizon) > r.defect_after_s:
@@ -282,7 +282,7 @@ def is_tunnel(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules) -> bool:
     entry = last_fix(both, g_lost)
     if entry is None or entry.speed_kmh is None or entry.speed_kmh < r.moving_min_kmh:
         return False
-    sig_lost, cell_back = signal_back(ep, r)
+    sig_lost, cell_back = signal_back(ep, r, ep[0].t)
     if not sig_lost:
         cell_back = back_at(ep, lambda s: not radio_down(s, r))
     g_back = first_at(ep, lambda s: s.t > g_lost and s.fix is True)
@@ -305,7 +305,7 @@ def is_coverage(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules) -> bool:
 def classify(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: float | None = None,
              place: Place = DEFAULT_PLACE, start: float | None = None) -> Verdict:
     """`horizon` is "now" for an episode still open; by default the last sample. `start` is the back-dated
-    loss start (`loss_start`); by default the first bad sample."""
+    loss start (`loss_start`) every figure counts from; by default the first bad sample."""
     if not ep:
         return Verdict("unknown", None, {})
     end = horizon if horizon is not None else ep[-1].t
@@ -323,14 +323,13 @@ def classify(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, horizon: flo
     return Verdict(cause, setting, fields)
 
 
-def duration(ep: Sequence[Sample], horizon: float, start: float | None = None) -> float:
+def duration(ep: Sequence[Sample], horizon: float, start: float) -> float:
     back = back_at(ep, lambda s: connected(s) is not False)
-    return (back if back is not None else horizon) - (ep[0].t if start is None else start)
+    return (back if back is not None else horizon) - start
 
 
 def figures(pre: Sequence[Sample], ep: Sequence[Sample], r: Rules, end: float, place: Place,
-            start: float | None = None) -> dict[str, Any]:
-    start = ep[0].t if start is None else start
+            start: float) -> dict[str, Any]:
     both = [*pre, *ep]
     sig_lost, ref = signal_back(ep, r, start)
 
