@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import agent.spool as spool_mod
 from agent import spool_disk, wire
 from agent.records import Kind, Record
 from agent.spool import Spool
@@ -48,6 +49,15 @@ def mount(tmp_path: Path) -> Iterator[object]:
     yield make
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def put_retrying_at_once(sp: Spool, records: list[Record]) -> None:
+    """put() with the disk tried again now, not RETRY_DISK_S after the last try."""
+    spool_mod.RETRY_DISK_S, old = 0.0, spool_mod.RETRY_DISK_S
+    try:
+        sp.put(records)
+    finally:
+        spool_mod.RETRY_DISK_S = old
 
 
 def fill(fs: Path, leave: int = 0) -> Path:
@@ -103,9 +113,32 @@ def test_headroom_shrinks_the_cap_instead_of_filling_the_file_system(mount) -> N
     sp.close()
 
 
-def test_full_disk_seals_in_memory_under_a_memory_sid_then_writes_back(mount) -> None:
-    import agent.spool as spool_mod
+@pytest.mark.parametrize("cause", ["spool_full", "headroom"])
+def test_each_cause_of_eviction_counts_every_class_under_its_own_name(mount, cause: str) -> None:
+    """One write larger than the whole cap takes everything older, in order (samples, snapshots, events, sealed
+    batches), and itself: the max_mib cap counts all of it as spool_full.*, a squeezed headroom as headroom.*."""
+    fs = mount("8m")
+    if cause == "headroom":
+        fill(fs, leave=3 << 20)
+        sp = Spool(fs / "s.db", 64 << 20, min_free_bytes=2 << 20, max_record_bytes=4 << 20)
+    else:
+        sp = Spool(fs / "s.db", 1 << 20, max_record_bytes=4 << 20)
+    sp.open()
+    sp.put([rec(i, Kind.EVENT) for i in range(10)])
+    batch = sp.seal(make_id(sp), 1 << 16)             # sealed, never acknowledged
+    assert batch is not None and batch.n_records == 10
+    sp.put([rec(100 + i) for i in range(10)] + [rec(200 + i, Kind.SNAPSHOT) for i in range(10)]
+           + [rec(300 + i, Kind.EVENT) for i in range(10)])
+    assert sp.drops == {}
+    huge = Record(Kind.EVENT, "test.x", 1_700_000_001_000, 11_000, BOOT, True, {"pad": ["x" * 4000] * 500})
+    sp.put([huge])                                    # ~2 MB: more than either cap
+    assert sp.drops == {f"{cause}.metric": 10, f"{cause}.snapshot": 10, f"{cause}.event": 10,
+                        f"{cause}.batch_records": 10, f"{cause}.incoming": 1}
+    assert sp.n_records == 0 and sp.sealed() == [] and not sp.degraded
+    sp.close()
 
+
+def test_full_disk_seals_in_memory_under_a_memory_sid_then_writes_back(mount) -> None:
     fs = mount("2m")
     sp = Spool(fs / "s.db", 64 << 20, memory_max_records=5000)
     sp.open()
@@ -128,11 +161,7 @@ def test_full_disk_seals_in_memory_under_a_memory_sid_then_writes_back(mount) ->
     unacked = sp.seal(make_id(sp), 4096)
     assert unacked is not None and unacked.seq < 0
     filler.unlink()
-    spool_mod.RETRY_DISK_S, old = 0.0, spool_mod.RETRY_DISK_S
-    try:
-        sp.put([rec(5000, Kind.EVENT)])
-    finally:
-        spool_mod.RETRY_DISK_S = old
+    put_retrying_at_once(sp, [rec(5000, Kind.EVENT)])
     assert not sp.degraded and sp.trouble is None and sp.memory_records == unacked.n_records
     nxt = sp.seal(make_id(sp), 4096)
     assert nxt is not None and nxt.seq == 2, "the spool's own sequence carries on"
@@ -146,8 +175,6 @@ def test_full_disk_seals_in_memory_under_a_memory_sid_then_writes_back(mount) ->
 
 
 def test_unopenable_at_start_runs_in_memory_and_adopts_the_disk_later(tmp_path: Path) -> None:
-    import agent.spool as spool_mod
-
     path = tmp_path / "s.db"
     path.mkdir()                                  # a directory in the way
     sp = Spool(path, 1 << 20)
@@ -160,12 +187,34 @@ def test_unopenable_at_start_runs_in_memory_and_adopts_the_disk_later(tmp_path: 
     assert 0 < memory_sid < 2**63
     sp.put([rec(100 + i) for i in range(5)])
     path.rmdir()
-    spool_mod.RETRY_DISK_S, old = 0.0, spool_mod.RETRY_DISK_S
-    try:
-        sp.put([rec(200)])
-    finally:
-        spool_mod.RETRY_DISK_S = old
+    put_retrying_at_once(sp, [rec(200)])
     assert not sp.degraded and sp.n_records == 6 and sp.sid and sp.sid != memory_sid
+    sp.close()
+
+
+def test_a_memory_batch_unsealed_after_recovery_is_written_ahead_of_newer_records(tmp_path: Path) -> None:
+    """The broker refused a memory batch's size (0x95) once the disk works again: its records wait in memory
+    until the next put writes them, ahead of that put's own, with the spool's totals still matching its rows."""
+    path = tmp_path / "s.db"
+    path.mkdir()
+    sp = Spool(path, 1 << 20)
+    assert sp.open() == "unknown"
+    sp.put([rec(i) for i in range(30)])
+    b = sp.seal(make_id(sp), 1 << 16)
+    assert b is not None and b.seq < 0 and b.n_records == 30
+    path.rmdir()
+    put_retrying_at_once(sp, [rec(100)])
+    assert not sp.degraded and sp.n_records == 1
+    sp.unseal(b.seq)
+    assert sp.memory_records == 30 and sp.memory_batches == 0
+    sp.put([rec(200 + i) for i in range(3)])
+    assert sp.memory_records == 0 and sp.n_records == 34 and sp.drops == {}
+    n, body_bytes, total = sp.n_records, sp.record_body_bytes, sp.bytes
+    sp._recount()
+    assert (sp.n_records, sp.record_body_bytes, sp.bytes) == (n, body_bytes, total), "the put's totals are the rows'"
+    out = sp.seal(make_id(sp), 1 << 20)
+    assert out is not None
+    assert [r.data["i"] for r in decode(out.payload).records] == [100, *range(30), 200, 201, 202]
     sp.close()
 
 
