@@ -8,10 +8,10 @@ batch plus ~100 B of MQTT and ~150 B of TCP/IP (1.83 MB per 8 h day); with 300 s
 along for free.
 
 Wake-ups: the pipeline thread sleeps until the earliest thing that is *due* — a group commit of records in
-the intake, the next health report, the linger of the oldest waiting sample, the end of a "no subscribers"
-hold — or until something happens (a record, an uplink event, a flush) sets its wake event. The old fixed
-0.25 s poll was half of the agent's idle CPU. `MAX_SLEEP_S` keeps the watchdog's liveness stamp fresh
-(the daemon wants a turn within 30 s).
+the intake, the next health report, the next seal (`seal_at`: the very time `seal_due` then holds to), the end
+of a "no subscribers" hold — or until something happens (a record, an uplink event, a flush) sets its wake
+event. The old fixed 0.25 s poll was half of the agent's idle CPU. `MAX_SLEEP_S` keeps the watchdog's
+liveness stamp fresh (the daemon wants a turn within 30 s).
 """
 
 from __future__ import annotations
@@ -22,15 +22,22 @@ MAX_SLEEP_S = 10.0
 SEAL_FILL = 0.7  # seal early when the waiting records would fill this share of a batch
 
 
-def seal_due(*, n_unsealed: int, body_bytes: int, max_batch: int, urgent: bool, waiting_since: float | None,
-             now: float, linger_s: float) -> bool:
-    """Whether to seal a batch now. `urgent`: an event/episode record, a flush or a stop is waiting;
-    `waiting_since`: monotonic time the oldest unsealed sample began waiting (None: unknown → due now)."""
+def seal_at(*, n_unsealed: int, body_bytes: int, max_batch: int, urgent: bool, waiting_since: float | None,
+            now: float, linger_s: float) -> float | None:
+    """When the next batch is due (monotonic seconds; `now` when it is due at once), or None when nothing waits.
+    `urgent`: an event/episode record, a flush or a stop is waiting; `waiting_since`: monotonic time the oldest
+    unsealed sample began waiting (None: unknown → due now). The pipeline sleeps until this time and seals once
+    it has come (seal_due): one rule for both, so the wake-up and the decision cannot disagree."""
     if n_unsealed <= 0:
-        return False
+        return None
     if urgent or body_bytes >= max_batch * SEAL_FILL or waiting_since is None:
-        return True
-    return now - waiting_since >= linger_s
+        return now
+    return waiting_since + linger_s
+
+
+def seal_due(at: float | None, now: float) -> bool:
+    """Whether to seal a batch now, given its time from seal_at."""
+    return at is not None and now >= at
 
 
 def sleep_s(now: float, due: Iterable[float | None], cap_s: float = MAX_SLEEP_S) -> float:

@@ -179,10 +179,8 @@ class Pipeline:
         if connected and len(self._inflight) < self.cfg.uplink.max_inflight:
             if self._hold_until > now and (self.spool.n_unsealed or self.spool.n_batches or self.spool.memory_batches):
                 due.append(self._hold_until)
-            elif self.spool.n_unsealed:
-                since = self._waiting_since
-                urgent = self._event_unsealed or self._flush_requested or since is None
-                due.append(now if urgent or since is None else since + self.cfg.uplink.batch_linger_s)
+            else:
+                due.append(self._seal_at(now))
         return pacing.sleep_s(now, due)
 
     def _commit(self) -> None:
@@ -300,11 +298,15 @@ class Pipeline:
         return True
 
     def _should_seal(self) -> bool:
+        now = time.monotonic()
+        return pacing.seal_due(self._seal_at(now), now)
+
+    def _seal_at(self, now: float) -> float | None:
+        """When the next batch is due: what _sleep_s wakes for is what _should_seal then decides on."""
         n, body_bytes = self.spool.unsealed_summary()
-        return pacing.seal_due(n_unsealed=n, body_bytes=body_bytes, max_batch=self._max_batch,
-                               urgent=self._event_unsealed or self._flush_requested or self._stop.is_set(),
-                               waiting_since=self._waiting_since, now=time.monotonic(),
-                               linger_s=self.cfg.uplink.batch_linger_s)
+        return pacing.seal_at(n_unsealed=n, body_bytes=body_bytes, max_batch=self._max_batch,
+                              urgent=self._event_unsealed or self._flush_requested or self._stop.is_set(),
+                              waiting_since=self._waiting_since, now=now, linger_s=self.cfg.uplink.batch_linger_s)
 
     def _batch_id(self, boot: str, seq: int) -> wire.BatchId:
         v = self.cfg.vehicle

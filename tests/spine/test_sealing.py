@@ -8,6 +8,7 @@ real mosquitto with a one-hour linger.
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,24 @@ from agent.uplink import EventQueue, Up
 LINGER = 300.0
 
 SEAL = [
-    # n, body bytes, urgent, waiting since, now → seal?
-    (0, 0, True, 0.0, 1000.0, False),           # nothing waiting
-    (5, 400, False, 990.0, 1000.0, False),      # samples within their linger wait
-    (5, 400, True, 990.0, 1000.0, True),        # an event waiting seals them all at once
-    (5, 400, False, 700.0, 1000.0, True),       # linger over
-    (5, 70_000, False, 999.0, 1000.0, True),    # a batch's worth is waiting
-    (5, 400, False, None, 1000.0, True),        # left by the previous run: due at once
+    # n, body bytes, urgent, waiting since, now → due at, seal now?
+    (0, 0, True, 0.0, 1000.0, None, False),             # nothing waiting
+    (5, 400, False, 990.0, 1000.0, 1290.0, False),      # samples within their linger wait
+    (5, 400, True, 990.0, 1000.0, 1000.0, True),        # an event waiting seals them all at once
+    (5, 400, False, 700.0, 1000.0, 1000.0, True),       # linger over (just)
+    (5, 400, False, 600.0, 1000.0, 900.0, True),        # linger long over
+    (5, 70_000, False, 999.0, 1000.0, 1000.0, True),    # a batch's worth is waiting
+    (5, 400, False, None, 1000.0, 1000.0, True),        # left by the previous run: due at once
 ]
 
 
-@pytest.mark.parametrize(("n", "body", "urgent", "since", "now", "expected"), SEAL)
-def test_seal_due_table(n: int, body: int, urgent: bool, since: float | None, now: float, expected: bool) -> None:
-    assert pacing.seal_due(n_unsealed=n, body_bytes=body, max_batch=96 * 1024, urgent=urgent,
-                           waiting_since=since, now=now, linger_s=LINGER) is expected
+@pytest.mark.parametrize(("n", "body", "urgent", "since", "now", "at", "due"), SEAL)
+def test_seal_at_and_due_table(n: int, body: int, urgent: bool, since: float | None, now: float,
+                               at: float | None, due: bool) -> None:
+    got = pacing.seal_at(n_unsealed=n, body_bytes=body, max_batch=96 * 1024, urgent=urgent, waiting_since=since,
+                         now=now, linger_s=LINGER)
+    assert got == at
+    assert pacing.seal_due(got, now) is due
 
 
 SLEEP = [
@@ -89,9 +94,10 @@ class RecordingUplink:
         pass
 
 
-def test_an_event_is_sealed_without_waiting_for_the_metric_linger(tmp_path: Path) -> None:
+def connected_pipeline(tmp_path: Path, linger_s: float) -> tuple[Pipeline, Spool, RecordingUplink, RecordFactory]:
+    """A real Pipeline over a real spool, its uplink stand-in connected and the Up event seen."""
     cfg = from_mapping({"vehicle": {"id": "V1", "device": "hu", "fleet": "f"},
-                        "uplink": {"batch_linger_s": 3600.0}, "spool": {"path": str(tmp_path / "s.db")},
+                        "uplink": {"batch_linger_s": linger_s}, "spool": {"path": str(tmp_path / "s.db")},
                         "agent": {"health_interval_s": 86400.0}})
     spool = Spool(tmp_path / "s.db", 1 << 24)
     spool.open()
@@ -99,7 +105,12 @@ def test_an_event_is_sealed_without_waiting_for_the_metric_linger(tmp_path: Path
     rec = RecordFactory(Clock())  # type: ignore[arg-type]
     pl = Pipeline(cfg, spool, up, rec)  # type: ignore[arg-type]
     up.events.put(Up(1, None))
-    pl.step()                                     # sees the connection
+    pl.step()
+    return pl, spool, up, rec
+
+
+def test_an_event_is_sealed_without_waiting_for_the_metric_linger(tmp_path: Path) -> None:
+    pl, spool, up, rec = connected_pipeline(tmp_path, 3600.0)
     for i in range(20):
         pl.intake(rec.metric("system.cpu_pct", float(i)))
     pl.request_flush()                            # commit now (a flush would also seal: undo that below)
@@ -122,6 +133,22 @@ def test_an_event_is_sealed_without_waiting_for_the_metric_linger(tmp_path: Path
     assert isinstance(batch, wire.Batch)
     kinds = [r.kind for r in batch.records]
     assert kinds.count(Kind.METRIC) == 20 and kinds[-1] is Kind.EVENT  # the samples rode along
+    spool.close()
+
+
+def test_the_wake_up_for_a_linger_finds_the_seal_due(tmp_path: Path) -> None:
+    """The thread sleeps until the time sealing is due and, woken then, seals (one rule for both: seal_at)."""
+    pl, spool, up, rec = connected_pipeline(tmp_path, 0.3)
+    for i in range(5):
+        pl.intake(rec.metric("system.cpu_pct", float(i)))
+    pl._commit()
+    pl.step()
+    assert up.payloads == [] and spool.n_records == 5, "samples wait for their linger"
+    while (s := pl._sleep_s()) > 0:
+        time.sleep(s)
+    assert pl._should_seal(), "woken for a seal that is not due yet"
+    pl.step()
+    assert len(up.payloads) == 1 and spool.n_records == 0
     spool.close()
 
 
