@@ -12,7 +12,8 @@ Owns three decisions, all pure or nearly so, so that agent/uplink.py only calls 
   provisioning pipelines and image builds catch it before a car ever does.
 - **TLS context.** Python's default client context (certificate and host name verification, system CAs when
   `uplink.tls.ca` is empty) with a floor of TLS 1.2 (`uplink.tls.min_version`), and the client certificate
-  when configured. Rebuilt per connection, so a rotated certificate or CA bundle is used at the next connect.
+  when configured. Rebuilt per connection, so a rotated certificate or CA bundle is used at the next connect
+  (docs/security.md, "Key rotation"); the diagnosis of a refused connection dials with that connection's context.
 - **Refusals explained.** Under TLS 1.3 a broker checks the client certificate after the client's handshake
   has finished; it then closes, and the client, already writing CONNECT, sees only "EOF" (the alert is lost in
   the TCP reset). `diagnose()` dials once more, completes the handshake and only *reads*, which delivers the

@@ -183,6 +183,7 @@ class Uplink:
         self.last_connect_error: dict[str, Any] | None = None  # {code, text, since}: why we are not connected
         self.transport = tls.transport(cfg)
         self.client_cert_not_after = tls.client_cert_not_after(cfg.tls)  # re-read at every TLS connect
+        self._tls_ctx: ssl.SSLContext | None = None  # the current connection's; its diagnosis dials with it too
         self.reconnects = 0
         self.published = 0
         self._wayback = WayBack()
@@ -309,8 +310,10 @@ class Uplink:
         client.max_inflight_messages_set(self.cfg.max_inflight + 2)
         client.max_queued_messages_set(0)
         client.connect_timeout = self.cfg.connect_timeout_s
+        self._tls_ctx = None
         if self.transport == tls.TLS:
-            client.tls_set_context(tls.client_context(self.cfg.tls))
+            self._tls_ctx = tls.client_context(self.cfg.tls)
+            client.tls_set_context(self._tls_ctx)
             self.client_cert_not_after = tls.client_cert_not_after(self.cfg.tls)
         if self.cfg.username:
             password = private.read_password(self.cfg.password_file) if self.cfg.password_file else None
@@ -488,13 +491,11 @@ class Uplink:
         return ""
 
     def _diagnose(self) -> tls.Refusal | None:
-        if self.transport != tls.TLS:
+        """Why the broker closed a TLS connection before CONNACK, asked with the context that connection used:
+        the certificate it presented, not one installed since, and no second SSLContext and CA/key load."""
+        if self._tls_ctx is None:
             return None
-        try:
-            ctx = tls.client_context(self.cfg.tls)
-        except (OSError, ValueError, ConfigError):
-            return None
-        return tls.diagnose(self.cfg.host, self.cfg.port, ctx, min(self.cfg.connect_timeout_s, 5.0))
+        return tls.diagnose(self.cfg.host, self.cfg.port, self._tls_ctx, min(self.cfg.connect_timeout_s, 5.0))
 
     def _note_error(self, msg: str, code: str = "", level: int = logging.WARNING) -> None:
         """Log a new failure once; `code` marks a failed connect attempt (the last_connect_error fact)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -12,15 +14,19 @@ from agentproc import REPO, AgentProc, base_config, to_toml, write_config
 from broker import Mosquitto, free_port
 from recorder import Recorder
 
+from agent import tls
+from agent.config import TlsConfig, UplinkConfig, VehicleConfig
+from agent.uplink import NO_CONNACK, Uplink
+
 
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_pki(d: Path) -> None:
+def make_pki(d: Path, ca: str = "icvq test CA") -> None:
     d.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-            "-subj", "/CN=icvq test CA", cwd=d)
+            "-subj", f"/CN={ca}", cwd=d)
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, cn in (("server", "localhost"), ("client", "VIN0001-hu")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
@@ -73,6 +79,55 @@ def test_tls_without_client_certificate_is_refused_and_agent_keeps_running(tmp_p
         assert agent.proc is not None and agent.proc.poll() is None
     finally:
         assert agent.stop() == 0
+
+
+def test_a_refusal_is_diagnosed_with_that_connections_context_and_a_renewed_certificate_is_read(
+        tmp_path: Path, tls_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One TLS context per connection attempt: the diagnosis of a refusal (TLS 1.3: the broker's alert comes after
+    the handshake) dials with the context the refused connection used, and a certificate installed over the
+    configured files is read at the next connect, without a restart (docs/security.md, "Key rotation")."""
+    pki = tls_broker.pki  # type: ignore[attr-defined]
+    stranger = tmp_path / "stranger"
+    make_pki(stranger, ca="stranger CA")     # a CA the broker does not know
+    cert, key = tmp_path / "vehicle.crt", tmp_path / "vehicle.key"
+
+    def install(d: Path) -> None:
+        shutil.copyfile(d / "client.crt", cert)
+        shutil.copyfile(d / "client.key", key)
+        key.chmod(0o600)
+
+    built: list[ssl.SSLContext] = []
+    diagnosed: list[ssl.SSLContext] = []
+    real_context, real_diagnose = tls.client_context, tls.diagnose
+
+    def counted_context(cfg: TlsConfig) -> ssl.SSLContext:
+        built.append(real_context(cfg))
+        return built[-1]
+
+    def watched_diagnose(host: str, port: int, ctx: ssl.SSLContext, timeout_s: float) -> tls.Refusal | None:
+        diagnosed.append(ctx)
+        return real_diagnose(host, port, ctx, timeout_s)
+
+    monkeypatch.setattr(tls, "client_context", counted_context)
+    monkeypatch.setattr(tls, "diagnose", watched_diagnose)
+    install(stranger)
+    tls_cfg = TlsConfig(ca=str(pki / "ca.crt"), cert=str(cert), key=str(key))
+    up = Uplink(UplinkConfig(host="localhost", port=tls_broker.tls_port, tls=tls_cfg),  # type: ignore[attr-defined]
+                VehicleConfig("VIN0001", "hu", "f"), boot_id="ab" * 16, birth_fields=dict,
+                wall_ms=lambda: 1_767_225_600_000)
+    try:
+        assert up._one_connection() == NO_CONNACK
+        assert up.last_connect_error is not None and up.last_connect_error["code"] == "client_cert_unknown_ca"
+        assert len(built) == 1 and diagnosed == built, "diagnosed with the refused connection's own context"
+        install(pki)
+        up.start()
+        deadline = time.monotonic() + 30
+        while not up.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert up.connected, up.last_error
+        assert len(built) == 2
+    finally:
+        up.stop()
 
 
 def run_agent(*args: str) -> subprocess.CompletedProcess[str]:

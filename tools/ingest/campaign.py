@@ -16,6 +16,9 @@ import json
 import ssl
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,50 +34,64 @@ from . import tlsopts
 MAX_WINDOW_S = 600.0
 
 
-def _topic(prefix: str, fleet: str, vehicle: str | None, cid: str) -> str:
-    p = prefix.rstrip("/")
-    return f"{p}/{fleet}/{vehicle}/_campaigns/{cid}" if vehicle else f"{p}/{fleet}/_campaigns/{cid}"
+@dataclass(frozen=True)
+class Topics:
+    """The campaign topic layout the agents subscribe to (agent/blackbox/campaigns.topics), in one place."""
+
+    prefix: str
+    fleet: str
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Topics:
+        return cls(args.topic_prefix.rstrip("/"), args.fleet)
+
+    def campaign(self, cid: str, vehicle: str | None = None) -> str:
+        """`<prefix>/<fleet>/_campaigns/<id>`, or `<prefix>/<fleet>/<vehicle>/_campaigns/<id>` for one vehicle."""
+        return "/".join((self.prefix, self.fleet, *((vehicle,) if vehicle else ()), "_campaigns", cid))
+
+    def listing(self) -> list[str]:
+        """Filters for every retained campaign (fleet and per-vehicle) and every unit's retained status."""
+        return [self.campaign("+"), self.campaign("+", "+"), f"{self.prefix}/{self.fleet}/+/+/status"]
+
+    def scope(self, topic: str) -> str:
+        """The vehicle a campaign topic names, or "fleet"."""
+        level = topic.split("/")[-3]
+        return level if level != self.fleet else "fleet"
 
 
-def _client(host: str, port: int, tls_context: ssl.SSLContext | None = None) -> mqtt.Client:
+@contextmanager
+def connected(host: str, port: int, tls_context: ssl.SSLContext | None = None) -> Iterator[mqtt.Client]:
+    """An MQTT v5 client connected with its network loop running; stopped and disconnected on exit."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     if tls_context is not None:
         c.tls_set_context(tls_context)
     c.connect(host, port)
     c.loop_start()
-    return c
-
-
-def _publish(args: argparse.Namespace, topic: str, body: bytes) -> None:
-    c = _client(args.host, args.port, tlsopts.context(args))
     try:
-        c.publish(topic, body, qos=1, retain=True).wait_for_publish(10)
+        yield c
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+def _publish(args: argparse.Namespace, topic: str, body: bytes) -> None:
+    with connected(args.host, args.port, tlsopts.context(args)) as c:
+        c.publish(topic, body, qos=1, retain=True).wait_for_publish(10)
 
 
 def retained(host: str, port: int, topics: list[str], wait_s: float,
              tls_context: ssl.SSLContext | None = None) -> dict[str, bytes]:
     """Retained messages on these topic filters (collected for wait_s after subscribing)."""
     got: dict[str, bytes] = {}
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    if tls_context is not None:
-        c.tls_set_context(tls_context)
 
     def on_message(cl: Any, u: Any, m: Any) -> None:
         if m.retain and m.payload:
             got[m.topic] = bytes(m.payload)
 
-    c.on_message = on_message
-    c.connect(host, port)
-    c.loop_start()
-    try:
+    with connected(host, port, tls_context) as c:
+        c.on_message = on_message
         c.subscribe([(t, 1) for t in topics])
         time.sleep(wait_s)
-    finally:
-        c.loop_stop()
-        c.disconnect()
     return got
 
 
@@ -86,16 +103,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except (ValueError, CampaignError) as e:
         print(f"campaign refused: {e}", file=sys.stderr)
         return 1
-    topic = _topic(args.topic_prefix, args.fleet, args.vehicle, c.id)
+    topic = Topics.of(args).campaign(c.id, args.vehicle)
     _publish(args, topic, json.dumps(doc, separators=(",", ":")).encode())
     print(f"published {c.id} (revision {c.revision}) retained on {topic}")
     return 0
 
 
 def campaigns(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
-    p = args.topic_prefix.rstrip("/")
-    msgs = retained(args.host, args.port, [f"{p}/{args.fleet}/_campaigns/+", f"{p}/{args.fleet}/+/_campaigns/+",
-                                           f"{p}/{args.fleet}/+/+/status"], args.wait, tlsopts.context(args))
+    msgs = retained(args.host, args.port, Topics.of(args).listing(), args.wait, tlsopts.context(args))
     docs: dict[str, dict[str, Any]] = {}
     running: dict[str, list[str]] = {}
     for topic, body in sorted(msgs.items()):
@@ -120,6 +135,7 @@ def campaigns(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict
 
 def cmd_list(args: argparse.Namespace) -> int:
     docs, running = campaigns(args)
+    topics = Topics.of(args)
     now = time.time()
     rows = []
     for topic, d in docs.items():
@@ -130,7 +146,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         except CampaignError as e:
             state = f"invalid ({e})"
         trig = d.get("trigger") or {}
-        scope = topic.split("/")[-3] if topic.split("/")[-3] != args.fleet else "fleet"
+        scope = topics.scope(topic)
         rows.append({"id": cid, "scope": scope, "state": state, "revision": d.get("revision", 0),
                      "trigger": trig.get("name") or trig.get("family"), "end": d.get("end"),
                      "units_running": running.get(cid, [])})
@@ -146,7 +162,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
-    topic = _topic(args.topic_prefix, args.fleet, args.vehicle, args.id)
+    topic = Topics.of(args).campaign(args.id, args.vehicle)
     if args.purge:
         _publish(args, topic, b"")
         print(f"cleared the retained campaign {args.id} on {topic}")

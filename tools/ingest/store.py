@@ -28,6 +28,7 @@ from .store_common import (
     STATUS_COLS,
     Store,
     WriteResult,
+    settle_batches,
     split_episodes,
 )
 
@@ -117,16 +118,18 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             new: list[R.BatchKey] = []
-            dups = clashes = 0
-            for b in sorted(rows.batches, key=lambda x: x[:5]):
-                fresh = db.execute(f"INSERT OR IGNORE INTO batches ({BATCH_COLS}) VALUES ({_ph(14)})", b).rowcount
-                old = None if fresh else db.execute(
-                    "SELECT digest FROM batches WHERE vehicle = ? AND device = ? AND sid = ? AND boot = ? "
-                    "AND seq = ?", b[:5]).fetchone()
-                if fresh:
+            stored: dict[R.BatchKey, str | None] = {}
+            batches = sorted(rows.batches, key=lambda x: x[:5])
+            for b in batches:
+                if db.execute(f"INSERT OR IGNORE INTO batches ({BATCH_COLS}) VALUES ({_ph(14)})", b).rowcount:
                     new.append(b[:5])
-                d, c = R.settle(rows, b[:5], old[0] if old else None, bool(fresh))
-                dups, clashes = dups + d, clashes + c
+                    continue
+                # In-process and on the primary key: a lookup per duplicate costs no round trip.
+                old = db.execute("SELECT digest FROM batches WHERE vehicle = ? AND device = ? AND sid = ? "
+                                 "AND boot = ? AND seq = ?", b[:5]).fetchone()
+                if old:
+                    stored[b[:5]] = old[0]
+            dups, clashes = settle_batches(rows, batches, set(new), stored)
             recs, eps = R.new_parts(rows, new)
             db.executemany(f"INSERT INTO records ({RECORD_COLS}) VALUES ({_ph(14)})", recs)
             begins, ends = split_episodes(eps)

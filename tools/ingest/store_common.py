@@ -1,5 +1,5 @@
 """What the SQLite and PostgreSQL stores share: the `Store` protocol, `WriteResult`, the column lists of the
-tables and the episode-row split.
+tables, the settling of a group's batches against the stored ones and the episode-row split.
 
 A module of its own so that store.py (which opens either store) and store_pg.py both depend on it and not on
 each other (tests/backend/test_ingest_imports.py keeps tools/ingest free of import cycles).
@@ -7,10 +7,11 @@ each other (tests/backend/test_ingest_imports.py keeps tools/ingest free of impo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import rows as R
 from .rows import Message
 
 BATCH_COLS = ("vehicle, device, sid, boot, seq, fleet, received, n_records, synced, t_first, t_last, mono_first, "
@@ -54,3 +55,15 @@ def split_episodes(eps: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]
         else:
             begins[(v, d, ep)] = (v, d, ep, boot, name, t, mono, fields)
     return list(begins.values()), list(ends.values())
+
+
+def settle_batches(rows: R.Rows, batches: Sequence[tuple[Any, ...]], fresh: set[R.BatchKey],
+                   stored: Mapping[R.BatchKey, str | None]) -> tuple[int, int]:
+    """(duplicates, conflicts) of a group's batches (R.settle each, in the order given: key order): `fresh` are
+    the ones this transaction inserted, `stored` the digests the store holds for the others."""
+    dups = clashes = 0
+    for b in batches:
+        key = b[:5]
+        d, c = R.settle(rows, key, stored.get(key), key in fresh)
+        dups, clashes = dups + d, clashes + c
+    return dups, clashes

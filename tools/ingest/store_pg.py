@@ -1,7 +1,8 @@
 """PostgreSQL store: same tables and the same dedup rule as SQLite, for a fleet that outgrows one file.
 
 Idempotent by construction: `INSERT INTO batches ... ON CONFLICT DO NOTHING RETURNING <identity>` tells which
-batches are new in this transaction, and only their records, boot extents and episodes are written. When two
+batches are new in this transaction, and only their records, boot extents and episodes are written; one SELECT
+then fetches the stored digests of all the others (a resend or a conflict), whatever their number. When two
 workers race on the same batch, the second blocks on the primary key until the first commits, then inserts
 nothing. Rows are written in key order so concurrent workers lock in the same order; a deadlock or a lost
 connection is transient (the consumer retries; nothing was acknowledged). Records go in with COPY.
@@ -23,6 +24,7 @@ from .store_common import (
     SOFTWARE_COLS,
     STATUS_COLS,
     WriteResult,
+    settle_batches,
     split_episodes,
 )
 
@@ -63,6 +65,14 @@ BATCH_TYPES = ("text[], text[], bigint[], text[], bigint[], text[], float8[], in
                "float8[], float8[], text[]")
 
 
+KEY_TYPES = "text[], text[], bigint[], text[], bigint[]"
+
+
+def _key(row: Sequence[Any]) -> R.BatchKey:
+    v, d, sid, boot, seq = row[:5]
+    return v, d, int(sid), boot, int(seq)
+
+
 def _unnest(types: str) -> str:
     return "SELECT * FROM unnest(" + ", ".join(f"%s::{t.strip()}" for t in types.split(",")) + ")"
 
@@ -99,16 +109,10 @@ class PostgresStore:
                 cur.execute(f"INSERT INTO batches ({BATCH_COLS}) {_unnest(BATCH_TYPES)} "
                             "ON CONFLICT DO NOTHING RETURNING vehicle, device, sid, boot, seq",
                             _columns(batches, 14))
-                new = sorted((v, d, int(s), b, int(q)) for v, d, s, b, q in cur.fetchall())
+                new = sorted(_key(row) for row in cur.fetchall())
                 fresh = set(new)
-                for b in batches:
-                    old = None
-                    if b[:5] not in fresh:
-                        cur.execute("SELECT digest FROM batches WHERE vehicle = %s AND device = %s AND sid = %s "
-                                    "AND boot = %s AND seq = %s", b[:5])
-                        old = cur.fetchone()
-                    d, c = R.settle(rows, b[:5], old[0] if old else None, b[:5] in fresh)
-                    dups, clashes = dups + d, clashes + c
+                dups, clashes = settle_batches(rows, batches, fresh,
+                                               self._digests(cur, [b[:5] for b in batches if b[:5] not in fresh]))
             recs, eps = R.new_parts(rows, new)
             if recs:
                 with cur.copy(f"COPY records ({RECORD_COLS}) FROM STDIN") as cp:
@@ -145,6 +149,18 @@ class PostgresStore:
                 cur.executemany(f"INSERT INTO dead_letter ({DEAD_COLS}) "
                                 "VALUES (%s, %s, %s, %s, %s, %s)", rows.dead)
         return WriteResult(len(new), dups, len(recs), n_status, len(rows.dead), clashes, len(rows.status) - n_status)
+
+    @staticmethod
+    def _digests(cur: psycopg.Cursor[Any], keys: Sequence[R.BatchKey]) -> dict[R.BatchKey, str | None]:
+        """The stored digests of the batches the insert found there, in one query. A statement of its own, not
+        part of the INSERT: a batch a racing worker committed while the insert waited on its key is newer than
+        the insert's snapshot, and only a later statement sees it (READ COMMITTED)."""
+        if not keys:
+            return {}
+        cur.execute(f"SELECT b.vehicle, b.device, b.sid, b.boot, b.seq, b.digest FROM batches b JOIN "
+                    f"({_unnest(KEY_TYPES)}) AS k (vehicle, device, sid, boot, seq) "
+                    "USING (vehicle, device, sid, boot, seq)", _columns(keys, 5))
+        return {_key(row): row[5] for row in cur.fetchall()}
 
     def is_transient(self, e: BaseException) -> bool:
         # OperationalError covers lost connections, deadlocks and serialization failures (TransactionRollback).
