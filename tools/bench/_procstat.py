@@ -45,6 +45,20 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(cpu.user + cpu.system, switches, mem.rss / 2**20, mem.pss / 2**20)
 
 
+def rss_by_mapping(pid: int) -> dict[str, int]:
+    """Resident KiB per mapping name from /proc/PID/smaps: a library's base name, [heap], [stack], or [anon]
+    (pymalloc's arenas, thread stacks and large mallocs are all anonymous)."""
+    out: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        m = re.match(r"[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$", line)
+        if m:
+            name = Path(m.group(1)).name if m.group(1).startswith("/") else (m.group(1) or "[anon]")
+        elif line.startswith("Rss:"):
+            out[name] = out.get(name, 0) + int(line.split()[1])
+    return out
+
+
 @dataclass(frozen=True)
 class TcpCount:
     bytes_out: int

@@ -248,11 +248,17 @@ def bench_rss(tmp: Path, settle_s: float) -> dict[str, Any]:
                 time.sleep(settle_s)
                 s = procstat.sample(p.pid)
                 res[f"{key}_rss_mib"], res[f"{key}_pss_mib"] = s.rss_mib, s.pss_mib
+                res[f"{key}_maps"] = procstat.rss_by_mapping(p.pid)
             finally:
                 p.terminate()
                 p.wait(20)
     finally:
         broker.stop()
+    a, f = res.pop("agent_maps"), res.pop("floor_maps")
+    res.pop("old_floor_maps")
+    # Where the agent's RSS exceeds the floor, per mapping (KiB): what to work on next.
+    res["gap_kib"] = sorted(((k, a.get(k, 0) - f.get(k, 0)) for k in set(a) | set(f) if a.get(k, 0) != f.get(k, 0)),
+                            key=lambda kv: -abs(kv[1]))[:8]
     res["rss_ratio"] = res["agent_rss_mib"] / res["floor_rss_mib"]
     res["pss_ratio"] = res["agent_pss_mib"] / res["floor_pss_mib"]
     return res
@@ -309,6 +315,8 @@ system probe every 10 s, `batch_linger_s` 300 s, keepalive 60 s, a real mosquitt
 
 The floor is a Python process importing exactly the {rss['floor_modules']} non-agent modules the daemon imported in the
 same run (third-party among them: {', '.join(rss['third_party'])}), listed by `python -X importtime`.
+Where the agent's VmRSS exceeds the floor's, per mapping (KiB; [anon] is pymalloc's arenas, thread stacks and
+large mallocs; [heap] is glibc's main heap): {', '.join(f"{k} {v:+d}" for k, v in rss['gap_kib'])}.
 
 Idle, per thread ({idle['window_s']:.0f} s window; context switches per second, CPU seconds per hour):
 
