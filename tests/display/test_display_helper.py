@@ -135,3 +135,73 @@ def test_probe_on_the_drm_source_without_a_card(tmp_path: Path) -> None:
         probe.close()
         stop[0] = True
         t.join(5)
+
+
+class StillSampler(FakeSampler):
+    """A frame that stands still (frozen, or black) until told otherwise."""
+
+    def __init__(self, *, black: bool = False) -> None:
+        super().__init__()
+        self.black, self.region_crc = black, 7
+
+    def answer(self, data: bytes) -> dict[str, Any]:
+        out = super().answer(data)
+        if out["ok"]:
+            out.update(regions=[self.region_crc] * len(out["regions"]))
+            if self.black:
+                out.update(lit=0.0, black=True, region_lit=[0.0] * len(out["regions"]))
+        return out
+
+
+@pytest.mark.parametrize("black", [False, True], ids=["freeze", "black"])
+def test_helper_restart_during_an_episode_is_not_a_recovery(tmp_path: Path, black: bool) -> None:
+    """The helper dies (or restarts) while the screen is frozen or black: the agent is blind, not the screen
+    recovered. The episode is held, goes on with its start when the helper is back, and ends when the screen
+    moves."""
+    from agent.clock import FakeClock
+    from agent.probe import ProbeContext
+    from agent.probes.display import Config, DisplayProbe
+    from agent.records import Record
+    from agent.schema import build
+
+    path = tmp_path / "s.sock"
+    sampler = StillSampler(black=black)
+    t, stop = start(path, sampler)
+    clock = FakeClock()
+    records: list[Record] = []
+    cfg = build(Config, {"enabled": True, "drm_sampler_socket": str(path), "sysfs_root": str(tmp_path / "sys"),
+                         "source_retry_s": 0.5,
+                         "regions": [{"name": "clock", "x": 0, "y": 0, "width": 10, "height": 10}]},
+                path="probes.display")
+    probe = DisplayProbe(cfg, ProbeContext(clock=clock, emit=records.append))
+    name = "display.black" if black else "display.freeze"
+
+    def run(seconds: float) -> None:
+        for _ in range(int(seconds / 0.5)):
+            records.extend(probe.tick())
+            clock.advance(0.5)
+
+    def kinds() -> list[tuple[str, str]]:
+        return [(r.name, r.kind.name) for r in records if r.kind.name in ("BEGIN", "END")]
+    try:
+        probe.open()
+        run(5.0)
+        assert kinds() == [(name, "BEGIN")]
+        stop[0] = True                      # the helper goes away
+        t.join(5)
+        run(5.0)
+        assert probe.status()["sources"]["framebuffer"].startswith("down")
+        assert kinds() == [(name, "BEGIN")]  # held: nothing said the screen recovered
+        t, stop = start(path, sampler)      # back, showing the same picture
+        run(3.0)
+        assert probe.status()["sources"]["framebuffer"] == "up"
+        assert kinds() == [(name, "BEGIN")]  # the same episode goes on
+        sampler.black, sampler.region_crc = False, 8  # the screen moves (and lights up)
+        run(1.0)
+        assert kinds() == [(name, "BEGIN"), (name, "END")]
+        end = next(r for r in records if r.kind.name == "END")
+        assert end.data["ended_by"] == "recovered" and end.data["duration_s"] >= 12.0
+    finally:
+        probe.close()
+        stop[0] = True
+        t.join(5)

@@ -66,7 +66,7 @@ class DrmError(Exception):
     """A DRM call failed. `reason` is a short stable code for counters."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
+        self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 

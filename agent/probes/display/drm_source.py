@@ -121,9 +121,15 @@ class ScanoutClient:
         self._sock: socket.socket | None = None
 
     def close(self) -> None:
+        self._disconnect()
+        self.layout = None
+
+    def _disconnect(self) -> None:
+        """Drop the connection but keep the layout: a helper that restarts shows the same picture, and only a new
+        geometry or format (below) makes it a new one (FrameTracker keeps the episode's history across it)."""
         if self._sock is not None:
             self._sock.close()
-        self._sock, self.layout = None, None
+        self._sock = None
 
     def _connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -145,10 +151,10 @@ class ScanoutClient:
             self._sock.send(self.request)
             data = self._sock.recv(MAX_RESPONSE)
         except OSError as e:
-            self.close()
+            self._disconnect()
             raise FrameUnavailable("unreadable", f"sampler {self.path}: {e.strerror or e}") from None
         if not data:
-            self.close()
+            self._disconnect()
             raise FrameUnavailable("unreadable", "sampler closed the connection")
         try:
             r = json.loads(data)

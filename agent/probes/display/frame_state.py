@@ -60,17 +60,26 @@ class FrameTracker:
     _region_crc: list[int | None] = field(default_factory=list)
     _region_changed: list[float] = field(default_factory=list)
 
+    up: bool = False                   # the last sample succeeded
+
     @property
     def ok(self) -> bool:
-        return self.grid is not None
+        return self.up
 
     def update(self, now: float) -> FrameUpdate:
         try:
             s = self.reader.sample()
         except FrameUnavailable as e:
-            lost = self.grid is not None
-            self.grid, self.black_since, self.dark_since, self.lit_fraction = None, None, None, None
+            # Sight lost is not a new picture: what was seen stays (when the grid and each region last changed,
+            # since when the frame is black; readers gate it on `ok`). The same picture back (reader.opens
+            # unchanged: the DRM helper restarted) continues that history, so a freeze keeps its start; a
+            # reopened reader (an X restart, a new geometry) restarts it.
+            lost, self.up = self.up, False
             return FrameUpdate(error=e, lost=lost)
+        was_up, self.up = self.up, True
+        reopen = self.grid is None or self.reader.opens != self._opens
+        if reopen and not was_up:
+            self.black_since = self.dark_since = None  # a new picture after an outage: its darkness starts now
         self.window.samples += 1
         self.lit_fraction, self.region_lit = s.bright_fraction, s.region_lit
         if s.black:
@@ -84,7 +93,7 @@ class FrameTracker:
                 self.black_since = now
         else:
             self.black_since = None
-        if self.grid is None or self.reader.opens != self._opens:
+        if reopen:
             self._opens = self.reader.opens
             self.grid, self.frame_changed_at = s.grid, now
             self._region_crc = list(s.regions)

@@ -362,8 +362,8 @@ class DisplayProbe(StreamProbe):
             self.input.redraw(now)  # a new framebuffer is a new picture
             lay = self.frames.layout
             assert lay
-            self.log.info("framebuffer %s: %s %dx%d, %d bpp", self.cfg.fb_path, lay.kind, lay.width, lay.height,
-                          lay.bits_per_pixel)
+            self.log.info("framebuffer %s: %s %dx%d, %d bpp", self.cfg.fb_path or self.cfg.drm_sampler_socket,
+                          lay.kind, lay.width, lay.height, lay.bits_per_pixel)
             for name in u.out_of_frame:
                 self.counters.inc("region_out_of_frame")
                 self.log.warning("region %s lies outside the %dx%d frame; ignored", name, lay.width, lay.height)
@@ -438,8 +438,8 @@ class DisplayProbe(StreamProbe):
         names = [r.name for r in self.cfg.regions]
         return Signals(
             now=now, fb_ok=fb_ok, frame_changed_at=fb.frame_changed_at if fb and fb_ok else None,
-            black_since=fb.black_since if fb else None, regions=fb.region_signals() if fb else (),
-            lit_fraction=fb.lit_fraction if fb else None, lit_limit=1.0 - self.cfg.black_fraction,
+            black_since=fb.black_since if fb and fb_ok else None, regions=fb.region_signals() if fb else (),
+            lit_fraction=fb.lit_fraction if fb and fb_ok else None, lit_limit=1.0 - self.cfg.black_fraction,
             region_lit=tuple(zip(names, fb.region_lit, strict=False)) if fb and fb_ok else (),
             flip_at=self.kms.flip_at if self.kms and self.sources["drm"].up else None,
             hb_last_rx=self.hb.last_rx, hb_last_advance=self.hb.last_advance, hb_animating=self.hb.animating,
@@ -459,7 +459,14 @@ class DisplayProbe(StreamProbe):
             t = self.freeze.close(now, wall, "black_screen")
             if t:
                 out.append(self._record(self.freeze, t))
-        for machine, verdict in ((self.freeze, fv), (self.black, bv)):
+        blind = self.fb is not None and not self.fb.ok
+        frame_signals = ((self.freeze, fv, {"region", "input"}), (self.black, bv, {"framebuffer"}))
+        for machine, verdict, seen_in_frame in frame_signals:
+            if blind and machine.open and not verdict.active and machine.open.signals & seen_in_frame:
+                # The frame source is down (the DRM helper restarting): nothing says this screen moved or lit up
+                # again, so an episode the frame showed is held, not ended as "recovered"; it goes on (same start)
+                # when the source is back, or ends with agent_stop.
+                continue
             t = machine.step(verdict, now, wall)
             if t:
                 out.append(self._record(machine, t))

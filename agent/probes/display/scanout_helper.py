@@ -171,7 +171,7 @@ class ScanoutSampler:
         except BadRequest as e:
             return {"v": 1, "ok": False, "reason": "bad_request", "detail": str(e)}
         except DrmError as e:
-            return {"v": 1, "ok": False, "reason": e.reason, "detail": str(e)}
+            return {"v": 1, "ok": False, "reason": e.reason, "detail": e.detail}  # the client prefixes the reason
 
 
 def bind(path: str, mode: int) -> socket.socket:
