@@ -94,8 +94,12 @@ class RateLimiter:
 def onset(r: Record, pre_s: float) -> float:
     """When the trigger's problem began, on the monotonic clock in seconds: a BEGIN is emitted when the
     problem is confirmed, which can be seconds after it started (`detected_after_s`, or the link probe's
-    back-dated wall-clock `start`). The snapshot is centred on the start, at most `pre_s` back."""
+    back-dated wall-clock `start`). The snapshot is centred on the start, at most `pre_s` back. An END (a
+    campaign's `kinds: ["end"]`) is taken where it is: it carries its episode's `start` too, and moving T
+    back to it would leave `post_s` covering the episode instead of what followed its end."""
     t = r.mono_ms / 1000
+    if r.kind is Kind.END:
+        return t
     fields = r.data if isinstance(r.data, Mapping) else {}
     back = 0.0
     det = fields.get("detected_after_s")

@@ -35,7 +35,7 @@ def _series(ch: dict[str, Any], key: str, pre_s: float) -> list[tuple[float, flo
 
 
 def panel(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str, x: tuple[float, float],
-          y: tuple[float, float] | None = None, last: bool = False) -> str:
+          y: tuple[float, float] | None = None, last: bool = False, at: str = "start") -> str:
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
@@ -45,7 +45,7 @@ def panel(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str,
         lo, hi = lo - 1, hi + 1
     fr = svg.Frame(PANEL_W - 150, PANEL_H, x, (lo, hi), bottom=34 if last else 16)
     xt = svg.nice_ticks(x[0], x[1], 8)
-    body = [fr.axes(xt if last else [], svg.nice_ticks(lo, hi, 3), xlabel="seconds from the episode's start"
+    body = [fr.axes(xt if last else [], svg.nice_ticks(lo, hi, 3), xlabel=f"seconds from the episode's {at}"
                     if last else "", ylabel=ylabel)]
     x0 = fr.sx(0.0)
     body.append(f'<line x1="{x0:.1f}" y1="{fr.top}" x2="{x0:.1f}" y2="{PANEL_H - fr.bottom}" stroke="#d62728" '
@@ -65,6 +65,8 @@ def episode_block(vehicle: str, device: str, episode: int | None, t: float, snap
                   name: str | None, begin: dict[str, Any], duration: float | None) -> str:
     pre, post = float(snap.get("pre_s") or 0), float(snap.get("post_s") or 0)
     x = (-pre, post)
+    # A campaign may trigger on an episode's END: its T is the end (agent/blackbox/triggers.onset).
+    at = "end" if snap.get("trigger_kind") == "end" else "start"
     sysc = snap.get("system") or {}
     cores = sorted((k for k in sysc if k.startswith("cpu") and k[3:].isdigit()), key=lambda k: int(k[3:]))
     cpu = {"CPU total": _series(sysc, "cpu", pre), **{k: _series(sysc, k, pre) for k in cores}}
@@ -76,10 +78,11 @@ def episode_block(vehicle: str, device: str, episode: int | None, t: float, snap
                                                                 (sig, "link signal", "dBm", None))
              if any(sr.values())]
     # One time axis for all: only the last panel draws its ticks.
-    panels = [panel(sr, title, unit, x, yr, last=i == len(specs) - 1) for i, (sr, title, unit, yr) in enumerate(specs)]
+    panels = [panel(sr, title, unit, x, yr, last=i == len(specs) - 1, at=at)
+              for i, (sr, title, unit, yr) in enumerate(specs)]
     trig = escape(name or str(snap.get("trigger")))
     cause = begin.get("cause")
-    head = (f"<h3>{trig} on {escape(vehicle)}/{escape(device)}</h3><p class=small>start "
+    head = (f"<h3>{trig} on {escape(vehicle)}/{escape(device)}</h3><p class=small>{at} "
             f"{escape(_time(t))} UTC; episode {episode if episode is not None else '-'}"
             + (f"; cause {escape(str(cause))}" if cause else "")
             + (f"; lasted {duration:.1f} s" if isinstance(duration, (int, float)) else "")
