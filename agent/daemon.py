@@ -148,6 +148,10 @@ class Daemon:
                                  **self.blackbox.uplink_hooks())
             self.pipeline.uplink = self.uplink
             self.uplink.start()
+        else:
+            # Same settings, maybe new file contents (a renewed certificate, a chmod-ed password file): an uplink
+            # held in its back-off (up to backoff_max_s) tries again now, as the operator expects of a reload.
+            self.uplink.way_back("config reloaded")
         self.probes = build_probes(new, self._ctx())
         for p in self.probes:
             p.start()

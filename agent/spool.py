@@ -586,13 +586,12 @@ class Spool:
                 return False
             log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
         n = self._mem.n_records
-        if self._write_all(self._mem.take(), retrying=True):
+        if self._write_all(self._mem.take()):
             self._unblock(n)
             return True
         return False
 
-    def _write_all(self, records: list[Record], bodies: list[bytes] | None = None, *,
-                   retrying: bool = False) -> bool:
+    def _write_all(self, records: list[Record], bodies: list[bytes] | None = None) -> bool:
         """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
         error the rest goes back to memory and the spool is degraded. True if everything was written.
         `bodies`: the records' row bytes when the caller has them (put() encodes to check the size)."""

@@ -182,6 +182,10 @@ _RULES: tuple[tuple[str, str, str], ...] = (
     ("ALERT_UNKNOWN_CA", "client_cert_unknown_ca", "the broker does not trust the CA that issued our client "
                                                    "certificate"),
     ("ALERT_BAD_CERTIFICATE", "client_cert_refused", "the broker refused our client certificate"),
+    # What OpenSSL answers for a certificate whose issuer has the name of a CA the broker trusts but not its key
+    # (a re-minted CA, a test CA): the issuer's signature does not verify.
+    ("ALERT_DECRYPT_ERROR", "client_cert_refused", "the broker could not verify our client certificate's "
+                                                   "signature (issued by another CA of the same name?)"),
     ("ALERT_UNSUPPORTED_CERTIFICATE", "client_cert_refused", "the broker refused our client certificate"),
     ("ALERT_CERTIFICATE_UNKNOWN", "client_cert_refused", "the broker refused our client certificate"),
     ("ALERT_HANDSHAKE_FAILURE", "client_cert_refused", "the broker ended the TLS handshake (client certificate "

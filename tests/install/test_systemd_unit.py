@@ -410,7 +410,7 @@ def test_sysusers_groups_match_the_unit():
 
 def test_tmpfiles_creates_directories(sysroot):
     if os.geteuid() != 0:
-        pytest.skip("systemd-tmpfiles --root chowns to icvq: needs root")
+        pytest.fail("systemd-tmpfiles --root chowns to icvq: needs root")
     proc = subprocess.run(
         [require_tool("systemd-tmpfiles"), f"--root={sysroot}", "--create", str(TMPFILES)],
         capture_output=True,

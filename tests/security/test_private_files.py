@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -147,3 +148,21 @@ def test_check_config_names_an_unsafe_password_file(tmp_path: Path, mode_: int) 
         else:
             assert r.returncode == 78 and "uplink.password_file" in r.stderr and path in r.stderr, r.stderr
             assert "chmod 600" in r.stderr and str(p) in r.stderr
+
+
+def test_reload_after_fixing_the_password_file_connects_at_once(tmp_path: Path, broker: Mosquitto) -> None:
+    """Held by a group-readable password file with a long back-off: `chmod 600` plus a reload (SIGHUP, the
+    config unchanged) makes the uplink try again now instead of at the end of its back-off."""
+    path = secret(tmp_path, "pw\n", 0o640)
+    cfg = base_config(tmp_path, broker.port, uplink={"username": "car", "password_file": path,
+                                                     "backoff_min_s": 600.0, "backoff_max_s": 600.0})
+    agent = AgentProc(write_config(tmp_path, cfg), tmp_path / "agent.log").start()
+    try:
+        agent.wait_log("is accessible by group or others (mode 0640)", 10)
+        os.chmod(path, 0o600)
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait_log("config reloaded; reconnecting now", 10)
+        agent.wait_log("connected to 127.0.0.1", 10)
+    finally:
+        assert agent.stop() == 0

@@ -126,12 +126,13 @@ def _next_up(up: Uplink, timeout_s: float) -> Up:
             return ev
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 (netns)")
 def test_link_back_under_a_stalled_connection_reconnects_at_once(tmp_path: Path) -> None:
     """An outage shorter than keep-alive (60 s): the uplink, in a network namespace whose only way out is one
     veth, never saw the loss, and what it published meanwhile waits behind TCP's backed-off retransmission timer.
     The kernel's news that the link is up ends that connection and a new one follows at once (before the fix
     the old one went on, after its timer, and no new connection came)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.fail("needs root and iproute2 (ip netns): `make deps` installs iproute2")
     car = Car(ns=f"icvq-t{os.getpid()}", car_if=f"ltc{os.getpid()}", host_if=f"lth{os.getpid()}")
     broker = up = None
     try:

@@ -38,9 +38,7 @@ acknowledged in that worker's session. --db takes a SQLite path (default) or a p
 def run_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.ingest [run]", description=__doc__,
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default="127.0.0.1", help="broker host (default %(default)s)")
-    ap.add_argument("--port", type=int, default=1883, help="broker port (default %(default)s)")
-    ap.add_argument("--topic-prefix", default="icvq/v1", help="topic prefix (default %(default)s)")
+    tlsopts.add_broker_arguments(ap)
     ap.add_argument("--db", default="ingest.db",
                     help="SQLite file (default %(default)s) or postgresql://user@host:port/dbname")
     ap.add_argument("--group", help="shared-subscription group: workers with the same group split the batches")

@@ -184,9 +184,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.ingest campaign", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default="127.0.0.1", help="broker host (default %(default)s)")
-    ap.add_argument("--port", type=int, default=1883, help="broker port (default %(default)s)")
-    ap.add_argument("--topic-prefix", default="icvq/v1", help="topic prefix (default %(default)s)")
+    tlsopts.add_broker_arguments(ap)
     ap.add_argument("--fleet", required=True, help="the fleet (first topic level after the prefix)")
     tlsopts.add_arguments(ap)
     ap.add_argument("--wait", type=float, default=1.0, metavar="S",
