@@ -24,7 +24,8 @@ and go back to disk once it works (retried every RETRY_DISK_S). `trouble` says w
 At close a small preallocated reserve file is given back if the disk is full, so the clean-shutdown mark and
 the count of whatever could not be written still reach the disk. When even that fails (read-only or
 unopenable spool, broker down) the count goes to a small fallback file instead (spool_ledger), reported by
-the next start as `stop_unpersisted.*`.
+the next start as `stop_unpersisted.*`; it also records a stop that could not write its clean mark, so the
+next start does not take an orderly stop for a crash.
 """
 
 from __future__ import annotations
@@ -206,10 +207,18 @@ class Spool:
             return "unknown"
 
     def _read_only_fs(self) -> bool:
+        """Is the spool's file system read-only? SQLite says only "disk I/O error" (SQLITE_IOERR_WRITE) when
+        ext4 went read-only after an error (errors=remount-ro), and on recent kernels that emergency state
+        does not show in statvfs either; setting the spool file's times to what they are does fail with EROFS
+        there, and changes nothing visible elsewhere. Asked only after an I/O error."""
         try:
-            return bool(os.statvfs(self.path.parent).f_flag & os.ST_RDONLY)
-        except OSError:
-            return False
+            if os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
+                return True
+            st = os.stat(self.path)
+            os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError as e:
+            return e.errno == errno.EROFS
+        return False
 
     def _open_disk(self) -> str:
         if self.on_disk:
@@ -258,7 +267,17 @@ class Spool:
             db.executescript(SCHEMA)
             meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
             previous = {"1": "clean", "0": "unclean"}.get(meta.get("clean", ""), "first")
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
+            led = self._ledger
+            if (previous == "unclean" and led is not None and str(led.run.get("sid")) == meta.get("sid")
+                    and meta.get("ledger_seen") != led.id):
+                # An orderly stop of the run that had this spool open, which could not write its clean mark
+                # (read-only, I/O error) and left the ledger instead. ledger_seen: a run that saw this
+                # ledger and then died before committing it did not stop cleanly.
+                previous = "clean"
+            if led is None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
+            else:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0'), ('ledger_seen', ?)", (led.id,))
             if "sid" not in meta:
                 meta["sid"] = str(secrets.randbits(63))
                 meta.setdefault("next_seq", "1")
@@ -329,6 +348,7 @@ class Spool:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
             except sqlite3.Error as e:
                 log.error("could not mark the spool's clean stop: %s", e)
+                self._give_up_memory(f"the spool cannot be written ({e})")   # the mark and any counts: ledger
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
@@ -397,11 +417,14 @@ class Spool:
         on_disk, sent = self._drops_on_disk(), self._delivered
         unpersisted = {k: v - max(on_disk.get(k, 0), sent.get(k, 0)) for k, v in self.drops.items()}
         unpersisted = {k: v for k, v in unpersisted.items() if v > 0}
-        if not unpersisted:
+        # With the spool open, this stop is orderly but cannot write its clean mark: the ledger records the
+        # clean stop too (its run's sid), even with no count to carry.
+        if not unpersisted and self._db is None:
             return
         if self.ledger_path is None:
-            log.error("stopping: %s; %d records held in memory are lost; no drop ledger configured, counts "
-                      "not persisted (drops %s)", why, n, json.dumps(unpersisted, sort_keys=True))
+            if unpersisted:
+                log.error("stopping: %s; %d records held in memory are lost; no drop ledger configured, counts "
+                          "not persisted (drops %s)", why, n, json.dumps(unpersisted, sort_keys=True))
             return
         run = {"boot": self.boot_id, "pid": os.getpid(), "sid": self.sid, "memory_sid": self._mem.sid,
                "why": why}
@@ -411,6 +434,10 @@ class Spool:
             log.error("stopping: %s; %d records held in memory are lost and the drop ledger %s cannot be "
                       "written either (%s); counts lost: %s", why, n, self.ledger_path, e,
                       json.dumps(unpersisted, sort_keys=True))
+            return
+        if not unpersisted:
+            log.warning("stopping: %s; nothing held in memory is lost; the clean stop is recorded in the drop "
+                        "ledger %s for the next start", why, self.ledger_path)
             return
         log.error("stopping: %s; %d records held in memory are lost; counted in the drop ledger %s for the "
                   "next start: %s", why, n, self.ledger_path, json.dumps(unpersisted, sort_keys=True))
@@ -502,7 +529,10 @@ class Spool:
         self._set_trouble(state, detail)
 
     def _fail(self, e: BaseException) -> None:
-        self._block(_classify(e), f"{type(e).__name__}: {e}")
+        state = _classify(e)
+        if state == IO_ERROR and self._read_only_fs():
+            state = READ_ONLY
+        self._block(state, f"{type(e).__name__}: {e}")
 
     def _unblock(self, written: int) -> None:
         if self._blocked:

@@ -99,6 +99,9 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
     if probes:
         out += ["", table(["PROBE", "STATE", "LAST ERROR"],
                           [(n, p.get("state"), p.get("last_error") or "") for n, p in sorted(probes.items())])]
+        inputs = [(f"{n} sources", _sources(p)) for n, p in sorted(probes.items()) if p.get("sources")]
+        if inputs:
+            out.append(kv(inputs))
     eps = st.get("episodes")
     if eps:
         out += ["", table(["ACTIVE EPISODE", "SINCE", "FOR", "FIELDS"],
@@ -107,6 +110,14 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
     elif st.get("running"):
         out += ["", "no active episodes"]
     return "\n".join(out)
+
+
+def _sources(p: dict[str, Any]) -> str:
+    """A probe's own inputs (display: framebuffer, drm, heartbeat, ...). The probe stays ok while one is down (it
+    retries it), so this line is where a missing DRM helper or card shows, with why."""
+    s = ", ".join(name + (" up" if state == "up" else f" DOWN ({str(state).removeprefix('down: ')})")
+                  for name, state in sorted(p["sources"].items()))
+    return s + (f"; frame {p['framebuffer']}" if p.get("framebuffer") else "")
 
 
 def _uplink(up: dict[str, Any], now: float, t: Callable[[float | None], str]) -> str:
