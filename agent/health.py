@@ -44,6 +44,7 @@ SPOOL_TROUBLE_DEGRADED = frozenset({"low_headroom"})
 REFUSALS_FAILING = frozenset({"plaintext_refused", "client_cert_revoked", "client_cert_expired",
                               "client_cert_required", "client_cert_unknown_ca", "client_cert_refused",
                               "client_key_mismatch", "config"})
+NOT_AUTHORIZED = 0x87      # MQTT 5 reason code: what a broker ACL answers
 CERT_RENEW_S = 30 * 86400.0  # a client certificate this close to its end is worth renewing (docs/security.md)
 
 
@@ -128,6 +129,8 @@ class Facts:
     connect_error_since: float | None = None
     client_cert_not_after: float | None = None  # the uplink's client certificate's notAfter (agent/tls.py)
     campaigns: tuple[str, ...] = ()             # backend collection campaigns running (agent/blackbox)
+    refused_code: int | None = None             # PUBACK reason code refusing our batches since the last success
+    refused_since: float | None = None
 
 
 def verdict(f: Facts) -> Verdict:
@@ -157,6 +160,12 @@ def verdict(f: Facts) -> Verdict:
     elif not f.connected:
         out.append(Reason("offline", DEGRADED, f"uplink offline ({f.broker}): "
                           f"{f.uplink_error or 'not connected yet'}", f.offline_since))
+    elif f.refused_code is not None:
+        # Refused batches are dropped after 5 tries (docs/wire-format.md), so nothing of this car arrives.
+        hint = (": the broker's ACL does not let this client write its topics (is the client certificate's CN "
+                "the vehicle id?)" if f.refused_code == NOT_AUTHORIZED else "")
+        out.append(Reason("batches_refused", FAILING, f"the broker refuses our batches (PUBACK {f.refused_code:#04x})"
+                          f"{hint}; each is dropped after 5 refusals", f.refused_since))
     elif f.no_subscribers_since is not None:
         out.append(Reason("no_subscriber", DEGRADED, "no backend subscribed: the broker answers PUBACK 0x10 "
                           f"(no matching subscribers); {f.held_batches} batches held, resent with back-off",
@@ -245,4 +254,5 @@ def gather(d: DaemonView, now: float, mono: float) -> Facts:
         connect_error_code=(up.last_connect_error or {}).get("code", ""),
         connect_error_since=(up.last_connect_error or {}).get("since"),
         client_cert_not_after=up.client_cert_not_after,
+        refused_code=pl.refusing[0] if pl.refusing else None, refused_since=pl.refusing[1] if pl.refusing else None,
         campaigns=tuple(bb.campaign_ids()) if (bb := getattr(d, "blackbox", None)) is not None else ())

@@ -83,6 +83,10 @@ class Pipeline:
         self._hold_until = 0.0
         self._hold_s = 0.0
         self.no_subscribers_since: float | None = None   # wall clock of the first 0x10 of the current run
+        # The broker refusing our batches (PUBACK >= 0x80, e.g. 0x87 not authorized: an ACL or a certificate
+        # whose CN is not vehicle.id): (reason code, wall clock of the first refusal since the last success).
+        # Refused batches are dropped after MAX_REJECTIONS, so health calls it failing (agent/health.py).
+        self.refusing: tuple[int, float] | None = None
         self._flush_requested = False
         self._intake_since = time.monotonic()  # when the oldest record in the intake arrived
         self._last_health = time.monotonic()
@@ -237,6 +241,7 @@ class Pipeline:
                     self.no_subscribers_since = None
                     acked.append(seq)
                     self.last_ack_seq = seq
+                    self.refusing = None
                     self._rejections.pop(seq, None)
                 else:
                     self._rejected(seq, ev.reason_code)
@@ -256,6 +261,8 @@ class Pipeline:
             self._max_batch = max(1024, self._max_batch // 2)
             self.spool.unseal(seq)
             return
+        if self.refusing is None or self.refusing[0] != code:
+            self.refusing = (code, time.time())
         n = self._rejections[seq] = self._rejections.get(seq, 0) + 1
         if n >= MAX_REJECTIONS:
             # Stated policy (docs/wire-format.md): a batch the broker refuses 5 times is dropped and counted.

@@ -10,7 +10,7 @@ Waking is a poll() on a socketpair and the netlink socket, so an idle disconnect
 The uplink also waits here while connected (until `wake` says the connection died), because news that the
 way is back can come under a connection that never noticed the loss: a tunnel shorter than MQTT keep-alive
 (60 s: paho gives up after 1-2 keep-alive periods). What was written meanwhile sits behind TCP's retransmission
-timer, which doubled through the outage (3-20 s outages: next retry up to 13 s after the link is back,
+timer, which doubled through the outage (3-20 s outages: link up → PUBACK p95 12.3 s without this,
 tools/bench/linkback.py), and after a new address the connection is dead until keep-alive says so.
 `connection_stalled` tells those apart from a healthy connection (TCP_INFO's backoff; is the source address
 still ours), and the uplink then reconnects at once instead of waiting for either.

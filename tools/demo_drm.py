@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in sorted(result["marks"].items(), key=lambda kv: kv[1]):
             print(f"    {t - t0:7.2f}  {name}")
         print("\n  episodes:")
-        for phase in ("phase1", "phase2"):
+        for phase in ("phase1", "phase2", "phase2_noregion"):
             for r in result[phase]:
                 if r["kind"] != "end":
                     continue
@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n  dark theme: grid lit {100 * (dark['lit'] or 0):.3f} % (dark since "
               f"{'yes' if dark['dark_since'] is not None else 'no'}), clock region lit "
               f"{100 * dark['region_lit'][0]:.1f} %, black: {'yes' if dark['black_since'] is not None else 'no'}")
+        black_noregion = any(r["name"] == "display.black" for r in result["phase2_noregion"])
+        print(f"  the same without a clock region: grid lit {100 * (dark['noregion_lit'] or 0):.3f} %, "
+              f"black: {'yes' if black_noregion else 'no'} (new frames with lit pixels keep flipping)")
         print(f"  screendumps (qemu QMP): {', '.join(sorted(p.stem for p in shared.glob('*.ppm')))}"
               + (f" in {shared}" if args.out else ""))
     return 0

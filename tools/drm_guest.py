@@ -228,13 +228,21 @@ def main() -> None:
                   "lit": fb.lit_fraction if fb else None, "region_lit": list(fb.region_lit) if fb else []}
     mark("dark_end")
     records2 = p2.stop()
+    # The same dark UI with no region configured: only the DRM flip rule tells it from a black screen (its small
+    # clock sits under a grid point or two that stay lit from digit to digit).
+    p3 = Probe(hmi_processes=["weston-terminal"])
+    time.sleep(6.0)
+    fb = p3.probe.fb
+    dark_state["noregion_lit"] = fb.lit_fraction if fb else None
+    dark_state["noregion_dark_since"] = fb.dark_since if fb else None
+    records3 = p3.stop()
     term.kill()
     weston.terminate()
     weston.wait()
     helper.terminate()
     helper.wait()
     print(MARK + json.dumps({"marks": marks, "dumps": dumps, "phase1": records1, "phase2": records2,
-                             "dark_state": dark_state, "region": region}), flush=True)
+                             "phase2_noregion": records3, "dark_state": dark_state, "region": region}), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ class Campaigns:
         self.counters = Counters()
         self._lock = threading.Lock()
         self._by_id: dict[str, Campaign] = {}
+        # The topic each campaign last arrived on. Fleet and vehicle topics share one id space, so an empty
+        # message on the fleet topic must not remove the vehicle's campaign of that id: its retained document
+        # stays on the broker and would come back at the next reconnect. Restored campaigns have none yet
+        # (any removal applies) until their retained copy arrives again.
+        self._topic_of: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------ boot
     def restore(self) -> None:
@@ -82,8 +87,13 @@ class Campaigns:
         if not payload:
             with self._lock:
                 gone = self._by_id.get(topic_id)
+                if gone and self._topic_of.get(topic_id, topic) != topic:
+                    log.info("campaign %s: removal on %s ignored, it runs from %s", topic_id, topic,
+                             self._topic_of[topic_id])
+                    return
                 if gone and not self._commit({k: v for k, v in self._by_id.items() if k != topic_id}):
                     return
+                self._topic_of.pop(topic_id, None)
             if gone:
                 log.info("campaign %s retired by the backend", topic_id)
                 self._publish_triggers()
@@ -103,6 +113,7 @@ class Campaigns:
         with self._lock:
             old = self._by_id.get(c.id)
             if old is not None and old.doc == c.doc:
+                self._topic_of[c.id] = topic
                 return  # the retained copy again, after a reconnect
             if reason is None and c.state(now) == "ended":
                 reason = "end date already passed"
@@ -120,6 +131,8 @@ class Campaigns:
                 new.pop(c.id, None)
             if (new.keys() != self._by_id.keys() or old is not None) and not self._commit(new):
                 state, reason = "rejected", "could not be stored on the device"
+            elif c.id in self._by_id:
+                self._topic_of[c.id] = topic
         if state in ("active", "scheduled"):
             log.info("campaign %s (revision %d) %s: trigger %s, capture %s", c.id, c.revision,
                      "updated" if old else "accepted", c.trigger.names[0], ",".join(c.trigger.capture))

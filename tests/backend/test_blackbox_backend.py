@@ -20,7 +20,7 @@ from agent.blackbox.settings import BlackboxConfig
 from agent.clock import FakeClock
 from agent.records import Kind, Record, RecordFactory
 from tools.ingest import rows as R
-from tools.ingest.campaign import retained
+from tools.ingest.campaign import connected, retained
 from tools.ingest.store import SqliteStore
 from tools.ingest.store_pg import PostgresStore
 from tools.localbroker import Mosquitto
@@ -154,3 +154,24 @@ def test_campaign_command_publishes_lists_and_retires(tmp_path: Path, broker: Mo
     assert states == {"hangs": "ended", "one-car": "active"}
     assert _cli(broker.port, "retire", "one-car", "--vehicle", "VIN0001", "--purge").returncode == 0
     assert [r["id"] for r in json.loads(_cli(broker.port, "list", "--json").stdout)] == ["hangs"]
+
+
+def test_campaign_command_refuses_what_would_do_nothing(tmp_path: Path, broker: Mosquitto) -> None:
+    """Found in an acceptance run: a document already ended was published (rc 0, every unit ignores it);
+    `retire ID --purge` without --vehicle cleared the empty fleet topic and reported success while the
+    vehicle's campaign ran on; a missing file and garbage retained on a campaign topic gave tracebacks."""
+    ended = {"id": "late", "trigger": {"name": "display.gpu_hang"}, "end": time.time() - 60}
+    r = _cli(broker.port, "publish", "-", stdin=json.dumps(ended).encode())
+    assert r.returncode == 1 and "end:" in r.stderr and "already passed" in r.stderr, r.stderr
+    r = _cli(broker.port, "publish", str(tmp_path / "missing.json"))
+    assert r.returncode == 1 and "missing.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    doc = {"id": "one-car", "trigger": {"name": "display.gpu_hang"}, "end": time.time() + 3600}
+    assert _cli(broker.port, "publish", "-", "--vehicle", "VIN0001", stdin=json.dumps(doc).encode()).returncode == 0
+    r = _cli(broker.port, "retire", "one-car", "--purge")
+    assert r.returncode == 1 and "--vehicle" in r.stderr, r.stderr
+    with connected("127.0.0.1", broker.port) as c:  # another publisher's garbage, deeper than json can parse
+        c.publish("icvq/v1/test/_campaigns/junk", b"[" * 5000 + b"]" * 5000, qos=1, retain=True).wait_for_publish(10)
+    r = _cli(broker.port, "list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [x["id"] for x in json.loads(r.stdout)] == ["one-car"]
+    assert _cli(broker.port, "retire", "one-car", "--vehicle", "VIN0001", "--purge").returncode == 0

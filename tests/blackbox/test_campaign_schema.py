@@ -171,3 +171,19 @@ def test_removal_and_unwritable_store(tmp_path: Path) -> None:
         h.path.parent.chmod(0o700)
     assert ack["state"] == "rejected" and "stored" in ack["reason"] and h.triggers == []
     assert h.m.active() == []
+
+
+def test_removal_on_the_fleet_topic_leaves_the_vehicles_campaign_of_that_id(tmp_path: Path) -> None:
+    """Fleet and vehicle topics share one id space. A purge on the fleet topic (`campaign retire ID --purge`
+    without --vehicle) must not stop the vehicle's campaign: its retained document stays on the broker, so it
+    came back at the next reconnect (found in an acceptance run). Removal on its own topic retires it."""
+    h = Harness(tmp_path, FakeClock())
+    h.m.restore()
+    mine = "icvq/v1/test/VIN0001/_campaigns/radar-w49"
+    h.m.on_message(mine, json.dumps(GOOD).encode())
+    assert h.acks[-1]["state"] == "active"
+    n = len(h.acks)
+    h.m.on_message("icvq/v1/test/_campaigns/radar-w49", b"")
+    assert len(h.acks) == n and [a["id"] for a in h.m.active()] == ["radar-w49"] and h.triggers
+    h.m.on_message(mine, b"")
+    assert h.acks[-1]["state"] == "retired" and h.m.active() == [] and h.triggers == []

@@ -116,6 +116,13 @@ def test_dark_theme_with_a_ticking_clock_is_never_black(run: dict[str, Any]) -> 
     assert (one.region_lit[0] or 0) > 0.02
 
 
+def test_dark_theme_without_a_region_is_never_black_while_it_flips(run: dict[str, Any]) -> None:
+    assert [r for r in run["phase2_noregion"] if r["name"] in ("display.black", "display.freeze")] == []
+    st = run["dark_state"]
+    # Dark on the grid (a plain black test would have fired), yet some grid pixels lit: the clock.
+    assert st["noregion_dark_since"] is not None and 0 < st["noregion_lit"] <= 0.02
+
+
 @pytest.mark.parametrize("name", ["live", "stopped", "bare"])
 def test_helper_matches_qemu_screendump(run: dict[str, Any], name: str) -> None:
     """Where the screen stood still across the dump (the helper's samples before and after agree), the helper's

@@ -231,3 +231,27 @@ def test_refused_certificate_is_explained_in_log_and_status(tmp_path: Path, rig:
         assert agent.proc is not None and agent.proc.poll() is None  # held, still recording
     finally:
         assert agent.stop() == 0
+
+
+def test_agent_whose_certificate_names_another_vehicle_says_it_is_refused(tmp_path: Path, rig: Rig) -> None:
+    """The likeliest misprovisioning: vehicle.id VIN-B, certificate VIN-A. The broker refuses every batch
+    (0x87) and the agent drops each after 5 refusals; `icvq status` must say failing and why, not healthy."""
+    agent = agent_for(tmp_path, rig, "VIN-A", "VIN-B")
+    try:
+        agent.wait_log("broker refused batch", 30)
+        deadline = time.monotonic() + 20
+        while True:
+            verdict = status_of(tmp_path)["verdict"]
+            refused = [r for r in verdict["reasons"] if r["code"] == "batches_refused"]
+            if refused:
+                break
+            assert time.monotonic() < deadline, verdict
+            time.sleep(0.2)
+        assert verdict["state"] == "failing"
+        reason = refused[0]
+        assert "0x87" in reason["text"] and "vehicle id" in reason["text"]
+        r = subprocess.run([sys.executable, "-m", "agent.cli", "status", "-c", str(tmp_path / "agent.toml")],
+                           capture_output=True, text=True, cwd=REPO, timeout=30)
+        assert "FAILING" in r.stdout and "refuses our batches" in r.stdout, r.stdout
+    finally:
+        assert agent.stop() == 0

@@ -144,6 +144,15 @@ def _until(cond: Any, timeout_s: float) -> bool:
     return cond()
 
 
+def _trigger(way_back: str, was_connected: bool) -> str:
+    """What ended a trial's outage, from the uplink's last_way_back (reset at link up)."""
+    if not way_back:
+        return "the old connection resumed" if was_connected else "`reconnect_probe_s` timer"
+    label = ("rtnetlink: interface up" if way_back.endswith(" is up") else
+             "rtnetlink: new address" if "address" in way_back else way_back)
+    return f"{label} (the stalled connection ended)" if was_connected else label
+
+
 def scenario(tmp: Path, car: Car, port: int, trials: int, *, wakeups: bool, noticed: bool,
              seed: int) -> dict[str, Any]:
     d = _daemon(car, _conf(tmp, car, port, keepalive_s=5 if noticed else 60), wakeups)
@@ -174,8 +183,7 @@ def scenario(tmp: Path, car: Car, port: int, trials: int, *, wakeups: bool, noti
             car.link(up=True)
             a = acks.first_after(t_up, 120.0)
             delays.append((a - t_up) if a is not None else float("inf"))
-            why = ("the old connection resumed" if was_connected and d.uplink.last_way_back == "" else
-                   re.sub(r"#\d+", "#N", d.uplink.last_way_back) or "reconnect_probe_s timer")
+            why = _trigger(d.uplink.last_way_back, was_connected)
             triggers[why] = triggers.get(why, 0) + 1
             _until(lambda: d.uplink.connected, 30)
             time.sleep(rnd.uniform(1.0, 3.0))
@@ -188,7 +196,7 @@ def scenario(tmp: Path, car: Car, port: int, trials: int, *, wakeups: bool, noti
     return res
 
 
-def markdown(runs: list[tuple[str, dict[str, Any]]], cmd: str) -> str:
+def markdown(runs: list[tuple[str, dict[str, Any]]], cmd: str, minutes: float) -> str:
     rows = []
     for name, r in runs:
         why = ", ".join(f"{k} {v}" for k, v in sorted(r["triggers"].items(), key=lambda kv: -kv[1]))
@@ -199,12 +207,16 @@ def markdown(runs: list[tuple[str, dict[str, Any]]], cmd: str) -> str:
     table = "\n".join(rows)
     return f"""### Link back → first PUBACK (tools/bench/linkback.py)
 
-Command: `{cmd}` (this machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}). The agent in its
-own network namespace behind one veth (no other route), mosquitto on the far end; an outage is the car's veth
-set down with an event queued during it; timed from `ip link set up` to the event's PUBACK, {on['trials']}
-trials per row. "Noticed": keepalive 5 s; the uplink had seen the loss (p50 {on['noticed_p50_s']:.1f} s,
-max {on['noticed_max_s']:.1f} s after the link went down) and was in its reconnect wait. "Not noticed":
-keepalive 60 s, outages of 3–20 s. "Wake-ups off": the uplink without its rtnetlink socket.
+Command: `{cmd}` (root: network namespaces; this machine: {os.cpu_count()} cores, Python
+{sys.version.split()[0]}; {minutes:.1f} minutes). The agent runs in-process but in its own network namespace,
+behind one veth and no other route, like a car whose only way out is its modem; mosquitto listens on the veth's
+far end (plaintext, so `uplink.allow_plaintext = true`). An outage is the car's veth set down, with an event
+queued during it; timed from `ip link set up` to that event's PUBACK, {on['trials']} trials per row. "Noticed":
+keepalive 5 s (the minimum), so MQTT keep-alive notices the dead link (p50 {on['noticed_p50_s']:.1f} s, max
+{on['noticed_max_s']:.1f} s after it went down; the bench waits for the uplink to say disconnected, then 2–6 s
+more, so it is in its reconnect wait). "Not noticed": the default keepalive 60 s and outages of 3–20 s, shorter
+than keep-alive can notice. "Wake-ups off": the same uplink without its rtnetlink socket (and no link probe),
+in the same run.
 
 | outage | link up → PUBACK, p50 / p95 / max | what ended the wait (trials) |
 |---|---|---|
@@ -233,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C and SIGTERM both unwind through the finally below, which removes the namespace and the veth.
     old_term = signal.signal(signal.SIGTERM, _interrupt)
     car = Car()
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         broker = None
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             car.destroy()
             signal.signal(signal.SIGTERM, old_term)
     cmd = "python -m tools.bench.linkback" + (" --quick" if args.quick else "")
-    print(markdown(runs, cmd))
+    print(markdown(runs, cmd, (time.monotonic() - t0) / 60))
     return 0
 
 

@@ -1,12 +1,14 @@
 """python -m tools.ingest campaign publish|list|retire: the backend's side of black-box collection campaigns.
 
 `publish FILE|-` validates the JSON document with the agent's own schema (agent/blackbox/campaign.py, against
-the largest ring an agent may have, 600 s; each agent checks its own), then publishes it retained (QoS 1) on
-`<prefix>/<fleet>/_campaigns/<id>`, or `<prefix>/<fleet>/<vehicle>/_campaigns/<id>` with --vehicle.
+the largest ring an agent may have, 600 s; each agent checks its own; one already ended is refused too), then
+publishes it retained (QoS 1) on `<prefix>/<fleet>/_campaigns/<id>`, or
+`<prefix>/<fleet>/<vehicle>/_campaigns/<id>` with --vehicle.
 `list` reads the retained documents and the retained birth messages (which campaigns each unit runs).
 `retire ID` republishes the document with `end` = now — units offline now learn it when they reconnect — and
 with --purge clears the retained message instead (units then keep the campaign until its own end date unless
-they are online to see the removal). Topics and acknowledgements: docs/blackbox.md.
+they are online to see the removal). Both need --vehicle for a campaign published for one vehicle.
+Topics and acknowledgements: docs/blackbox.md.
 """
 
 from __future__ import annotations
@@ -96,12 +98,22 @@ def retained(host: str, port: int, topics: list[str], wait_s: float,
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as e:
+        print(f"campaign not read: {e}", file=sys.stderr)
+        return 1
+    now = time.time()
     try:
         doc = json.loads(body)
-        c = validate(doc, window_s=MAX_WINDOW_S, now_wall=time.time())
-    except (ValueError, CampaignError) as e:
+        c = validate(doc, window_s=MAX_WINDOW_S, now_wall=now)
+    except (ValueError, RecursionError, CampaignError) as e:
         print(f"campaign refused: {e}", file=sys.stderr)
+        return 1
+    if c.state(now) == "ended":
+        # Valid (it is how `retire` tells offline units), but as a new campaign nothing would ever run it.
+        print(f"campaign refused: end: {c.end:.0f} has already passed (to end a running campaign: retire "
+              f"{c.id})", file=sys.stderr)
         return 1
     topic = Topics.of(args).campaign(c.id, args.vehicle)
     _publish(args, topic, json.dumps(doc, separators=(",", ":")).encode())
@@ -125,7 +137,7 @@ def campaigns(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict
             continue
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # whoever else may write there: not ours to crash on
             continue
         if isinstance(doc, dict):
             doc["_topic"] = topic
@@ -163,14 +175,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_retire(args: argparse.Namespace) -> int:
     topic = Topics.of(args).campaign(args.id, args.vehicle)
+    got = retained(args.host, args.port, [topic], args.wait, tlsopts.context(args))
+    if topic not in got:
+        # Checked for --purge too: units run a fleet and a vehicle campaign of one id from their own topics,
+        # so clearing the wrong one would report success and stop nothing.
+        hint = "" if args.vehicle else " (published for one vehicle? add --vehicle; `list` shows the scope)"
+        print(f"no retained campaign {args.id} on {topic}{hint}", file=sys.stderr)
+        return 1
     if args.purge:
         _publish(args, topic, b"")
         print(f"cleared the retained campaign {args.id} on {topic}")
         return 0
-    got = retained(args.host, args.port, [topic], args.wait, tlsopts.context(args))
-    if topic not in got:
-        print(f"no retained campaign {args.id} on {topic}", file=sys.stderr)
-        return 1
     doc = json.loads(got[topic])
     now = time.time()
     doc["end"] = round(now, 3)
