@@ -250,5 +250,5 @@ def targets(c: Campaign, me: Identity) -> str | None:
 
 def summary(c: Campaign, now_wall: float) -> dict[str, Any]:
     return {"id": c.id, "revision": c.revision, "state": c.state(now_wall), "trigger": c.trigger.names[0],
-            "end": int(c.end)}
+            "start": int(c.start) if c.start is not None else None, "end": int(c.end)}
 

@@ -35,6 +35,8 @@ def stored_status(cfg: AgentConfig, now: float) -> dict[str, Any]:
     bc = cfg.blackbox
     if not bc.enabled:
         return {"enabled": False}
+    if not bc.campaigns or bc.max_campaigns == 0:
+        return {"enabled": True, "campaigns": []}  # the file may hold some from before: none will run
     path = campaigns_path(cfg)
     if path.exists() and not os.access(path, os.R_OK):
         return {"enabled": True, "campaigns_error": f"{path}: no permission to read (mode 0600, owner icvq)"}

@@ -149,9 +149,14 @@ def _blackbox(bb: dict[str, Any], t: Callable[[float | None], str]) -> str:
     s = (f"ring {size((bb.get('ring') or {}).get('bytes'))}, {c.get('snapshots', 0)} snapshots sent"
          + (f", {supp} suppressed by rate limits" if supp else "") + "; ") if "ring" in bb else "(from disk) "
     camps = bb.get("campaigns") or []
-    s += "campaigns: " + (", ".join(f"{x.get('id')} ({x.get('state')} until {t(x.get('end'))})" for x in camps)
-                            if camps else "none")
+    s += "campaigns: " + (", ".join(_campaign(x, t) for x in camps) if camps else "none")
     return s
+
+
+def _campaign(x: dict[str, Any], t: Callable[[float | None], str]) -> str:
+    if x.get("state") == "scheduled" and x.get("start") is not None:  # "scheduled until <end>" read as a start
+        return f"{x.get('id')} (scheduled from {t(x.get('start'))} until {t(x.get('end'))})"
+    return f"{x.get('id')} ({x.get('state')} until {t(x.get('end'))})"
 
 
 def _spool(sp: dict[str, Any], now: float, inflight: Any, t: Callable[[float | None], str]) -> str:

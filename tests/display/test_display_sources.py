@@ -279,12 +279,16 @@ def test_framebuffer_gone_and_back(tmp_path: Path, rigs: list[Rig]) -> None:
         poke_pixel(fb, 64, 1, 1, (i * 50, 0, 0))
         rig.tick(0.5)
     assert rig.counters["region_out_of_frame"] == 1
+    assert rig.probe.status()["state"] != "degraded"
     fb.unlink()                                    # the X server restarts
     rig.run(10.0)
     assert rig.counters["fb_missing"] == 1 and rig.named("display.freeze") == []
+    # Blind while it is gone: the probe says so (the health verdict's "probe display degraded"), naming why.
+    st = rig.probe.status()
+    assert st["state"] == "degraded" and st["last_error"].startswith("source framebuffer down: ")
     write_xwd(fb, 64, 32)
     rig.tick(0.5)
-    assert rig.probe.status()["sources"]["framebuffer"] == "up"
+    assert rig.probe.status()["sources"]["framebuffer"] == "up" and rig.probe.status()["state"] != "degraded"
     rig.run(1.5)
     assert rig.named("display.freeze") == []       # its history restarted with the new frame
     fb.write_bytes(b"\x00\x00")                    # a torn write at startup

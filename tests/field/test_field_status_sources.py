@@ -1,4 +1,4 @@
-"""`icvq status` says which of a probe's sources are down and why (the probe itself stays ok while it retries
+"""`icvq status` says which of a probe's sources are down and why (and the probe is degraded while it retries
 them): a Wayland head unit whose DRM helper is not running must not read as a healthy display probe."""
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ socket, each input device) may be missing or fail on its own; it is logged once,
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ class _Source:
     up: bool = False
     retry_at: float = 0.0
     error: str = ""
+    down_since: float = 0.0  # wall clock, like the probe's own state (the health verdict's "since")
 
 
 class DisplayProbe(StreamProbe):
@@ -165,6 +167,18 @@ class DisplayProbe(StreamProbe):
         # An episode still open when the agent stops gets its END, so the backend never holds a dangling BEGIN.
         self.emit_all(self.end_all("agent_stop"))
 
+    def status(self) -> dict[str, Any]:
+        """A configured source that cannot be read is a blind spot (a sampler without its capability, a card
+        gone, a heartbeat socket in the way): the probe runs on, but says `degraded`, so the health verdict and
+        `icvq status` show it instead of "display ok"."""
+        out = super().status()
+        down = [(n, s) for n, s in self.sources.items() if not s.up and s.error]
+        if out["state"] in ("starting", "ok") and down:
+            out["state"] = "degraded"
+            out["last_error"] = "; ".join(f"source {n} down: {s.error}" for n, s in down)
+            out["since"] = min(s.down_since for _, s in down)
+        return out
+
     def extra_status(self) -> dict[str, Any]:
         layout = self.frames.layout if self.frames else None
         out = {"sources": {n: ("up" if s.up else f"down: {s.error}") for n, s in self.sources.items()},
@@ -243,6 +257,8 @@ class DisplayProbe(StreamProbe):
         if s.up or s.error != error:
             self.log.warning("display source %s unavailable: %s", name, error)
             self.counters.inc(counter)
+        if s.up or not s.error:
+            s.down_since = time.time()
         s.up, s.error, s.retry_at = False, error, now + self.cfg.source_retry_s
 
     def _reopen(self, now: float, force: bool = False) -> None:
