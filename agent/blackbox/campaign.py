@@ -26,7 +26,10 @@ MAX_LIST = 1000
 MAX_CONDITIONS = 8
 MAX_SPAN_S = 366 * 86400
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RESERVED_IDS = ("batch", "status")  # would collide with the device topics' last level
+# The device topics' last levels. `<fleet>/<vehicle>/_campaigns/<id>` has the shape of a device topic with device
+# "_campaigns", so the broker ACL's vehicle patterns (docs/security.md) let the vehicle's own key write these
+# three ids: refused, a vehicle cannot start a campaign for itself.
+RESERVED_IDS = ("batch", "status", "campaign")
 NAME_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 KINDS = {"begin": Kind.BEGIN, "event": Kind.EVENT, "end": Kind.END}
 TOP_KEYS = {"id", "revision", "description", "trigger", "capture", "pre_s", "post_s", "min_interval_s",
@@ -174,7 +177,7 @@ def validate(doc: Any, *, window_s: float, now_wall: float) -> Campaign:
     _unknown(doc, TOP_KEYS, "")
     cid = doc.get("id")
     if not isinstance(cid, str) or not ID_RE.match(cid) or cid in RESERVED_IDS:
-        raise CampaignError("id", "required: 1-64 of A-Z a-z 0-9 . _ - (not 'batch' or 'status')")
+        raise CampaignError("id", "required: 1-64 of A-Z a-z 0-9 . _ - (not 'batch', 'status' or 'campaign')")
     revision = int(_num(doc, "revision", 0, 0, 2**31, integer=True))
     desc = doc.get("description", "")
     if not isinstance(desc, str) or len(desc) > 500:

@@ -77,6 +77,8 @@ def test_a_good_campaign_validates_into_its_trigger() -> None:
     (_with("trigger.where", [{"field": "a", "value": 1}] * 9), "trigger.where"),
     (_with("id", "../../etc/passwd"), "id"),
     (_with("id", "batch"), "id"),
+    (_with("id", "status"), "id"),
+    (_with("id", "campaign"), "id"),  # the vehicle's own ACL reaches <vehicle>/_campaigns/campaign
     (_with("end", KeyError), "end"),                                   # required
     (_with("trigger", {"family": "can", "name": "can.timeout"}), "trigger"),
     (_with("end", "2026-01-01T00:00:00"), "end"),                      # no time zone

@@ -177,6 +177,13 @@ def test_vehicle_delivers_and_cannot_write_as_another(tmp_path: Path, rig: Rig) 
         while not [c for c in status_of(tmp_path / "a")["blackbox"]["campaigns"] if c["id"] == "mtls-check"]:
             assert time.monotonic() < deadline, status_of(tmp_path / "a")["blackbox"]
             time.sleep(0.2)
+        # The ACL's vehicle patterns reach A's own campaign topic with these ids (device level "_campaigns"):
+        # the broker takes them, the agent refuses them, so A's key cannot start a campaign for A.
+        for cid in ("campaign", "batch", "status"):
+            body = json.dumps({"id": cid, "trigger": {"family": "display"}, "end": time.time() + 600}).encode()
+            assert publish_as(rig, "VIN-A", f"icvq/v1/test/VIN-A/_campaigns/{cid}", body) in (0, 0x10)
+            agent.wait_log(f"_campaigns/{cid} rejected: id:", 10)
+        assert [c["id"] for c in status_of(tmp_path / "a")["blackbox"]["campaigns"]] == ["mtls-check"]
     finally:
         assert agent.stop() == 0
         ingest.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto, free_port
+from broker import Mosquitto
 from recorder import Recorder
 
 from agent import wayback
@@ -137,12 +137,9 @@ def test_link_back_under_a_stalled_connection_reconnects_at_once(tmp_path: Path)
     broker = up = None
     try:
         car.create()
-        port = free_port()
-        broker = Mosquitto(tmp_path / "b", port=port, persistent=False,
-                           extra_conf=f"listener {port} 127.0.0.1\nlistener {port} {car.host_addr}\n"
-                                      "allow_anonymous true\n").start()
+        broker = car.broker(tmp_path / "b")
         with car.inside():
-            up = Uplink(UplinkConfig(host=car.host_addr, port=port, allow_plaintext=True),
+            up = Uplink(UplinkConfig(host=car.host_addr, port=broker.port, allow_plaintext=True),
                         VehicleConfig("VIN7", "hu", "f"), boot_id="ab" * 16, birth_fields=dict,
                         wall_ms=lambda: 1_767_225_600_000)
             up.start()

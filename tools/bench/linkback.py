@@ -97,6 +97,13 @@ class Car:
         _ip("netns", "del", self.ns, check=False)
         _ip("link", "del", self.host_if, check=False)
 
+    def broker(self, data_dir: Path) -> Mosquitto:
+        """A mosquitto on the host's end of the veth (and loopback, for the subscriber), started."""
+        port = free_port()
+        return Mosquitto(data_dir, port=port, persistent=False,
+                         extra_conf=f"listener {port} 127.0.0.1\nlistener {port} {self.host_addr}\n"
+                                    "allow_anonymous true\n").start()
+
     @contextlib.contextmanager
     def inside(self) -> Iterator[None]:
         """This thread in the car's namespace; threads it starts stay there, sockets it opens belong there."""
@@ -252,16 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         sub = None
         try:
             car.create()
-            port = free_port()
-            broker = Mosquitto(tmp / "broker", port=port, persistent=False,
-                               extra_conf=f"listener {port} 127.0.0.1\nlistener {port} {car.host_addr}\n"
-                                          "allow_anonymous true\n").start()
-            sub = Subscriber(port)
+            broker = car.broker(tmp / "broker")
+            sub = Subscriber(broker.port)
             runs = []
             for noticed in (True, False):
                 for wakeups in (True, False):
                     name = f"{'noticed' if noticed else 'not noticed'}, wake-ups {'on' if wakeups else 'off'}"
-                    runs.append((name, scenario(tmp / name.replace(" ", "").replace(",", "-"), car, port, trials,
+                    runs.append((name, scenario(tmp / name.replace(" ", "").replace(",", "-"), car, broker.port, trials,
                                                 wakeups=wakeups, noticed=noticed, seed=13 if noticed else 31)))
         finally:
             if sub is not None:
