@@ -32,22 +32,24 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_PATH = Path("/etc/icvq/agent.toml")
 
 
+def _topic_level(v: str) -> str:
+    # These become MQTT topic levels: wildcards or separators would break routing.
+    if not v or any(c in v for c in "/+#\0 "):
+        return "must be non-empty without '/', '+', '#', NUL or spaces"
+    return ""
+
+
+def _absolute_or_empty(v: str) -> str:
+    return "must be an absolute path" if v and not v.startswith("/") else ""
+
+
 @dataclass(frozen=True)
 class VehicleConfig:
-    id: str = opt()
-    device: str = opt()
-    fleet: str = opt()
+    id: str = opt(check=_topic_level)
+    device: str = opt(check=_topic_level)
+    fleet: str = opt(check=_topic_level)
     # A file holding the fleet key: when set, an HMAC pseudonym replaces the id on the wire (agent/pseudonym.py).
-    pseudonym_key_file: str = ""
-
-    def validate(self) -> None:
-        for key in ("id", "device", "fleet"):
-            v = getattr(self, key)
-            # These become MQTT topic levels: wildcards or separators would break routing.
-            if not v or any(c in v for c in "/+#\0 "):
-                raise ConfigError("must be non-empty without '/', '+', '#', NUL or spaces", key=key)
-        if self.pseudonym_key_file and not self.pseudonym_key_file.startswith("/"):
-            raise ConfigError("must be an absolute path", key="pseudonym_key_file")
+    pseudonym_key_file: str = opt("", check=_absolute_or_empty)
 
 
 @dataclass(frozen=True)

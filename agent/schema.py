@@ -24,8 +24,11 @@ _MISSING: Any = dataclasses.MISSING
 
 
 def opt(default: Any = _MISSING, *, min: float | None = None, max: float | None = None,
-        choices: tuple[Any, ...] | None = None, secret: bool = False, factory: Any = _MISSING) -> Any:
-    meta = {"min": min, "max": max, "choices": choices, "secret": secret}
+        choices: tuple[Any, ...] | None = None, secret: bool = False, factory: Any = _MISSING,
+        check: Callable[[Any], str] | None = None) -> Any:
+    """`check(value)` returns what is wrong with one value ("" if nothing): a rule of a single key, checked
+    with the others so one run reports it beside them (a `validate()` only runs once every key is right)."""
+    meta = {"min": min, "max": max, "choices": choices, "secret": secret, "check": check}
     if factory is not _MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -109,6 +112,9 @@ def _check_limits(f: dataclasses.Field, value: Any, path: str, origin: Origin) -
             raise ConfigError(f"must be >= {lo}, got {value!r}", key=path, source=origin(path))
         if hi is not None and value > hi:
             raise ConfigError(f"must be <= {hi}, got {value!r}", key=path, source=origin(path))
+    check = f.metadata.get("check")
+    if check is not None and (wrong := check(value)):
+        raise ConfigError(wrong, key=path, source=origin(path))
 
 
 def build(cls: type[T], data: Mapping[str, Any], *, path: str = "", origin: Origin = _no_origin) -> T:
