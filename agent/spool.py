@@ -867,11 +867,17 @@ class Spool:
         if not rows:
             return None
         boot, synced = rows[0][1], rows[0][2]
-        budget = 0
+        # One seal is one transaction: its WAL frames are the payload plus every page its deleted rows sat on.
+        # Under a small cap that must stay within the WAL's share (spool_disk.Budget: 1.5 W or W + 64 KiB, W
+        # ahead of a checkpoint): rows worth a quarter of W per batch. max_mib 0.25 with 96 KiB batches
+        # reached 1.27x the cap while draining; at the default cap (W = 4 MiB) this never binds.
+        raw_limit = max(self._wal_limit // 4, 4096)
+        budget = raw = 0
         take: list[Any] = []
         for row in rows:
             budget += len(row[5]) + 6
-            if row[1] != boot or row[2] != synced or (take and budget > max_bytes):
+            raw += len(row[5]) + ROW_OVERHEAD
+            if row[1] != boot or row[2] != synced or (take and (budget > max_bytes or raw > raw_limit)):
                 break
             take.append(row)
         seq = int(db.execute("SELECT v FROM meta WHERE k = 'next_seq'").fetchone()[0])

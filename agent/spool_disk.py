@@ -6,8 +6,10 @@ the shutdown reserve, all at once, and the free-space headroom has to be read fr
 
 Budget for a cap C (`Budget.for_cap`), measured on the default 64 MiB: WAL checkpoint threshold W = C/8
 clamped to 16 KiB..4 MiB (`journal_size_limit` = W, so a checkpointed WAL is cut back to W), allowance for the
-WAL 1.5 W (one transaction may cross W before the checkpoint after its commit), -shm 32 KiB (one wal-index
-block covers 4,096 frames, more than 1.5 W ever holds), reserve R = C/16 clamped to 16..128 KiB. The database
+WAL 1.5 W but at least W + 64 KiB (one transaction may cross W before the checkpoint after its commit; a put
+that evicts rewrites ~20 pages whatever the cap, 78 KiB of WAL measured at max_mib 0.25, which put that cap's
+files at 1.08x it with 1.5 W alone), -shm 32 KiB (one wal-index block covers 4,096 frames, more than the WAL
+ever holds), reserve R = C/16 clamped to 16..128 KiB. The database
 itself may use the rest; the spool evicts by page count (`PRAGMA page_count - freelist_count`), so B-tree
 overhead is measured, not guessed.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 KIB = 1024
 SHM_BYTES = 32 * KIB
+WAL_TXN_BYTES = 64 * KIB           # WAL one evicting put may write beyond W, at the smallest caps
 MIN_DB_BYTES = 64 * KIB            # below this the spool is not worth writing: hold records in memory
 SUFFIXES = ("", "-wal", "-shm", "-journal")
 RESERVE_SUFFIX = ".reserve"
@@ -44,7 +47,8 @@ class Budget:
         if reserve is None:
             reserve = min(128 * KIB, max(16 * KIB, cap // 16))
         # 2 % + 4 pages of slack: the file holds free pages the page count of a transaction does not show.
-        db = (cap - wal * 3 // 2 - SHM_BYTES - reserve) * 49 // 50 - 4 * 4096
+        wal_room = max(wal * 3 // 2, wal + WAL_TXN_BYTES)
+        db = (cap - wal_room - SHM_BYTES - reserve) * 49 // 50 - 4 * 4096
         return Budget(cap, wal, reserve, max(db, 0))
 
 

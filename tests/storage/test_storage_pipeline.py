@@ -29,10 +29,11 @@ from agent.uplink import Uplink
 
 
 class Rig:
-    def __init__(self, fs: Path, port: int, max_mib: float, min_free_mib: float = 0.0) -> None:
+    def __init__(self, fs: Path, port: int, max_mib: float, min_free_mib: float = 0.0,
+                 max_batch_kib: int = 16) -> None:
         self.cfg = from_mapping({
             "vehicle": {"id": "VST01", "device": "hu", "fleet": "t"},
-            "uplink": {"host": "127.0.0.1", "port": port, "batch_linger_s": 0.0, "max_batch_kib": 16,
+            "uplink": {"host": "127.0.0.1", "port": port, "batch_linger_s": 0.0, "max_batch_kib": max_batch_kib,
                        "backoff_min_s": 0.1, "backoff_max_s": 1.0, "reconnect_probe_s": 0.5,
                        "keepalive_s": 5},
             "spool": {"path": str(fs / "spool.db"), "max_mib": max_mib, "min_free_mib": min_free_mib,
