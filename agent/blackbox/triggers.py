@@ -35,7 +35,11 @@ class Condition:
         if self.op == "in":
             return v in want
         if self.op == "contains":
-            return isinstance(v, (str, list)) and want in v
+            # `5 in "text"` raises: a backend's condition must never break the observer (and with it every
+            # other trigger of the batch), so a number is only looked for in a list.
+            if isinstance(v, str):
+                return isinstance(want, str) and want in v
+            return isinstance(v, list) and want in v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
             return False
         return bool({"lt": v < want, "le": v <= want, "gt": v > want, "ge": v >= want}[self.op])

@@ -4,7 +4,8 @@ A BEGIN is confirmed after its problem began, so T moves back to the start (at m
 its episode's start as well; a campaign with `kinds: ["end"]` asks for what happened around the end (the
 recovery), so T stays at the END: found in an acceptance run, where a 10 s freeze's END snapshot with
 pre 5 / post 5 covered the last 10 s of the freeze and nothing after it. The report's context plot says
-which of the two its dashed line is.
+which of the two its dashed line is. Campaign conditions are total: a backend's `contains 5` on a text field
+raised inside the pipeline's observer, so no trigger of that batch was seen.
 """
 
 from __future__ import annotations
@@ -47,3 +48,22 @@ def test_report_names_the_time_the_plot_is_centred_on(kind: str, at: str) -> Non
     html = episode_block("VIN1", "hu", 7, 1_800_000_000.0, snap, "display.freeze", {}, 10.0)
     assert f"<p class=small>{at} 2027-01-15" in html
     assert f"episode&#x27;s {at}" in html or f"episode's {at}" in html
+
+
+@pytest.mark.parametrize(("op", "value", "fields", "holds"), [
+    ("contains", "stop", {"cause": "hmi_stopped"}, True),
+    ("contains", 5, {"cause": "hmi_stopped"}, False),         # raised TypeError inside the pipeline's observer
+    ("contains", None, {"cause": "hmi_stopped"}, False),
+    ("contains", "datapath", {"lost": ["datapath"]}, True),
+    ("contains", 5, {"ids": [4, 5]}, True),
+    ("contains", "x", {"n": 3}, False),
+    ("in", ("a", "b"), {"sensor": ["a"]}, False),             # a list field against an `in` list: no match
+    ("gt", 3, {"n": "7"}, False),
+    ("ge", 3, {"n": 3}, True),
+    ("eq", 1, {}, False),
+])
+def test_conditions_are_total(op: str, value: object, fields: dict[str, Any], holds: bool) -> None:
+    """Campaign conditions (agent/blackbox/triggers.Condition) hold or not for any field value: never raise."""
+    from agent.blackbox.triggers import Condition
+
+    assert Condition(next(iter(fields), "f"), op, value).holds(fields) is holds
