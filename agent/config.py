@@ -51,6 +51,12 @@ class VehicleConfig:
     # A file holding the fleet key: when set, an HMAC pseudonym replaces the id on the wire (agent/pseudonym.py).
     pseudonym_key_file: str = opt("", check=_absolute_or_empty)
 
+    def validate(self) -> None:
+        """The same key checks for a VehicleConfig made in code (e.g. with a pseudonym as its id)."""
+        for key in ("id", "device", "fleet"):
+            if wrong := _topic_level(getattr(self, key)):
+                raise ConfigError(wrong, key=key)
+
 
 @dataclass(frozen=True)
 class TlsConfig:
