@@ -166,7 +166,10 @@ def _spool(sp: dict[str, Any], now: float, inflight: Any, t: Callable[[float | N
     if sp.get("max_bytes"):
         s += f" of {size(sp['max_bytes'])}"
     oldest = sp.get("oldest_wall_ms")
-    s += f"; oldest {age(now - oldest / 1000)}" if oldest else "; empty"
+    mem, mem_batches = sp.get("memory_records") or 0, sp.get("memory_batches") or 0
+    s += f"; oldest {age(now - oldest / 1000)}" if oldest else "" if mem else "; empty"
+    if mem:   # while the disk is full or read-only the records are here, not on disk: never "empty"
+        s += f"; {mem} records held in memory" + (f" ({mem_batches} batches sealed there)" if mem_batches else "")
     if inflight:
         s += f"; {inflight} in flight"
     if sp.get("newest_wall_ms"):
