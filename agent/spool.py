@@ -198,7 +198,16 @@ class Spool:
         "unknown" when the spool cannot be opened: then the spool runs in memory and retries."""
         self._read_ledger()
         try:
-            return self._open_disk()
+            try:
+                return self._open_disk()
+            except (sqlite3.Error, OSError) as e:
+                # A run killed on a full disk leaves its reserve behind: give it back so this open can write
+                # (then the spool is open, previous runs' records and counts with it, and the stop can use
+                # the reserve again). Without this the spool stayed unopenable until space came back.
+                if not (_classify(e) == DISK_FULL and self.on_disk and spool_disk.release_reserve(self.path)):
+                    raise
+                log.warning("disk full at start (%s); released the reserve the previous run left", e)
+                return self._open_disk()
         except (sqlite3.Error, OSError) as e:
             state = _classify(e)
             if state == IO_ERROR:
