@@ -161,11 +161,11 @@ def verdict(f: Facts) -> Verdict:
         out.append(Reason("offline", DEGRADED, f"uplink offline ({f.broker}): "
                           f"{f.uplink_error or 'not connected yet'}", f.offline_since))
     elif f.refused_code is not None:
-        # Refused batches are dropped after 5 tries (docs/wire-format.md), so nothing of this car arrives.
+        # Refused batches are dropped after 5 refusals over 10 min (docs/wire-format.md): nothing of this car arrives.
         hint = (": the broker's ACL does not let this client write its topics (is the client certificate's CN "
                 "the vehicle id?)" if f.refused_code == NOT_AUTHORIZED else "")
         out.append(Reason("batches_refused", FAILING, f"the broker refuses our batches (PUBACK {f.refused_code:#04x})"
-                          f"{hint}; each is dropped after 5 refusals", f.refused_since))
+                          f"{hint}; each is dropped after 5 refusals over 10 min", f.refused_since))
     elif f.no_subscribers_since is not None:
         out.append(Reason("no_subscriber", DEGRADED, "no backend subscribed: the broker answers PUBACK 0x10 "
                           f"(no matching subscribers); {f.held_batches} batches held, resent with back-off",

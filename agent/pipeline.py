@@ -27,7 +27,12 @@ from .uplink import Acked, Down, EventQueue, Up, Uplink, UplinkEvent
 log = logging.getLogger("icvq.pipeline")
 
 Observer = Callable[[list[Record]], None]
+# A batch the broker refuses is dropped (counted `rejected.<code>`) after MAX_REJECTIONS refusals spread over at
+# least REJECT_DROP_AFTER_S: between refusals all sending holds 1 s doubling to 60 s, so an ACL or auth hiccup
+# of a few minutes (a broker restarting with its ACL file half written) loses nothing; a vehicle the broker
+# never accepts drops each batch after ~10 min instead of filling its spool.
 MAX_REJECTIONS = 5
+REJECT_DROP_AFTER_S = 600.0
 NO_MATCHING_SUBSCRIBERS = 0x10
 HOLD_MIN_S, HOLD_MAX_S = 1.0, 60.0
 
@@ -73,7 +78,7 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self._inflight: dict[int, float] = {}          # seq -> publish time
         self._mids: dict[tuple[int, int], int] = {}    # (generation, mid) -> seq
-        self._rejections: dict[int, int] = {}
+        self._rejections: dict[int, tuple[int, float]] = {}  # seq → (refusals, monotonic time of the first)
         # The connection generation whose Up event we processed: publishing waits for it, because paho
         # reports "connected" (CONNACK) before our Up event arrives, and that event resets the window.
         self._live_gen: int | None = None
@@ -85,7 +90,8 @@ class Pipeline:
         self.no_subscribers_since: float | None = None   # wall clock of the first 0x10 of the current run
         # The broker refusing our batches (PUBACK >= 0x80, e.g. 0x87 not authorized: an ACL or a certificate
         # whose CN is not vehicle.id): (reason code, wall clock of the first refusal since the last success).
-        # Refused batches are dropped after MAX_REJECTIONS, so health calls it failing (agent/health.py).
+        # Refused batches are dropped after MAX_REJECTIONS over REJECT_DROP_AFTER_S, so health calls it failing
+        # (agent/health.py).
         self.refusing: tuple[int, float] | None = None
         self._flush_requested = False
         self._intake_since = time.monotonic()  # when the oldest record in the intake arrived
@@ -252,6 +258,13 @@ class Pipeline:
             log.warning("broker has no subscriber for our batches (PUBACK 0x10); holding them and retrying")
         if self.no_subscribers_since is None:
             self.no_subscribers_since = time.time()
+        self._hold()
+
+    def _hold(self) -> None:
+        """Hold all sending for a growing while (1 s doubling to 60 s; a success resets it). Once per round: the
+        window's other batches answered in the same round do not double it again."""
+        if time.monotonic() < self._hold_until:
+            return
         self._hold_s = min(HOLD_MAX_S, max(HOLD_MIN_S, self._hold_s * 2))
         self._hold_until = time.monotonic() + self._hold_s
 
@@ -263,12 +276,19 @@ class Pipeline:
             return
         if self.refusing is None or self.refusing[0] != code:
             self.refusing = (code, time.time())
-        n = self._rejections[seq] = self._rejections.get(seq, 0) + 1
-        if n >= MAX_REJECTIONS:
-            # Stated policy (docs/wire-format.md): a batch the broker refuses 5 times is dropped and counted.
-            log.error("broker refused batch %d %d times (reason %#x); dropping it", seq, n, code)
+            log.error("broker refuses our batches (reason %#x); holding them and retrying, each dropped after %d "
+                      "refusals over %.0f min", code, MAX_REJECTIONS, REJECT_DROP_AFTER_S / 60)
+        now = time.monotonic()
+        n, first = self._rejections.get(seq, (0, now))
+        self._rejections[seq] = (n + 1, first)
+        if n + 1 >= MAX_REJECTIONS and now - first >= REJECT_DROP_AFTER_S:
+            # Stated policy (docs/wire-format.md "Acknowledgement"): dropped and counted.
+            log.error("broker refused batch %d %d times in %.0f s (reason %#x); dropping it", seq, n + 1,
+                      now - first, code)
             self.spool.drop_batch(seq, f"rejected.{code:#x}")
             self._rejections.pop(seq, None)
+        else:
+            self._hold()
 
     def _send(self) -> None:
         up = self.uplink

@@ -147,6 +147,10 @@ def check_secret(path: str, key: str, *, owner: bool = True) -> os.stat_result |
 def read_password(path: str, key: str = "uplink.password_file") -> str:
     """The first line of a private password file (CR/LF stripped); refuses unsafe or empty files."""
     check_secret(path, key)
+    return _first_line(path, key)
+
+
+def _first_line(path: str, key: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             line = f.readline()
@@ -161,8 +165,11 @@ def read_password(path: str, key: str = "uplink.password_file") -> str:
 
 
 def check_secrets(password_file: str, tls_key: str) -> None:
-    """--check-config's view: every configured secret file is private (modes only; does not read them)."""
+    """--check-config's view: every configured secret file is private; the password file's first line is read
+    only where this user may (a field engineer checking the agent's config usually may not)."""
     if password_file:
         check_secret(password_file, "uplink.password_file", owner=False)
+        if os.access(password_file, os.R_OK):
+            _first_line(password_file, "uplink.password_file")
     if tls_key:
         check_secret(tls_key, "uplink.tls.key", owner=False)

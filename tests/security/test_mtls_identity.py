@@ -242,10 +242,11 @@ def test_refused_certificate_is_explained_in_log_and_status(tmp_path: Path, rig:
 
 def test_agent_whose_certificate_names_another_vehicle_says_it_is_refused(tmp_path: Path, rig: Rig) -> None:
     """The likeliest misprovisioning: vehicle.id VIN-B, certificate VIN-A. The broker refuses every batch
-    (0x87) and the agent drops each after 5 refusals; `icvq status` must say failing and why, not healthy."""
+    (0x87) and the agent holds them (each dropped after 5 refusals over 10 min); `icvq status` must say failing and
+    why, not healthy."""
     agent = agent_for(tmp_path, rig, "VIN-A", "VIN-B")
     try:
-        agent.wait_log("broker refused batch", 30)
+        agent.wait_log("broker refuses our batches (reason 0x87)", 30)
         deadline = time.monotonic() + 20
         while True:
             verdict = status_of(tmp_path)["verdict"]

@@ -120,6 +120,10 @@ def test_empty_missing_and_non_regular_password_files_are_refused(tmp_path: Path
                         (str(tmp_path), "not a regular file")):
         with pytest.raises(ConfigError, match=words):
             private.read_password(path)
+    # check-config reads the first line too where it may: an empty password fails there, not first at connect.
+    with pytest.raises(ConfigError, match="empty"):
+        private.check_secrets(secret(tmp_path, "\nsecond\n"), "")
+    private.check_secrets(secret(tmp_path, "pw\n"), "")
 
 
 def test_systemd_credentials_are_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
