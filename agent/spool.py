@@ -703,8 +703,11 @@ class Spool:
             log.debug("checkpoint deferred: %s", e)
 
     def _headroom_blocks(self) -> bool:
-        """Recompute the cap from the file system's free space; True if it leaves no room to write at all."""
-        if not self.on_disk or self.min_free_bytes <= 0:
+        """Recompute the cap from the file system's free space; True if it leaves no room to write at all.
+        Also with min_free_bytes = 0: a cap larger than the partition once let the spool fill the disk with
+        an uncheckpointed WAL (its share of the cap being larger than the disk), and then nothing, not even
+        the checkpoint, could be written: the records on disk never left although the broker was back."""
+        if not self.on_disk:
             return False
         free = spool_disk.free_bytes(self.path.parent)
         if free is None:

@@ -48,3 +48,32 @@ def test_a_small_cap_holds_while_filling_and_while_draining(mount: Mount, broker
         if rec is not None:
             rec.stop()
         rig.close()
+
+
+def test_a_cap_larger_than_its_partition_without_headroom_still_drains(mount: Mount, broker: Mosquitto) -> None:
+    """max_mib 64 on a 1 MiB partition with min_free_mib = 0: the spool filled the disk itself, all of it in
+    the WAL (never checkpointed: its share of a 64 MiB cap is 4 MiB), so no write could go through — not
+    even the checkpoint that needs room in the database file — and the records on disk never left, though
+    the broker was back. The cap follows the file system's free space with no headroom too."""
+    fs = mount("1m")
+    broker.kill()
+    rig = Rig(fs, broker.port, 64.0, max_batch_kib=96)
+    rec: Recorder | None = None
+    try:
+        for _ in range(150):
+            rig.pump(40)
+        assert rig.spool.n_records > 0
+        rec = Recorder(broker.start().port).start()
+        deadline = time.monotonic() + 60
+        while rig.spool.n_records and time.monotonic() < deadline:
+            rig.pump(1)        # records keep coming, as on a car
+            time.sleep(0.02)
+        assert not rig.spool.n_records, f"records stuck on disk: {rig.spool.stats()}"
+        rig.drain()
+        got = delivered(rec)
+        assert len({r.data["i"] for r in got}) == len(got), "a record arrived under two identities"
+        assert len(got) + sum(rig.spool.drops.values()) == rig.sent
+    finally:
+        if rec is not None:
+            rec.stop()
+        rig.close()
