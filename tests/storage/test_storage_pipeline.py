@@ -80,6 +80,14 @@ def delivered(rec: Recorder) -> list[Record]:
     return [r for b in rec.unique().values() for r in b.records if r.name.startswith("test.")]
 
 
+def drain_and_balance(rig: Rig, rec: Recorder) -> None:
+    """Drain to the broker; then every record sent arrived once, under one identity, or is counted as dropped."""
+    rig.drain()
+    got = delivered(rec)
+    assert len({r.data["i"] for r in got}) == len(got), "a record arrived under two identities"
+    assert len(got) + sum(rig.spool.drops.values()) == rig.sent
+
+
 @pytest.fixture
 def rig_factory() -> Iterator[Any]:
     rigs: list[Rig] = []
@@ -107,10 +115,7 @@ def test_self_fill_stays_under_the_cap_and_every_record_is_delivered_or_counted(
     assert rig.spool.trouble is None and rig.spool.drops.get("spool_full.metric", 0) > 0
     rec = Recorder(broker.start().port).start()
     try:
-        rig.drain()
-        got = delivered(rec)
-        assert len({r.data["i"] for r in got}) == len(got), "a record arrived under two identities"
-        assert len(got) + sum(rig.spool.drops.values()) == rig.sent
+        drain_and_balance(rig, rec)
     finally:
         rec.stop()
         rig.close()
@@ -171,9 +176,7 @@ def test_headroom_is_kept_while_another_writer_fills_the_disk(mount: Mount, brok
     assert rig.spool.trouble is not None and rig.spool.trouble.state == "low_headroom"
     rec = Recorder(broker.start().port).start()
     try:
-        rig.drain()
-        got = delivered(rec)
-        assert len(got) + sum(rig.spool.drops.values()) == rig.sent
+        drain_and_balance(rig, rec)
     finally:
         rec.stop()
         rig.close()
