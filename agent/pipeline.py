@@ -127,6 +127,9 @@ class Pipeline:
             self._wake.set()
 
     def request_flush(self) -> None:
+        # Whoever asks (`icvq flush`) has usually just fixed what held the batches (the backend is back, the ACL
+        # mended): one try now instead of after the hold (up to 60 s); if it is still refused, the hold resumes.
+        self._hold_until = 0.0
         self._flush_requested = True
         self._wake.set()
 

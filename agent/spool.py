@@ -167,6 +167,7 @@ class Spool:
         self.max_record_bytes = max_record_bytes
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._db: sqlite3.Connection | None = None
+        self._fs_full = False  # the headroom check saw the file system full (spool_low_headroom says so)
         self._mem = MemoryQueue(memory_max_records)
         self._trouble: SpoolTrouble | None = None
         self._blocked = False                   # writes go to memory (all trouble states but low_headroom)
@@ -736,7 +737,17 @@ class Spool:
             # verdict must say so; the detail names the headroom.
             self._block(DISK_FULL, f"no room left above the headroom: {detail}")
             return True
-        if squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9:
+        # A full file system with room left inside the spool's own file: writes go on (evicting by priority
+        # once that room is used), but the files cannot grow by even one commit, so say it now, not when a
+        # write fails (which depends on how much of the WAL happens to be reusable).
+        # Said below 16 pages free, unsaid above 256: a checkpoint that truncates the WAL frees a little and
+        # must not make the reason flap.
+        fs_full = free < (256 if self._fs_full else 16) * self._page_size
+        self._fs_full = fs_full
+        if fs_full and not (squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9):
+            detail = (f"file system full ({free // 1024} KiB free): the spool reuses its own "
+                      f"{held_by_file / 2**20:.2f} MiB file and cannot grow")
+        if fs_full or (squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9):
             self._set_trouble(LOW_HEADROOM, detail)
         elif self._trouble is not None and self._trouble.state == LOW_HEADROOM and not self._blocked:
             log.warning("spool headroom restored: %s", detail)
