@@ -744,10 +744,11 @@ class Spool:
         # must not make the reason flap.
         fs_full = free < (256 if self._fs_full else 16) * self._page_size
         self._fs_full = fs_full
-        if fs_full and not (squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9):
+        near_cap = squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9
+        if fs_full and not near_cap:
             detail = (f"file system full ({free // 1024} KiB free): the spool reuses its own "
                       f"{held_by_file / 2**20:.2f} MiB file and cannot grow")
-        if fs_full or (squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9):
+        if fs_full or near_cap:
             self._set_trouble(LOW_HEADROOM, detail)
         elif self._trouble is not None and self._trouble.state == LOW_HEADROOM and not self._blocked:
             log.warning("spool headroom restored: %s", detail)

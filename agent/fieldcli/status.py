@@ -113,8 +113,8 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
 
 
 def _sources(p: dict[str, Any]) -> str:
-    """A probe's own inputs (display: framebuffer, drm, heartbeat, ...). The probe stays ok while one is down (it
-    retries it), so this line is where a missing DRM helper or card shows, with why."""
+    """A probe's own inputs (display: framebuffer, drm, heartbeat, ...), each up or DOWN with why: the probe's
+    `degraded` says that one is down, this line says which (a missing DRM helper, a card gone)."""
     s = ", ".join(name + (" up" if state == "up" else f" DOWN ({str(state).removeprefix('down: ')})")
                   for name, state in sorted(p["sources"].items()))
     return s + (f"; frame {p['framebuffer']}" if p.get("framebuffer") else "")
