@@ -20,7 +20,8 @@ oldest events, then the oldest sealed batches, every drop counted by reason and 
 
 When the disk is full, read-only, or the spool cannot be opened at all, the spool is *degraded*: records wait
 in memory (spool_memory, bounded, same eviction order), are sealed there under a sid of their own and sent,
-and go back to disk once it works (retried every RETRY_DISK_S). `trouble` says what is wrong, since when.
+and go back to disk once it works (retried every RETRY_DISK_S, checkpointing first: on a disk the WAL
+filled, no commit and so no checkpoint would come again). `trouble` says what is wrong, since when.
 At close a small preallocated reserve file is given back if the disk is full, so the clean-shutdown mark and
 the count of whatever could not be written still reach the disk. When even that fails (read-only or
 unopenable spool, broker down) the count goes to a small fallback file instead (spool_ledger), reported by
@@ -552,8 +553,6 @@ class Spool:
         self._blocked = False
         self.last_disk_error = ""
         self._trouble = None
-        if self.on_disk and not self._has_reserve:
-            self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
 
     # ------------------------------------------------------------------------------------------ write
     def put(self, records: Iterable[Record]) -> None:
@@ -595,11 +594,36 @@ class Spool:
                                   f"cannot open {self.path}: {e}")
                 return False
             log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
+        if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM):
+            self._make_room()
         n = self._mem.n_records
         if self._write_all(self._mem.take()):
             self._unblock(n)
             return True
         return False
+
+    def _make_room(self) -> None:
+        """Before writing again on a full disk: checkpoint the WAL and truncate it, giving back the reserve if
+        the checkpoint itself needs room in the database file. Checkpoints otherwise follow a commit, and on a
+        disk filled by the spool's own WAL no commit went through again: the retry failed every 5 s for good
+        while the records on disk waited (seen on a 1 MiB partition with a 64 MiB cap). The reserve is
+        re-made once the file system has room for it and the WAL's share (_headroom_blocks)."""
+        if not self.on_disk or self._db is None:
+            return
+        for attempt in range(2):
+            try:
+                busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy and frames == done:
+                    return
+                why = f"{done} of {frames} WAL frames checkpointed"
+            except sqlite3.Error as e:
+                why = str(e)
+            if attempt or not self._has_reserve or not spool_disk.release_reserve(self.path):
+                log.debug("checkpoint on a full disk incomplete: %s", why)
+                return
+            self._has_reserve = False
+            log.warning("disk full (%s); released the %d KiB reserve so the spool can checkpoint and drain", why,
+                        self.budget.reserve // 1024)
 
     def _write_all(self, records: list[Record], bodies: list[bytes] | None = None) -> bool:
         """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
@@ -702,6 +726,8 @@ class Spool:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as e:
             log.debug("checkpoint deferred: %s", e)
+            if _classify(e) == DISK_FULL:
+                self._make_room()     # or every later commit grows the WAL until nothing can be written
 
     def _headroom_blocks(self) -> bool:
         """Recompute the cap from the file system's free space; True if it leaves no room to write at all.
@@ -716,7 +742,9 @@ class Spool:
         mine = spool_disk.disk_bytes(self.path)
         allowed = min(self.max_bytes, mine + free - self.min_free_bytes)
         squeezed = allowed < self.max_bytes
-        eff = spool_disk.Budget.for_cap(allowed, self.budget.reserve) if squeezed else self.budget
+        # A reserve given back (_make_room) is not on the disk: counting it would leave the database no room.
+        reserve = self.budget.reserve if self._has_reserve else 0
+        eff = spool_disk.Budget.for_cap(allowed, reserve) if squeezed else self.budget
         # Pages the database file already has cost the file system nothing more: evicting below them would
         # throw data away for no free byte (the file does not shrink). The squeeze stops growth instead.
         try:
@@ -742,6 +770,11 @@ class Spool:
         # write fails (which depends on how much of the WAL happens to be reusable).
         # Said below 16 pages free, unsaid above 256: a checkpoint that truncates the WAL frees a little and
         # must not make the reason flap.
+        if not self._has_reserve and free - eff.wal_limit * 2 - spool_disk.SHM_BYTES > self.budget.reserve:
+            # Given back on a full disk (_make_room, or at start): taken again only with room beside it for
+            # the WAL's share, or it would take back what the spool needs to drain.
+            self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
+            free = spool_disk.free_bytes(self.path.parent) or 0
         fs_full = free < (256 if self._fs_full else 16) * self._page_size
         self._fs_full = fs_full
         near_cap = squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9
