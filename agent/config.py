@@ -246,6 +246,45 @@ def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
     return default
 
 
+def _probe_configs(names: list[str], probes_data: Mapping[str, Any], org: Origin, errors: list[ConfigError],
+                   lean: bool) -> dict[str, Any]:
+    """Each probe's Config, built from its table. `lean`: a disabled probe's is replaced by a DisabledProbe and
+    its modules unloaded before the next probe's are imported, so start-up holds one probe's settings at a
+    time, not all three (issue 13: that peak stayed resident as free pymalloc pools, agent/disabled.py)."""
+    probes: dict[str, Any] = {}
+    loaded_before = set(sys.modules)
+    for name in names:
+        table = probes_data.get(name, {})
+        if not isinstance(table, Mapping):
+            errors.append(ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}")))
+            continue
+        built = _probe_config(name, table, org, errors)
+        if built is None:
+            continue
+        if lean and not getattr(built, "enabled", True):
+            built = disabled.DisabledProbe(built)  # the last reference to the full Config: unload can free it
+            disabled.unload(name, loaded_before)
+        probes[name] = built
+    return probes
+
+
+def _probe_config(name: str, table: Mapping[str, Any], org: Origin, errors: list[ConfigError]) -> Any:
+    """One probe's Config (None if its table is wrong). A function of its own so that nothing of the probe's
+    module stays referenced from a frame once it returns."""
+    mod = probe_module(name)
+    built = collecting(errors, lambda: build(mod.Config, table, path=f"probes.{name}", origin=org))
+    if built is None:
+        return None
+    # Checks beyond structure (a CAN map against its DBC), so --check-config catches what start would.
+    check = getattr(mod, "check", None)
+    if callable(check):
+        try:
+            check(built)
+        except ConfigError as e:
+            errors.extend(ConfigError(x.message, key=x.key, source=x.source or org(x.key)) for x in e.errors)
+    return built
+
+
 def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
                  sources: tuple[str, ...] = (), lean: bool = False, require_vehicle: bool = True) -> AgentConfig:
     """Build and validate; goes on after an error and raises them all (ConfigErrors when several)."""
@@ -267,26 +306,7 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
         if key not in names:
             errors.append(ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
                                       source=org(f"probes.{key}")))
-    probes: dict[str, Any] = {}
-    loaded_before = set(sys.modules)
-    for name in names:
-        table = probes_data.get(name, {})
-        if not isinstance(table, Mapping):
-            errors.append(ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}")))
-            continue
-        mod = probe_module(name)
-        built = collecting(errors, lambda mod=mod, table=table, name=name:  # type: ignore[misc]
-                           build(mod.Config, table, path=f"probes.{name}", origin=org))
-        if built is None:
-            continue
-        probes[name] = built
-        # Checks beyond structure (a CAN map against its DBC), so --check-config catches what start would.
-        check = getattr(mod, "check", None)
-        if callable(check):
-            try:
-                check(built)
-            except ConfigError as e:
-                errors.extend(ConfigError(x.message, key=x.key, source=x.source or org(x.key)) for x in e.errors)
+    probes = _probe_configs(names, probes_data, org, errors, lean)
 
     def section(name: str, cls: type) -> Any:
         table = data.get(name, {})
@@ -301,5 +321,4 @@ def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
     raise_collected(errors)
     if parts.get("vehicle") is None:  # only when a file failed to load (require_vehicle=False)
         raise ConfigError("required section is missing", key="vehicle", source=org("vehicle"))
-    kept = disabled.release(probes, loaded_before) if lean else probes
-    return AgentConfig(**parts, probes=MappingProxyType(kept), sources=sources)
+    return AgentConfig(**parts, probes=MappingProxyType(probes), sources=sources)

@@ -39,23 +39,18 @@ class DisabledProbe(Mapping[str, Any]):
         return self._redacted if redact else self._plain
 
 
-def release(probes: dict[str, Any], loaded_before: set[str]) -> dict[str, Any]:
-    """Replace each disabled probe's Config by a DisabledProbe and unload the modules that reading it loaded
-    (only those: a module someone imported before, e.g. a test, stays)."""
-    out: dict[str, Any] = {}
-    dropped = False
-    for name, cfg in probes.items():
-        if getattr(cfg, "enabled", True):
-            out[name] = cfg
-            continue
-        out[name] = DisabledProbe(cfg)
-        pkg = f"agent.probes.{name}"
-        for mod in [m for m in sys.modules if (m == pkg or m.startswith(pkg + ".")) and m not in loaded_before]:
-            del sys.modules[mod]
-            dropped = True
-        parent = sys.modules.get("agent.probes")
-        if parent is not None and pkg not in loaded_before and hasattr(parent, name):
-            delattr(parent, name)
+def unload(name: str, loaded_before: set[str]) -> None:
+    """Unload the modules of probe `name` that reading its config loaded (only those: a module someone
+    imported before, e.g. a test, stays), then collect them. The caller must hold no reference to the probe's
+    full Config any more: a Config still referenced keeps its class, and so its module's functions and dict,
+    alive through the collection; they then wait as garbage for the next full collection, which an idle daemon
+    may not run for hours (issue 13: ≈ 250 KiB of the display, link and CAN settings were held at idle)."""
+    pkg = f"agent.probes.{name}"
+    dropped = [m for m in sys.modules if (m == pkg or m.startswith(pkg + ".")) and m not in loaded_before]
+    for mod in dropped:
+        del sys.modules[mod]
+    parent = sys.modules.get("agent.probes")
+    if parent is not None and pkg not in loaded_before and hasattr(parent, name):
+        delattr(parent, name)
     if dropped:
         gc.collect()  # module dicts and classes sit in reference cycles
-    return out

@@ -10,7 +10,8 @@ floor of what the agent really imports, and reconnect after a broker outage.
 - reconnect: the daemon in-process, a persistent mosquitto killed and restarted (outages of 5-15 s, an event
   waiting); the delay from "broker accepts TCP again" to the first PUBACK, over N trials.
 
-`python -m tools.bench.lean [--quick]`
+`python -m tools.bench.lean [--quick] [--only rss]` (`--only rss` runs the RSS step alone, ~80 s, and prints its
+figures and the gap per mapping: what to run before and after a memory change)
 """
 
 from __future__ import annotations
@@ -292,6 +293,14 @@ def bench_reconnect(tmp: Path, trials: int) -> dict[str, Any]:
             "mean_s": statistics.mean(delays), "connections": reasons}
 
 
+def rss_text(rss: dict[str, Any]) -> str:
+    """The RSS step's figures on their own (`--only rss`)."""
+    return (f"VmRSS agent / floor: {rss['agent_rss_mib']:.2f} / {rss['floor_rss_mib']:.2f} MiB = {rss['rss_ratio']:.3f}\n"
+            f"PSS agent / floor: {rss['agent_pss_mib']:.2f} / {rss['floor_pss_mib']:.2f} MiB = {rss['pss_ratio']:.3f}\n"
+            f"floor modules: {rss['floor_modules']}; old floor VmRSS {rss['old_floor_rss_mib']:.2f} MiB\n"
+            f"gap per mapping (KiB): {', '.join(f'{k} {v:+d}' for k, v in rss['gap_kib'])}")
+
+
 def markdown(ev: dict[str, Any], idle: dict[str, Any], idle_nobb: dict[str, Any], rss: dict[str, Any],
              rc: dict[str, Any], cmd: str) -> str:
     threads = "\n".join(f"| {name} | {v[0]:.2f} | {v[1]:.2f} | {idle_nobb['threads'].get(name, (0.0, 0.0))[0]:.2f} |"
@@ -329,9 +338,13 @@ Idle, per thread ({idle['window_s']:.0f} s window; context switches per second, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench.lean", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer events and trials, shorter windows (smoke run)")
+    ap.add_argument("--only", choices=["rss"], help="run one step alone and print its figures")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.only == "rss":
+            print(rss_text(bench_rss(tmp, 10 if args.quick else 20)))
+            return 0
         ev = bench_event_latency(tmp, 30 if args.quick else 200)
         idle = bench_idle(tmp, 30 if args.quick else 120, blackbox=True)
         idle_nobb = bench_idle(tmp, 30 if args.quick else 120, blackbox=False)
