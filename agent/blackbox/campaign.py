@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..records import Kind
+from .campaign_types import CampaignError, Identity
 from .settings import CHANNELS
 from .triggers import OPS, Condition, Trigger
 
@@ -39,12 +40,6 @@ WHERE_KEYS = {"field", "op", "value"}
 TARGET_KEYS = {"fleets", "vehicles", "devices", "software"}
 
 
-class CampaignError(ValueError):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
-
-
 @dataclass(frozen=True)
 class Campaign:
     id: str
@@ -60,14 +55,6 @@ class Campaign:
         if self.start is not None and now_wall < self.start:
             return "scheduled"
         return "active"
-
-
-@dataclass(frozen=True)
-class Identity:
-    fleet: str
-    vehicle: str
-    device: str
-    software: Mapping[str, str]     # component → version, including "agent"
 
 
 def _t(v: Any, key: str) -> float:

@@ -18,16 +18,28 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..counters import Counters
 from . import campaign_store
-from .campaign import Campaign, CampaignError, Identity, parse, summary, targets, validate
+from .campaign_types import CampaignError, Identity
 from .triggers import Trigger
+
+if TYPE_CHECKING:
+    from .campaign import Campaign
 
 log = logging.getLogger("icvq.blackbox")
 
 Send = Callable[[str, bytes], bool]
+
+
+def schema() -> ModuleType:
+    """The campaign document's schema and parser, imported on first use: only when a campaign arrives, is
+    restored or listed (issue 13: ~60 KiB an idle car without campaigns does not hold)."""
+    from . import campaign
+
+    return campaign
 
 
 def topics(prefix: str, fleet: str, vehicle: str, device: str) -> tuple[list[str], str]:
@@ -63,7 +75,7 @@ class Campaigns:
         now = self.wall()
         for doc in campaign_store.load(self.path):
             try:
-                c = validate(doc, window_s=self.window_s, now_wall=now)
+                c = schema().validate(doc, window_s=self.window_s, now_wall=now)
             except CampaignError as e:
                 log.error("stored campaign refused on restore (%s); dropping it", e)
                 continue
@@ -101,7 +113,7 @@ class Campaigns:
             return
         now = self.wall()
         try:
-            c = parse(payload, window_s=self.window_s, now_wall=now)
+            c = schema().parse(payload, window_s=self.window_s, now_wall=now)
             if c.id != topic_id:
                 raise CampaignError("id", f"{c.id!r} does not match the topic's {topic_id!r}")
         except CampaignError as e:
@@ -109,7 +121,7 @@ class Campaigns:
             log.warning("campaign on %s rejected: %s", topic, e)
             self._ack(topic_id, None, "rejected", str(e))
             return
-        reason = targets(c, self.me)
+        reason = schema().targets(c, self.me)
         with self._lock:
             old = self._by_id.get(c.id)
             if old is not None and old.doc == c.doc:
@@ -171,7 +183,7 @@ class Campaigns:
     def active(self) -> list[dict[str, Any]]:
         now = self.wall()
         with self._lock:
-            return [summary(c, now) for c in self._by_id.values()]
+            return [schema().summary(c, now) for c in self._by_id.values()]
 
     def _commit(self, new: dict[str, Campaign]) -> bool:
         """Persist `new`, then make it current (caller holds the lock). False, with nothing changed, when the

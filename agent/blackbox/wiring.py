@@ -18,8 +18,8 @@ from ..clock import Clock
 from ..config import AgentConfig
 from ..records import Record
 from . import campaign_store
-from .campaign import CampaignError, Identity, summary, validate
-from .campaigns import Campaigns, topics
+from .campaign_types import CampaignError, Identity
+from .campaigns import Campaigns, schema, topics
 from .recorder import BlackBox
 
 log = logging.getLogger("icvq.blackbox")
@@ -43,7 +43,7 @@ def stored_status(cfg: AgentConfig, now: float) -> dict[str, Any]:
     out = []
     for doc in campaign_store.load(path):
         try:
-            out.append(summary(validate(doc, window_s=bc.window_s, now_wall=now), now))
+            out.append(schema().summary(schema().validate(doc, window_s=bc.window_s, now_wall=now), now))
         except CampaignError:
             continue
     return {"enabled": True, "campaigns": out}
