@@ -60,8 +60,40 @@ bc = SimpleNamespace(enabled=True, campaigns=True, max_campaigns=4, campaigns_pa
                      window_s=60)
 result = [a["id"] for a in stored_status(SimpleNamespace(blackbox=bc), NOW)["campaigns"]]
 """),
+    # `icvq ping` (any request) on the control socket.
+    "control-request": ("agent.control_session", """
+import socket
+from types import SimpleNamespace
+from agent.control import ControlServer
+view = SimpleNamespace(cfg=SimpleNamespace(control=SimpleNamespace(socket=str(tmp / "control.sock"), group="")))
+srv = ControlServer(view, None)
+srv.start()
+try:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(str(tmp / "control.sock"))
+        c.sendall(b'{"cmd": "ping", "id": 7}\\n')
+        reply = json.loads(c.makefile("rb").readline())
+finally:
+    srv.stop()
+result = [reply["ok"], reply["id"]]
+"""),
+    # A batch decoded: the agent's only case is one the broker refused as too large (the spool unseals it).
+    "wire-decode": ("agent.wire_decode", """
+from agent import wire
+from agent.records import Kind, Record
+boot = "ab" * 16
+payload = wire.encode_batch(wire.BatchId("V", "hu", 1, boot, 3),
+                            [Record(Kind.EVENT, "e.x", 1_700_000_000_000, 5000, boot, True, {"a": 1})],
+                            compress="always")
+batch = wire.decode(payload)
+assert isinstance(batch, wire.Batch)
+result = [batch.id.seq, [r.name for r in batch.records], wire.to_json(batch)["kind"]]
+"""),
 }
 EXPECTED = {
+    "wire-decode": [3, ["e.x"], "batch"],
+    "control-request": [True, 7],
     "campaign-message": ["radar-w49"],
     "campaign-restore": ["radar-w49"],
     "campaign-stored-status": ["radar-w49"],
@@ -70,6 +102,32 @@ EXPECTED = {
 EPILOGUE = """
 print(json.dumps({"before": before, "after": LAZY in sys.modules, "result": result}))
 """
+
+LAZY = sorted({module for module, _ in CASES.values()})
+
+# The real daemon started in-process with the documented default config (a broker that is not there changes
+# nothing here), then stopped: none of the lazy modules may be loaded by start-up or its first seconds.
+IDLE = """
+import json, sys, tempfile, time
+from pathlib import Path
+from agent.config import load
+from agent.daemon import Daemon
+from tools.bench.peer import icvq_conf
+conf = icvq_conf(Path(tempfile.mkdtemp()), 1)
+d = Daemon(load(conf, lean=True), str(conf))
+d.start()
+time.sleep(1.0)
+loaded = sorted(m for m in json.loads(sys.argv[1]) if m in sys.modules)
+d.stop()
+print(json.dumps(loaded))
+"""
+
+
+def test_idle_daemon_leaves_them_unloaded() -> None:
+    out = subprocess.run([sys.executable, "-c", IDLE, json.dumps(LAZY)], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == []
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
