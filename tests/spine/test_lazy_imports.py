@@ -90,8 +90,25 @@ batch = wire.decode(payload)
 assert isinstance(batch, wire.Batch)
 result = [batch.id.seq, [r.name for r in batch.records], wire.to_json(batch)["kind"]]
 """),
+    # An uplink with TLS: its context, built at every connect.
+    "tls-context": ("agent.tls_context", """
+from agent import tls
+from agent.config import TlsConfig
+ctx = tls.client_context(TlsConfig(min_version="1.3"))
+why = tls.classify("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+result = [ctx.minimum_version.name, why.code if why else None]
+"""),
+    # The client certificate's expiry, read at start and at every TLS connect.
+    "tls-cert-expiry": ("agent.tls_context", """
+from agent import tls
+from agent.config import TlsConfig
+(tmp / "client.pem").write_text("not a certificate")
+result = [tls.client_cert_not_after(TlsConfig(cert=str(tmp / "client.pem"), key=str(tmp / "client.key")))]
+"""),
 }
 EXPECTED = {
+    "tls-context": ["TLSv1_3", "broker_cert_untrusted"],
+    "tls-cert-expiry": [None],
     "wire-decode": [3, ["e.x"], "batch"],
     "control-request": [True, 7],
     "campaign-message": ["radar-w49"],
