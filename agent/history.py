@@ -7,7 +7,9 @@ group, so there is one small transaction per spool commit and none at all for me
 
 History is a convenience, not the data path: synchronous=NORMAL (a power cut may lose the last rows, never
 corrupt the file), and every write failure is counted and logged once, never raised into the pipeline.
-Pruned by age (max_days) and size (max_mib); either limit at 0 turns the history off.
+Pruned by age (max_days) and size (max_mib); either limit at 0 turns the history off. Reading (`icvq events`,
+the status's summary) lives in agent/history_query.py, reached through this module's names on first use: the
+idle daemon only writes (issue 13: idle RSS).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import logging
 import sqlite3
 import threading
 import time
-import urllib.parse
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import HistoryConfig
 from .private import private_db, private_dir
 from .records import Kind, Record
+
+if TYPE_CHECKING:
+    from .history_query import Query as Query
+    from .history_query import open_ro as open_ro
+    from .history_query import query as query
+    from .history_query import query_file as query_file
+    from .history_query import summary as summary
 
 log = logging.getLogger("icvq.history")
 
@@ -212,96 +218,13 @@ class History:
                 "last_error": self.last_error}
 
 
-# ------------------------------------------------------------------------------------------- reading
-@dataclass(frozen=True)
-class Query:
-    since_ms: int | None = None
-    until_ms: int | None = None
-    names: Sequence[str] = ()   # shell globs (SQLite GLOB: case-sensitive, * ? [..])
-    limit: int = 100
-    before_id: int | None = None  # paging: rows older than this id
+_READING = frozenset({"Query", "open_ro", "query", "query_file", "summary"})
 
 
-def open_ro(path: str | Path) -> tuple[sqlite3.Connection, str]:
-    """Open read-only without creating or changing any file: safe on a car whose daemon is down.
+def __getattr__(name: str) -> Any:
+    """`history.query_file` and the other reading names, from agent/history_query.py on first use (PEP 562)."""
+    if name in _READING:
+        from . import history_query
 
-    Returns (connection, note). A plain `mode=ro` open of a WAL database creates -wal and -shm files when
-    they are missing, owned by whoever runs `icvq` (root, often), and the agent could then not open its
-    own database. So: with both files present (the agent runs, or crashed) use them; with no -wal there is
-    nothing to merge and `immutable=1` reads the file alone; a -wal without -shm cannot be read without
-    creating one, so we read the checkpointed part only and say so.
-    """
-    p = Path(path).resolve()
-    if not p.exists():
-        raise FileNotFoundError(str(p))
-    uri = "file:" + urllib.parse.quote(str(p))
-    wal, shm = Path(f"{p}-wal").exists(), Path(f"{p}-shm").exists()
-    note = ""
-    if wal and shm:
-        mode = "?mode=ro"
-    else:
-        mode = "?mode=ro&immutable=1"
-        if wal:
-            note = "a write-ahead log without its index is left over: the newest rows may be missing"
-    db = sqlite3.connect(uri + mode, uri=True, timeout=2.0)
-    try:
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error:
-        db.close()
-        raise
-    return db, note
-
-
-def _row(r: tuple[Any, ...]) -> dict[str, Any]:
-    rid, wall_ms, boot, synced, kind, name, episode, data = r
-    try:
-        fields = json.loads(data)
-    except ValueError:
-        fields = {"raw": data}
-    out: dict[str, Any] = {"id": rid, "t": wall_ms / 1000, "type": Kind(kind).label, "name": name,
-                           "synced": bool(synced), "boot": boot}
-    if isinstance(fields, dict):
-        out["fields"] = fields
-    else:
-        out["value"] = fields
-    if episode is not None:
-        out["episode"] = episode
-    return out
-
-
-def query(db: sqlite3.Connection, q: Query) -> tuple[list[dict[str, Any]], bool]:
-    """Newest first, at most q.limit rows; the flag says whether older rows match too."""
-    where: list[str] = []
-    args: list[int] = []
-    if q.since_ms is not None:
-        where.append("wall_ms >= ?")
-        args.append(q.since_ms)
-    if q.until_ms is not None:
-        where.append("wall_ms < ?")
-        args.append(q.until_ms)
-    if q.before_id is not None:
-        where.append("id < ?")
-        args.append(q.before_id)
-    if q.names:
-        where.append("(" + " OR ".join("name GLOB ?" for _ in q.names) + ")")
-    params: list[Any] = [*args, *q.names, min(int(q.limit), MAX_QUERY) + 1]
-    limit = max(1, min(int(q.limit), MAX_QUERY))
-    params[-1] = limit + 1
-    sql = ("SELECT id, wall_ms, boot, synced, kind, name, episode, data FROM events"
-           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
-    rows = db.execute(sql, params).fetchall()
-    return [_row(r) for r in rows[:limit]], len(rows) > limit
-
-
-def query_file(path: str | Path, q: Query) -> tuple[list[dict[str, Any]], bool, str]:
-    db, note = open_ro(path)
-    try:
-        rows, more = query(db, q)
-    finally:
-        db.close()
-    return rows, more, note
-
-
-def summary(db: sqlite3.Connection) -> dict[str, Any]:
-    n, lo, hi = db.execute("SELECT COUNT(*), MIN(wall_ms), MAX(wall_ms) FROM events").fetchone()
-    return {"events": n, "oldest": lo / 1000 if lo else None, "newest": hi / 1000 if hi else None}
+        return getattr(history_query, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -105,8 +105,25 @@ from agent.config import TlsConfig
 (tmp / "client.pem").write_text("not a certificate")
 result = [tls.client_cert_not_after(TlsConfig(cert=str(tmp / "client.pem"), key=str(tmp / "client.key")))]
 """),
+    # `icvq events`: the local history read back (the status's summary and the offline reader use the same code).
+    "history-query": ("agent.history_query", """
+import time
+from agent import history
+from agent.config import HistoryConfig
+from agent.records import Kind, Record
+h = history.History(HistoryConfig(path=str(tmp / "h.db"), max_days=1))
+h.open()
+h([Record(Kind.EVENT, "e.x", int(time.time() * 1000), 0, "boot", True, {"a": 1})])
+rows, more, _ = history.query_file(tmp / "h.db", history.Query(names=("e.*",)))
+db, _ = history.open_ro(tmp / "h.db")
+n = history.summary(db)["events"]
+db.close()
+h.close()
+result = [[r["name"] for r in rows], more, n]
+"""),
 }
 EXPECTED = {
+    "history-query": [["e.x"], False, 1],
     "tls-context": ["TLSv1_3", "broker_cert_untrusted"],
     "tls-cert-expiry": [None],
     "wire-decode": [3, ["e.x"], "batch"],
