@@ -392,26 +392,32 @@ class Spool:
                       "shutdown.unwritable, not written", pending)
             return
         written = 0
-        try:
-            for b in self._unpersisted_batches():
-                with self._txn() as db:
-                    self._insert_held(db, [b])
-                    self._persist_drops(db, {"shutdown.unwritable": -b.n_records})
-                b.persisted = True
-                self.drops = self._merge(self.drops, {"shutdown.unwritable": -b.n_records})
-                written += b.n_records
-            while self._mem.n_records:
-                chunk = self._mem.take(500)
-                try:
-                    self._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
-                except sqlite3.Error:
-                    self._mem.add(chunk, front=True)
-                    raise
-                written += len(chunk)
-        except sqlite3.Error as e:
-            log.error("stopping with the spool not writable (%s): %d records written, %d counted as "
-                      "shutdown.unwritable", e, written, pending - written)
-            return
+        for attempt in range(2):
+            try:
+                for b in self._unpersisted_batches():
+                    with self._txn() as db:
+                        self._insert_held(db, [b])
+                        self._persist_drops(db, {"shutdown.unwritable": -b.n_records})
+                    b.persisted = True
+                    self.drops = self._merge(self.drops, {"shutdown.unwritable": -b.n_records})
+                    written += b.n_records
+                while self._mem.n_records:
+                    chunk = self._mem.take(500)
+                    try:
+                        self._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
+                    except sqlite3.Error:
+                        self._mem.add(chunk, front=True)
+                        raise
+                    written += len(chunk)
+                break
+            except sqlite3.Error as e:
+                # The mark and the tally are committed: the reserve may go to the records themselves now (they
+                # were counted lost with its 128 KiB unused beside them).
+                if attempt == 0 and self._give_back_reserve(f"stopping: {e}"):
+                    continue
+                log.error("stopping with the spool not writable (%s): %d records written, %d counted as "
+                          "shutdown.unwritable", e, written, pending - written)
+                return
         if pending:
             log.warning("stopping: %d records held in memory were written to the spool", written)
 
@@ -597,11 +603,25 @@ class Spool:
             log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
         if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM):
             self._make_room()
-        n = self._mem.n_records
-        if self._write_all(self._mem.take()):
-            self._unblock(n)
-            return True
+        for attempt in range(2):
+            n = self._mem.n_records
+            if self._write_all(self._mem.take()):
+                self._unblock(n)
+                return True
+            # The checkpoint went through but the write still found no room: the WAL it restarts is smaller than
+            # one transaction (a start on a full disk after kill -9: 514 records on disk and the broker up, stuck
+            # until space came back while the reserve's 128 KiB sat unused). Records on disk matter more.
+            if attempt or self._trouble is None or self._trouble.state != DISK_FULL or \
+                    not self._give_back_reserve("the retry could not write"):
+                return False
         return False
+
+    def _give_back_reserve(self, why: str) -> bool:
+        if not (self.on_disk and self._has_reserve and spool_disk.release_reserve(self.path)):
+            return False
+        self._has_reserve = False
+        log.warning("disk full (%s); released the %d KiB reserve", why, self.budget.reserve // 1024)
+        return True
 
     def _make_room(self) -> None:
         """Before writing again on a full disk: checkpoint the WAL and truncate it, giving back the reserve if

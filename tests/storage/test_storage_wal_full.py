@@ -123,3 +123,75 @@ def test_a_wal_larger_than_the_room_left_waits_for_space_as_one_disk_full_and_lo
         spool.put([])
     assert delivered + sum(spool.drops.values()) == sent
     spool.close()
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.rf = RecordFactory(SystemClock())
+        self.sent = 0
+        self.delivered = 0
+
+    def __call__(self, spool: Spool, n: int) -> None:
+        spool.put([self.rf.metric("test.m", {"i": self.sent + k, "pad": "p" * 60}) for k in range(n)])
+        self.sent += n
+
+
+def _full_disk_with_a_small_wal(fs: Path, put: Feed) -> tuple[Spool, Path]:
+    """A spool whose file has free pages (acknowledged batches deleted), reopened, then the disk filled: its
+    checkpoint needs no room, but a write needs a little more WAL than the file system has."""
+    spool = Spool(fs / "spool.db", 64 * 2**20)
+    spool.open()
+    for _ in range(50):
+        put(spool, 40)
+    for _ in range(8):
+        b = spool.seal(lambda boot, seq: wire.BatchId("V", "d", spool.sid, boot, seq), 16 * 1024)
+        assert b is not None
+        spool.ack([b.seq])
+        put.delivered += b.n_records
+    put(spool, 0)
+    spool.close()
+    spool = Spool(fs / "spool.db", 64 * 2**20)
+    spool.open()
+    put(spool, 5)
+    filler = fill(fs)
+    while not spool.degraded:
+        put(spool, 20)
+    assert spool.trouble is not None and spool.trouble.state == "disk_full"
+    assert spool_disk.reserve_path(fs / "spool.db").exists()
+    return spool, filler
+
+
+def test_a_retry_whose_write_finds_no_room_gives_back_the_reserve(mount: Mount) -> None:
+    """The checkpoint went through, the write did not: the retry failed every 5 s for good (seen after a kill -9
+    and a start on the still-full disk: 514 records on disk, the broker up) while the 128 KiB reserve sat
+    unused beside them."""
+    fs = mount("2m")
+    feed = Feed()
+    spool, filler = _full_disk_with_a_small_wal(fs, feed)
+    spool._last_disk_try -= 60              # the 5 s retry is due
+    feed(spool, 1)
+    assert not spool.degraded, spool.stats()
+    assert spool.memory_records == 0 and not spool_disk.reserve_path(fs / "spool.db").exists()
+    spool.close()
+    filler.unlink()
+    spool = Spool(fs / "spool.db", 64 * 2**20)
+    assert spool.open() == "clean"
+    assert feed.delivered + spool.n_records + sum(spool.drops.values()) == feed.sent
+    spool.close()
+
+
+def test_a_stop_on_a_full_disk_writes_memory_with_the_reserve_once_the_mark_is_in(mount: Mount) -> None:
+    """Stopping while degraded: the clean mark and the tally went in without the reserve, then the records in
+    memory found no room and were counted `shutdown.unwritable`, the reserve unused beside them."""
+    fs = mount("2m")
+    feed = Feed()
+    spool, filler = _full_disk_with_a_small_wal(fs, feed)
+    feed(spool, 1000)                       # into memory; no retry is due
+    spool._make_room()                      # what the last retry did first: the WAL checkpointed, truncated
+    spool.close()
+    filler.unlink()
+    spool = Spool(fs / "spool.db", 64 * 2**20)
+    assert spool.open() == "clean"
+    assert "shutdown.unwritable" not in spool.drops, spool.drops
+    assert feed.delivered + spool.n_records + sum(spool.drops.values()) == feed.sent
+    spool.close()
