@@ -607,8 +607,17 @@ class Spool:
                                   f"cannot open {self.path}: {e}")
                 return False
             log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
-        if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM):
-            self._make_room()
+        if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM) and self._make_room():
+            # No write can go through (each one adds to the WAL): records stay in memory, where they are sealed
+            # and sent, instead of flipping to disk and back every 5 s (a write fitted now and then into what a
+            # failed one left of the WAL; its records then waited on disk, two log lines and a new `since` a
+            # retry) — the extreme case: the WAL holds more new pages than the free space and reserve together.
+            wal = 0
+            with contextlib.suppress(OSError):
+                wal = Path(str(self.path) + "-wal").stat().st_size
+            self._block(DISK_FULL, f"no room to checkpoint the {wal // 1024} KiB WAL into the database file: "
+                                   f"{self.n_records} records and {self.n_batches} batches on disk wait for space")
+            return False
         for attempt in range(2):
             n = self._mem.n_records
             if self._write_all(self._mem.take()):
@@ -629,28 +638,31 @@ class Spool:
         log.warning("disk full (%s); released the %d KiB reserve", why, self.budget.reserve // 1024)
         return True
 
-    def _make_room(self) -> None:
+    def _make_room(self) -> bool:
         """Before writing again on a full disk: checkpoint the WAL and truncate it, giving back the reserve if
         the checkpoint itself needs room in the database file. Checkpoints otherwise follow a commit, and on a
         disk filled by the spool's own WAL no commit went through again: the retry failed every 5 s for good
         while the records on disk waited (seen on a 1 MiB partition with a 64 MiB cap). The reserve is
-        re-made once the file system has room for it and the WAL's share (_headroom_blocks)."""
+        re-made once the file system has room for it and the WAL's share (_headroom_blocks).
+        True if the checkpoint cannot go through for want of space, with no reserve left to give."""
         if not self.on_disk or self._db is None:
-            return
+            return False
         for attempt in range(2):
+            full = False
             try:
                 busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy and frames == done:
-                    return
+                    return False
                 why = f"{done} of {frames} WAL frames checkpointed"
             except sqlite3.Error as e:
-                why = str(e)
+                why, full = str(e), _classify(e) == DISK_FULL
             if attempt or not self._has_reserve or not spool_disk.release_reserve(self.path):
                 log.debug("checkpoint on a full disk incomplete: %s", why)
-                return
+                return full
             self._has_reserve = False
             log.warning("disk full (%s); released the %d KiB reserve so the spool can checkpoint and drain", why,
                         self.budget.reserve // 1024)
+        return False
 
     def _write_all(self, records: list[Record], bodies: list[bytes] | None = None) -> bool:
         """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
