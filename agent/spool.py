@@ -169,6 +169,7 @@ class Spool:
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._db: sqlite3.Connection | None = None
         self._fs_full = False  # the headroom check saw the file system full (spool_low_headroom says so)
+        self._near_cap = False  # ... or the spool near its squeezed cap
         self._mem = MemoryQueue(memory_max_records)
         self._trouble: SpoolTrouble | None = None
         self._blocked = False                   # writes go to memory (all trouble states but low_headroom)
@@ -337,6 +338,12 @@ class Spool:
         n, b = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records").fetchone()
         nb, bb = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM batches").fetchone()
         nh, hb = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM held").fetchone()
+        acked = list(self._acked)       # acknowledged, not yet deleted: they stopped counting at ack()
+        for i in range(0, len(acked), 500):
+            chunk = acked[i:i + 500]
+            k, kb = db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM batches "
+                               f"WHERE seq IN ({','.join('?' * len(chunk))})", chunk).fetchone()
+            nb, bb = nb - k, bb - kb
         self.n_records, self.n_batches = n, nb
         self.record_body_bytes = b
         self.bytes = b + bb + hb + (n + nb + nh) * ROW_OVERHEAD
@@ -391,26 +398,32 @@ class Spool:
                       "shutdown.unwritable, not written", pending)
             return
         written = 0
-        try:
-            for b in self._unpersisted_batches():
-                with self._txn() as db:
-                    self._insert_held(db, [b])
-                    self._persist_drops(db, {"shutdown.unwritable": -b.n_records})
-                b.persisted = True
-                self.drops = self._merge(self.drops, {"shutdown.unwritable": -b.n_records})
-                written += b.n_records
-            while self._mem.n_records:
-                chunk = self._mem.take(500)
-                try:
-                    self._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
-                except sqlite3.Error:
-                    self._mem.add(chunk, front=True)
-                    raise
-                written += len(chunk)
-        except sqlite3.Error as e:
-            log.error("stopping with the spool not writable (%s): %d records written, %d counted as "
-                      "shutdown.unwritable", e, written, pending - written)
-            return
+        for attempt in range(2):
+            try:
+                for b in self._unpersisted_batches():
+                    with self._txn() as db:
+                        self._insert_held(db, [b])
+                        self._persist_drops(db, {"shutdown.unwritable": -b.n_records})
+                    b.persisted = True
+                    self.drops = self._merge(self.drops, {"shutdown.unwritable": -b.n_records})
+                    written += b.n_records
+                while self._mem.n_records:
+                    chunk = self._mem.take(500)
+                    try:
+                        self._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
+                    except sqlite3.Error:
+                        self._mem.add(chunk, front=True)
+                        raise
+                    written += len(chunk)
+                break
+            except sqlite3.Error as e:
+                # The mark and the tally are committed: the reserve may go to the records themselves now (they
+                # were counted lost with its 128 KiB unused beside them).
+                if attempt == 0 and self._give_back_reserve(f"stopping: {e}"):
+                    continue
+                log.error("stopping with the spool not writable (%s): %d records written, %d counted as "
+                          "shutdown.unwritable", e, written, pending - written)
+                return
         if pending:
             log.warning("stopping: %d records held in memory were written to the spool", written)
 
@@ -594,36 +607,62 @@ class Spool:
                                   f"cannot open {self.path}: {e}")
                 return False
             log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
-        if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM):
-            self._make_room()
-        n = self._mem.n_records
-        if self._write_all(self._mem.take()):
-            self._unblock(n)
-            return True
+        if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM) and self._make_room():
+            # No write can go through (each one adds to the WAL): records stay in memory, where they are sealed
+            # and sent, instead of flipping to disk and back every 5 s (a write fitted now and then into what a
+            # failed one left of the WAL; its records then waited on disk, two log lines and a new `since` a
+            # retry) — the extreme case: the WAL holds more new pages than the free space and reserve together.
+            wal = 0
+            with contextlib.suppress(OSError):
+                wal = Path(str(self.path) + "-wal").stat().st_size
+            self._block(DISK_FULL, f"no room to checkpoint the {wal // 1024} KiB WAL into the database file: "
+                                   f"{self.n_records} records and {self.n_batches} batches on disk wait for space")
+            return False
+        for attempt in range(2):
+            n = self._mem.n_records
+            if self._write_all(self._mem.take()):
+                self._unblock(n)
+                return True
+            # The checkpoint went through but the write still found no room: the WAL it restarts is smaller than
+            # one transaction (a start on a full disk after kill -9: 514 records on disk and the broker up, stuck
+            # until space came back while the reserve's 128 KiB sat unused). Records on disk matter more.
+            if attempt or self._trouble is None or self._trouble.state != DISK_FULL or \
+                    not self._give_back_reserve("the retry could not write"):
+                return False
         return False
 
-    def _make_room(self) -> None:
+    def _give_back_reserve(self, why: str) -> bool:
+        if not (self.on_disk and self._has_reserve and spool_disk.release_reserve(self.path)):
+            return False
+        self._has_reserve = False
+        log.warning("disk full (%s); released the %d KiB reserve", why, self.budget.reserve // 1024)
+        return True
+
+    def _make_room(self) -> bool:
         """Before writing again on a full disk: checkpoint the WAL and truncate it, giving back the reserve if
         the checkpoint itself needs room in the database file. Checkpoints otherwise follow a commit, and on a
         disk filled by the spool's own WAL no commit went through again: the retry failed every 5 s for good
         while the records on disk waited (seen on a 1 MiB partition with a 64 MiB cap). The reserve is
-        re-made once the file system has room for it and the WAL's share (_headroom_blocks)."""
+        re-made once the file system has room for it and the WAL's share (_headroom_blocks).
+        True if the checkpoint cannot go through for want of space, with no reserve left to give."""
         if not self.on_disk or self._db is None:
-            return
+            return False
         for attempt in range(2):
+            full = False
             try:
                 busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy and frames == done:
-                    return
+                    return False
                 why = f"{done} of {frames} WAL frames checkpointed"
             except sqlite3.Error as e:
-                why = str(e)
+                why, full = str(e), _classify(e) == DISK_FULL
             if attempt or not self._has_reserve or not spool_disk.release_reserve(self.path):
                 log.debug("checkpoint on a full disk incomplete: %s", why)
-                return
+                return full
             self._has_reserve = False
             log.warning("disk full (%s); released the %d KiB reserve so the spool can checkpoint and drain", why,
                         self.budget.reserve // 1024)
+        return False
 
     def _write_all(self, records: list[Record], bodies: list[bytes] | None = None) -> bool:
         """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
@@ -634,7 +673,7 @@ class Spool:
             return False
         if bodies is None:      # records that waited in memory; encoded only now that they may be written
             bodies = [_body(r) for r in records]
-        chunk_bytes = max(4096, self.budget.wal_limit // 4)
+        chunk_bytes = max(4096, self._wal_limit // 4)   # the squeezed WAL's share: one chunk, one transaction
         i = 0
         first = True
         while first or i < len(records):
@@ -660,10 +699,12 @@ class Spool:
         held = self._unpersisted_batches() if persist_held else []
         with self._txn() as db:
             self._apply_acks(db)
+            cap = self._db_cap
+            dropped = self._room_for(db, min(need, cap) + sum(len(b.payload) + ROW_OVERHEAD for b in held))
             if held:
                 self._insert_held(db, held)
-            cap = self._db_cap
-            dropped = self._evict(self.bytes + need - cap, self._eviction) if self.bytes + need > cap else {}
+            if self.bytes + need > cap:
+                dropped = self._merge(dropped, self._evict(self.bytes + need - cap, self._eviction))
             if need > cap:
                 # A single put larger than the whole spool: keep the newest that fit.
                 keep, size = [], 0
@@ -695,6 +736,30 @@ class Spool:
             self.bytes += body + len(rows) * ROW_OVERHEAD
         self._held_changed = False
         self._after_commit()
+
+    def _room_for(self, db: sqlite3.Connection, need: int) -> dict[str, int]:
+        """Evict before inserting `need` bytes until the pages they take fit under the cap, free pages of the file
+        first. _fit_pages alone evicts after the insert: an insert that found no free page had grown the file
+        by then, and the squeezed cap follows the file (its pages cost nothing more). On a partition the spool
+        fills itself (max_mib 64, min_free_mib 0) the file crept 2-5 pages per eviction round until the file
+        system was full and the WAL held pages beyond the file's end: no checkpoint could write them, and the
+        spool stayed degraded with its records on disk, the broker up (1.5 MiB tmpfs, 2,269 records stuck)."""
+        ps = self._page_size
+        want = need * 5 // 4 // ps + 4      # row bytes to pages: B-tree slack, a split, overflow tails
+        dropped: dict[str, int] = {}
+        for _ in range(8):
+            count = db.execute("PRAGMA page_count").fetchone()[0]
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            # Pages the file would grow by, less what the cap still allows. Eviction frees pages, it never
+            # shrinks the file: a file already past the cap only must not grow further.
+            short = max(0, want - free) - max(0, self._db_cap // ps - count)
+            if short <= 0:
+                break
+            more = self._evict(short * ps, self._eviction)
+            if not more:
+                break
+            dropped = self._merge(dropped, more)
+        return dropped
 
     def _fit_pages(self, db: sqlite3.Connection) -> dict[str, int]:
         """Evict until the database's used pages fit its share of the cap: the real B-tree cost."""
@@ -777,13 +842,18 @@ class Spool:
             free = spool_disk.free_bytes(self.path.parent) or 0
         fs_full = free < (256 if self._fs_full else 16) * self._page_size
         self._fs_full = fs_full
-        near_cap = squeezed and self.bytes + 4 * self._page_size > self._db_cap * 0.9
+        # Said above 90 % of the squeezed cap, unsaid below 75 %: an eviction takes it to ~86 %, and a bare 90 %
+        # logged 'low headroom' and 'restored' every few commits (1.5 MiB partition, max_mib 64).
+        near_cap = squeezed and self.bytes + 4 * self._page_size > self._db_cap * (0.75 if self._near_cap else 0.9)
+        self._near_cap = near_cap
         if fs_full and not near_cap:
             detail = (f"file system full ({free // 1024} KiB free): the spool reuses its own "
                       f"{held_by_file / 2**20:.2f} MiB file and cannot grow")
-        if fs_full or near_cap:
+        if self._blocked:
+            pass    # disk full, read-only...: said already; low headroom in its place flipped it back every retry
+        elif fs_full or near_cap:
             self._set_trouble(LOW_HEADROOM, detail)
-        elif self._trouble is not None and self._trouble.state == LOW_HEADROOM and not self._blocked:
+        elif self._trouble is not None and self._trouble.state == LOW_HEADROOM:
             log.warning("spool headroom restored: %s", detail)
             self._trouble = None
         return False
@@ -830,6 +900,10 @@ class Spool:
             self._rollback()
             self._acked |= acked
             self._acked_held |= acked_held
+            # An eviction inside took its estimate off self.bytes; the rollback put the rows back (a full disk
+            # failing every write after one: `icvq status` showed the spool at -10.7 KiB).
+            with contextlib.suppress(sqlite3.Error):
+                self._recount()
             raise
         carried, self._ledger_in_txn = self._ledger_in_txn, False
         self._ledger_carried(carried)
@@ -953,11 +1027,12 @@ class Spool:
         ids = [row[0] for row in take]
         with self._txn():
             self._apply_acks(db)
-            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
-                       (seq, self._now_ms(), len(records), n_events, payload))
+            # Rows out first: the batch then takes the pages they leave, and does not grow a file at its cap.
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+                       (seq, self._now_ms(), len(records), n_events, payload))
             db.execute("UPDATE meta SET v = ? WHERE k = 'next_seq'", (str(seq + 1),))
         if self._held_changed:
             self._recount()

@@ -146,6 +146,18 @@ class _Client(mqtt.Client):
         finally:
             self._thread = None
 
+    def loop_stop(self) -> MQTTErrorCode:
+        """paho's loop_stop tests `self._thread` and then joins it, while a loop that ends by itself (the
+        broker closed the connection) sets it to None: in between, AttributeError ended our connection thread
+        and the agent never sent again (CI, a 1,000-car fleet run on a loaded machine). Held in a local."""
+        t = self._thread
+        if t is None:
+            return MQTTErrorCode.MQTT_ERR_INVAL
+        self._thread_terminate = True
+        if threading.current_thread() is not t:
+            t.join()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
 
 class Uplink:
     def __init__(self, cfg: UplinkConfig, vehicle: VehicleConfig, *, boot_id: str,
@@ -362,7 +374,14 @@ class Uplink:
         failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
-            code = self._one_connection()
+            try:
+                code = self._one_connection()
+            except Exception as e:
+                # Whatever the cause, the connection thread must not end: then nothing would be sent again
+                # for the rest of the drive while probes and spool went on. Back off as after a refusal.
+                log.exception("uplink: unexpected error in the connection loop")
+                self._note_error(f"internal error: {type(e).__name__}: {e}", "internal", logging.ERROR)
+                code = NO_CONNACK
             if self._stop.is_set():
                 break
             lasted = time.monotonic() - started

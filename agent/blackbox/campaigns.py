@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("icvq.blackbox")
 
 Send = Callable[[str, bytes], bool]
+WAITING_MAX = 16    # campaigns remembered while max_campaigns run (each ≤ 16 KiB)
 
 
 def schema() -> ModuleType:
@@ -69,6 +70,9 @@ class Campaigns:
         # stays on the broker and would come back at the next reconnect. Restored campaigns have none yet
         # (any removal applies) until their retained copy arrives again.
         self._topic_of: dict[str, str] = {}
+        # Refused only because max_campaigns run: offered again when one ends (its retained copy would
+        # otherwise come back only at the next reconnect, which on a parked car may be days). Bounded.
+        self._waiting: dict[str, tuple[str, bytes]] = {}
 
     # ------------------------------------------------------------------------------------------ boot
     def restore(self) -> None:
@@ -98,6 +102,8 @@ class Campaigns:
         topic_id = topic.rsplit("/", 1)[-1]
         if not payload:
             with self._lock:
+                if self._waiting.get(topic_id, ("", b""))[0] == topic:
+                    del self._waiting[topic_id]
                 gone = self._by_id.get(topic_id)
                 if gone and self._topic_of.get(topic_id, topic) != topic:
                     log.info("campaign %s: removal on %s ignored, it runs from %s", topic_id, topic,
@@ -110,6 +116,7 @@ class Campaigns:
                 log.info("campaign %s retired by the backend", topic_id)
                 self._publish_triggers()
                 self._ack(topic_id, gone.revision, "retired", "removed by the backend")
+                self._offer_waiting()
             return
         now = self.wall()
         try:
@@ -134,8 +141,12 @@ class Campaigns:
                 state = "retired" if old else "ignored"
             elif old is None and len(self._by_id) >= self.max_campaigns:
                 state, reason = "rejected", f"this agent runs at most {self.max_campaigns} campaigns"
+                if c.id in self._waiting or len(self._waiting) < WAITING_MAX:
+                    self._waiting[c.id] = (topic, payload)
+                    reason += "; it starts when one of them ends"
             else:
                 state = c.state(now)
+                self._waiting.pop(c.id, None)
             new = dict(self._by_id)
             if state in ("active", "scheduled"):
                 new[c.id] = c
@@ -153,6 +164,19 @@ class Campaigns:
             log.info("campaign %s %s: %s", c.id, state, reason)
         self._publish_triggers()
         self._ack(c.id, c.revision, state, reason or "")
+        if old is not None and state not in ("active", "scheduled"):
+            self._offer_waiting()
+
+    def _offer_waiting(self) -> None:
+        """A campaign ended: offer the slots to those refused at capacity, in the order they came."""
+        with self._lock:
+            free = self.max_campaigns - len(self._by_id)
+            offer = list(self._waiting.items())[:max(free, 0)]
+            for cid, _ in offer:
+                del self._waiting[cid]
+        for cid, (topic, payload) in offer:
+            log.info("campaign %s: a slot is free; applying it now", cid)
+            self._on_message(topic, payload)
 
     # ------------------------------------------------------------------------------------------ time
     def tick(self) -> None:
@@ -162,13 +186,19 @@ class Campaigns:
             ended = [c for c in self._by_id.values() if c.state(now) == "ended"]
             if ended and not self._commit({k: c for k, c in self._by_id.items() if c not in ended}):
                 ended = []  # retried next tick; triggers stay until the file agrees
-            changed = bool(ended) or any(c.start is not None and c.start <= now and c.id not in self._live
-                                         for c in self._by_id.values())
+            started = [c for c in self._by_id.values() if c.start is not None and c.start <= now
+                       and c.id not in self._live and c.state(now) == "active"]
         for c in ended:
             log.info("campaign %s retired: end date passed", c.id)
             self._ack(c.id, c.revision, "retired", "end date passed")
-        if changed:
+        if ended or started:
             self._publish_triggers()
+        for c in started:
+            # The backend heard "scheduled"; say when it began collecting, so `campaign list` need not guess.
+            log.info("campaign %s (revision %d) active: start time reached", c.id, c.revision)
+            self._ack(c.id, c.revision, "active", "start time reached")
+        if ended:
+            self._offer_waiting()
 
     # ----------------------------------------------------------------------------------------- views
     _live: frozenset[str] = frozenset()

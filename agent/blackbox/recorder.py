@@ -18,12 +18,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..clock import Clock
 from ..counters import Counters
 from ..records import Kind, Record, RecordFactory
-from . import columns
+from . import budget_store, columns
 from .ring import ContextRing
 from .settings import CHANNELS, BlackboxConfig
 from .sysread import ProcessScanner, SystemReader
@@ -56,7 +57,8 @@ class Pending:
 
 class BlackBox:
     def __init__(self, cfg: BlackboxConfig, clock: Clock, emit: Callable[[Record], None], *,
-                 system: SystemReader | None = None, scanner: ProcessScanner | None = None) -> None:
+                 system: SystemReader | None = None, scanner: ProcessScanner | None = None,
+                 budget_path: Path | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
         self.emit = emit
@@ -79,6 +81,12 @@ class BlackBox:
         self._last_procs = float("-inf")
         self._procs_now = False  # set by a trigger (pipeline thread): scan at the next turn
         self._taken: deque[float] = deque()  # when the snapshots of the last hour were triggered
+        self.budget_path = budget_path
+        if budget_path is not None:
+            b = budget_store.load(budget_path, clock.boot_id, clock.mono())
+            self._taken.extend(b.taken)
+            self.limiter.last.update(b.last)
+            self.limiter.taken.update(b.counts)
 
     # ------------------------------------------------------------------------------------ inputs
     def tap(self, channel: str, fields: Mapping[str, Any]) -> None:
@@ -117,6 +125,7 @@ class BlackBox:
         if not taken:
             return
         self._taken.append(now)
+        self._save_budget(hits)
         self._procs_now = True
         pre = max(t.pre_s for t in taken)
         post = max(t.post_s for t in taken)
@@ -127,6 +136,22 @@ class BlackBox:
         with self._lock:
             self._pending.append(p)
         self.counters.inc("triggered")
+
+    def _save_budget(self, hits: list[Trigger]) -> None:
+        if self.budget_path is None:
+            return
+        # Keys of triggers that no longer exist (a retired campaign) are forgotten; these hits are current.
+        live = {t.key for t in (*self.builtin, *self.campaign_triggers, *hits)}
+        lim = self.limiter
+        try:
+            budget_store.save(self.budget_path, self.clock.boot_id, self._taken,
+                              {k: v for k, v in lim.last.items() if k in live},
+                              {k: v for k, v in lim.taken.items() if k in live})
+        except OSError as e:
+            # A full or read-only disk: the budget still holds in memory for this run.
+            if not self.counters.snapshot().get("budget_unsaved"):
+                log.warning("snapshot budget not saved to %s (%s); it holds for this run only", self.budget_path, e)
+            self.counters.inc("budget_unsaved")
 
     # ------------------------------------------------------------------------------------ thread
     def start(self) -> None:

@@ -2,7 +2,8 @@
 
 `Parts` is built before the uplink (the uplink needs the campaign subscriptions at construction) and is a
 harmless null object when `[blackbox] enabled = false`: no thread, no subscription, `tap` does nothing.
-Campaigns are persisted beside the spool unless `campaigns_path` says otherwise.
+Campaigns are persisted beside the spool unless `campaigns_path` says otherwise, the snapshot budget
+beside them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def campaigns_path(cfg: AgentConfig) -> Path:
     return Path(bc.campaigns_path) if bc.campaigns_path else Path(cfg.spool.path).parent / "campaigns.json"
 
 
+def budget_path(cfg: AgentConfig) -> Path | None:
+    """Beside the campaigns (budget_store.py); none for a spool in memory, which keeps nothing on disk."""
+    return None if cfg.spool.path == ":memory:" else campaigns_path(cfg).with_name("blackbox-budget.json")
+
+
 def stored_status(cfg: AgentConfig, now: float) -> dict[str, Any]:
     """`icvq status` while the agent is down: the campaigns it will run, read from its file (read-only)."""
     bc = cfg.blackbox
@@ -54,7 +60,7 @@ class Parts:
                  send: Callable[[str, bytes], bool], software: Mapping[str, str] | None = None,
                  refresh_birth: Callable[[], bool] | None = None) -> None:
         bc = cfg.blackbox
-        self.box: BlackBox | None = BlackBox(bc, clock, emit) if bc.enabled else None
+        self.box: BlackBox | None = BlackBox(bc, clock, emit, budget_path=budget_path(cfg)) if bc.enabled else None
         self.campaigns: Campaigns | None = None
         self.subscriptions: tuple[str, ...] = ()
         self._refresh_birth: Callable[[], bool] | None = None

@@ -146,7 +146,7 @@ def _blackbox(bb: dict[str, Any], t: Callable[[float | None], str]) -> str:
         return f"campaigns: {bb['campaigns_error']}"
     c = bb.get("counters") or {}
     supp = sum(v for k, v in c.items() if k.startswith("suppressed."))
-    s = (f"ring {size((bb.get('ring') or {}).get('bytes'))}, {c.get('snapshots', 0)} snapshots sent"
+    s = (f"ring {size((bb.get('ring') or {}).get('bytes'))}, {c.get('snapshots', 0)} snapshots made"
          + (f", {supp} suppressed by rate limits" if supp else "") + "; ") if "ring" in bb else "(from disk) "
     camps = bb.get("campaigns") or []
     s += "campaigns: " + (", ".join(_campaign(x, t) for x in camps) if camps else "none")

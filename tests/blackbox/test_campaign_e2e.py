@@ -152,3 +152,5 @@ def test_campaign_lifecycle(tmp_path: Path, broker: Mosquitto) -> None:
     stored = json.loads((tmp_path / "campaigns.json").read_text())
     assert [c["id"] for c in stored["campaigns"]] == ["gpu-hangs"]
     assert oct((tmp_path / "campaigns.json").stat().st_mode & 0o777) == "0o600"
+    # The campaign's snapshot total went on across the restart (max_snapshots is a total, not per run).
+    assert json.loads((tmp_path / "blackbox-budget.json").read_text())["counts"]["campaign:gpu-hangs"] == 2

@@ -141,7 +141,7 @@ def test_manager_applies_persists_restores_and_retires(tmp_path: Path) -> None:
     later = _with("id", "later")
     later["start"] = NOW + 60
     assert h.put(later)["state"] == "scheduled"
-    assert h.put(_with("id", "third"))["reason"] == "this agent runs at most 2 campaigns"
+    assert h.put(_with("id", "third"))["reason"].startswith("this agent runs at most 2 campaigns")
     # A reboot without a broker: a new manager reads the file.
     h2 = Harness(tmp_path, clock)
     h2.m.restore()
@@ -150,9 +150,12 @@ def test_manager_applies_persists_restores_and_retires(tmp_path: Path) -> None:
     clock.advance(61)
     h2.m.tick()
     assert sorted(t.campaign or "" for t in h2.triggers) == ["later", "radar-w49"]  # the scheduled one starts
+    assert h2.acks[-1] == {**h2.acks[-1], "id": "later", "state": "active", "reason": "start time reached"}
+    h2.m.tick()
+    assert len([a for a in h2.acks if a["state"] == "active"]) == 1, "said once"
     clock.advance(3600)
     h2.m.tick()
-    assert h2.triggers == [] and {a["state"] for a in h2.acks} == {"retired"}
+    assert h2.triggers == [] and {a["state"] for a in h2.acks} == {"active", "retired"}
     assert json.loads(h2.path.read_text())["campaigns"] == [], "retired campaigns leave the file"
 
 
@@ -189,3 +192,28 @@ def test_removal_on_the_fleet_topic_leaves_the_vehicles_campaign_of_that_id(tmp_
     assert len(h.acks) == n and [a["id"] for a in h.m.active()] == ["radar-w49"] and h.triggers
     h.m.on_message(mine, b"")
     assert h.acks[-1]["state"] == "retired" and h.m.active() == [] and h.triggers == []
+
+
+def test_a_campaign_refused_at_capacity_starts_when_a_slot_frees(tmp_path: Path) -> None:
+    """Its retained copy would come back only at the next reconnect, which on a parked car may be days."""
+    clock = FakeClock()
+    h = Harness(tmp_path, clock)
+    h.m.restore()
+    short = _with("id", "short")
+    short["end"] = NOW + 60
+    assert h.put(GOOD)["state"] == "active" and h.put(short)["state"] == "active"
+    third, fourth = _with("id", "third"), _with("id", "fourth")
+    ack = h.put(third)
+    assert ack["state"] == "rejected" and ack["reason"].endswith("it starts when one of them ends")
+    assert h.put(fourth)["state"] == "rejected"
+    h.m.on_message("icvq/v1/test/_campaigns/fourth", b"")         # the backend withdrew it meanwhile
+    h.put(b"", "radar-w49")                                     # a slot frees: the first waiting one runs
+    assert [(a["id"], a["state"]) for a in h.acks[-2:]] == [("radar-w49", "retired"), ("third", "active")]
+    assert sorted(t.campaign or "" for t in h.triggers) == ["short", "third"]
+    assert h.put(_with("id", "fifth"))["state"] == "rejected"
+    clock.advance(61)                                           # "short" ends by its date: the next one runs
+    h.m.tick()
+    assert sorted(t.campaign or "" for t in h.triggers) == ["fifth", "third"]
+    assert "fourth" not in {a["id"] for a in h.m.active()}
+    stored = {c["id"] for c in json.loads(h.path.read_text())["campaigns"]}
+    assert stored == {"third", "fifth"}

@@ -1,16 +1,19 @@
-"""Uplink decisions from tables, and the broker's packet limit honoured for real."""
+"""Uplink decisions from tables, the broker's packet limit honoured for real, and a connection thread that survives."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from agentproc import AgentProc, base_config, write_config
 from broker import Mosquitto, free_port
+from paho.mqtt.enums import CallbackAPIVersion
 from recorder import Recorder
 
-from agent.uplink import NO_CONNACK, UNSUPPORTED_PROTOCOL, backoff_s, next_protocol
+from agent.config import from_mapping
+from agent.uplink import NO_CONNACK, UNSUPPORTED_PROTOCOL, Uplink, _Client, backoff_s, next_protocol
 
 
 @pytest.mark.parametrize(("current", "configured", "code", "expected"), [
@@ -73,3 +76,48 @@ def test_no_matching_subscribers_keeps_batches_until_the_backend_listens(tmp_pat
     rec.stop()
     seqs = sorted(b.id.seq for b in rec.unique().values())
     assert seqs[0] == 1 and seqs == list(range(1, len(seqs) + 1)), seqs
+
+
+def test_loop_stop_survives_the_loop_ending_by_itself_in_between() -> None:
+    """paho's loop_stop read `_thread` twice; the loop thread, ending on its own, set it to None in between and
+    the AttributeError ended the agent's connection thread (seen once in CI under load)."""
+    client = _Client(CallbackAPIVersion.VERSION2, client_id="t")
+
+    class Ending(threading.Thread):
+        def __ne__(self, other: object) -> bool:     # paho compares the current thread with it, then joins
+            client._thread = None
+            return True
+
+    t = Ending(target=lambda: None)
+    t.start()
+    client._thread = t
+    client.loop_stop()
+    assert not t.is_alive()
+
+
+def test_an_unexpected_error_in_the_connection_loop_does_not_end_the_uplink(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = from_mapping({"vehicle": {"id": "VST01", "device": "hu", "fleet": "t"},
+                        "uplink": {"host": "127.0.0.1", "port": broker.port, "backoff_min_s": 0.1,
+                                   "backoff_max_s": 1.0, "reconnect_probe_s": 0.5},
+                        "spool": {"path": str(tmp_path / "spool.db")}})
+    calls = []
+    real = Uplink._one_connection
+
+    def once_broken(self: Uplink) -> int | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise AttributeError("'NoneType' object has no attribute 'join'")
+        return real(self)
+
+    monkeypatch.setattr(Uplink, "_one_connection", once_broken)
+    up = Uplink(cfg.uplink, cfg.vehicle, boot_id="b", birth_fields=dict, wall_ms=lambda: int(time.time() * 1000))
+    up.start()
+    try:
+        deadline = time.monotonic() + 30
+        while up.connected_since is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert up.connected_since is not None, up.last_error
+        assert len(calls) >= 2
+    finally:
+        up.stop()
