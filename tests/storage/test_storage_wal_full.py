@@ -144,6 +144,15 @@ def _full_disk_with_a_small_wal(fs: Path, put: Feed) -> tuple[Spool, Path]:
         spool.ack([b.seq])
         put.delivered += b.n_records
     put(spool, 0)
+    spool, filler = _reopen_and_fill(spool, fs, put)
+    assert spool.trouble is not None and spool.trouble.state == "disk_full"
+    assert spool_disk.reserve_path(fs / "spool.db").exists()
+    return spool, filler
+
+
+def _reopen_and_fill(spool: Spool, fs: Path, put: Feed) -> tuple[Spool, Path]:
+    """Close and reopen (the WAL starts empty), write a little, then another service fills the disk and
+    the spool writes on until it is degraded."""
     spool.close()
     spool = Spool(fs / "spool.db", 64 * 2**20)
     spool.open()
@@ -151,8 +160,6 @@ def _full_disk_with_a_small_wal(fs: Path, put: Feed) -> tuple[Spool, Path]:
     filler = fill(fs)
     while not spool.degraded:
         put(spool, 20)
-    assert spool.trouble is not None and spool.trouble.state == "disk_full"
-    assert spool_disk.reserve_path(fs / "spool.db").exists()
     return spool, filler
 
 
@@ -201,13 +208,8 @@ def test_a_write_that_evicts_and_then_fails_keeps_the_spool_size_right(mount: Mo
     spool.open()
     for _ in range(50):
         feed(spool, 40)
-    spool.close()                           # no free page in the file: a write at the squeezed cap evicts first
-    spool = Spool(fs / "spool.db", 64 * 2**20)
-    spool.open()
-    feed(spool, 5)
-    filler = fill(fs)
-    while not spool.degraded:
-        feed(spool, 20)
+    # No free page in the file: a write at the squeezed cap evicts first.
+    spool, filler = _reopen_and_fill(spool, fs, feed)
     tracked = (spool.n_records, spool.n_batches, spool.bytes)
     spool._recount()
     assert tracked == (spool.n_records, spool.n_batches, spool.bytes)
