@@ -1166,7 +1166,11 @@ class Spool:
         if self._db is not None:
             # Oldest by insertion order: O(1) on the primary keys, cheap enough for every `icvq status`.
             a = self._db.execute("SELECT wall_ms FROM records ORDER BY id LIMIT 1").fetchone()
-            b = self._db.execute("SELECT created_ms FROM batches ORDER BY seq LIMIT 1").fetchone()
+            # Acknowledged batches wait for the next write transaction to be deleted: not "oldest 0s" on an empty
+            # spool in `icvq status`.
+            b = next(((created,) for seq, created in self._db.execute(
+                "SELECT seq, created_ms FROM batches ORDER BY seq LIMIT ?", (len(self._acked) + 1,))
+                if seq not in self._acked), None)
             cands = [x[0] for x in (a, b) if x is not None]
             oldest = min(cands) if cands else None
         t = self._trouble

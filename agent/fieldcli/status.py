@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .. import spool_disk
 from ..control import json_default
 from . import offline
 from .client import EXIT_DEGRADED, EXIT_FAILING, EXIT_OK, Context, Unavailable, ask, context, headline
@@ -163,8 +164,15 @@ def _spool(sp: dict[str, Any], now: float, inflight: Any, t: Callable[[float | N
     if sp.get("error"):
         return f"{sp.get('path')}: {sp['error']}"
     s = f"{sp.get('records', 0)} records, {sp.get('batches', 0)} batches, {size(sp.get('bytes'))}"
-    if sp.get("max_bytes"):
-        s += f" of {size(sp['max_bytes'])}"
+    cap, mx = sp.get("cap_bytes"), sp.get("max_bytes")
+    if isinstance(cap, int) and isinstance(mx, int) and mx:
+        # What the database may hold, as the verdict's "spool N % full" counts it: max_mib less the WAL's,
+        # -shm's and reserve's shares, and less again while the file system's headroom squeezes it.
+        s += f" of {size(cap)}"
+        if cap < spool_disk.Budget.for_cap(mx).db_cap:
+            s += f" (max_mib {size(mx)}, cut to what the file system has free)"
+    elif mx:
+        s += f" of {size(mx)}"
     oldest = sp.get("oldest_wall_ms")
     mem, mem_batches = sp.get("memory_records") or 0, sp.get("memory_batches") or 0
     s += f"; oldest {age(now - oldest / 1000)}" if oldest else "" if mem else "; empty"

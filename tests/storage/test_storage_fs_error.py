@@ -46,7 +46,7 @@ class Ext4:
 @pytest.fixture
 def ext4(tmp_path: Path) -> Iterator[Ext4]:
     if not shutil.which("mkfs.ext4") or not Path("/sys/fs/ext4").is_dir():
-        pytest.skip("needs mkfs.ext4 and the ext4 module (loop-mounted image)")
+        pytest.fail("needs mkfs.ext4 and the ext4 module (loop-mounted image)")
     fs = Ext4(tmp_path)
     try:
         yield fs

@@ -23,26 +23,42 @@ def _wal(fs: Path) -> int:
     return (fs / "spool.db-wal").stat().st_size
 
 
+class Feed:
+    def __init__(self, pad: int = 60) -> None:
+        self.rf = RecordFactory(SystemClock())
+        self.pad = pad
+        self.sent = 0
+        self.delivered = 0
+
+    def __call__(self, spool: Spool, n: int) -> None:
+        spool.put([self.rf.metric("test.m", {"i": self.sent + k, "pad": "p" * self.pad}) for k in range(n)])
+        self.sent += n
+
+
+def _reopened_with_wal(fs: Path, put: Feed, prefill: int, wal_bytes: int, step: int) -> Spool:
+    """A spool holding `prefill` records, reopened (closing checkpointed them into the database file, so
+    the WAL starts empty), then given new rows until its WAL holds `wal_bytes` of pages not yet checkpointed:
+    new rows grow the database at its end, below the checkpoint threshold."""
+    spool = Spool(fs / "spool.db", 64 * 2**20)
+    spool.open()
+    while put.sent < prefill:
+        put(spool, 100)
+    spool.close()
+    spool = Spool(fs / "spool.db", 64 * 2**20)
+    spool.open()
+    while _wal(fs) < wal_bytes:
+        put(spool, step)
+    return spool
+
+
 def test_a_disk_filled_under_an_uncheckpointed_wal_drains_without_freeing_anything(mount: Mount) -> None:
     fs = mount("2m")
-    rf = RecordFactory(SystemClock())
-    sent = 0
+    feed = Feed(pad=100)
+    spool = _reopened_with_wal(fs, feed, 3500, 100 * 1024, 20)
 
     def put(n: int) -> None:
-        nonlocal sent
-        spool.put([rf.metric("test.m", {"i": sent + k, "pad": "p" * 100}) for k in range(n)])
-        sent += n
+        feed(spool, n)
 
-    spool = Spool(fs / "spool.db", 64 * 2**20)
-    spool.open()
-    while spool.bytes < 600 * 1024:
-        put(100)
-    spool.close()                           # checkpointed into the database file: the WAL starts empty
-    spool = Spool(fs / "spool.db", 64 * 2**20)
-    spool.open()
-    # New rows grow the database at its end; their pages wait in the WAL, below the checkpoint threshold.
-    while _wal(fs) < 100 * 1024:
-        put(20)
     assert spool.trouble is None
     filler = fill(fs)                       # another service takes the rest of the disk
     while not spool.degraded:
@@ -65,7 +81,7 @@ def test_a_disk_filled_under_an_uncheckpointed_wal_drains_without_freeing_anythi
         put(0)                              # the next write transaction deletes the acknowledged batches
     assert not spool.n_records and not spool.memory_records, spool.stats()
     # The file cannot grow on this disk: new records take the place of the oldest metrics, counted.
-    assert delivered + sum(spool.drops.values()) == sent and on_disk > 0
+    assert delivered + sum(spool.drops.values()) == feed.sent and on_disk > 0
     assert set(spool.drops) <= {"headroom.metric"}
     assert filler.exists()                  # nothing outside the spool was freed for it
     spool.close()
@@ -78,22 +94,12 @@ def test_a_wal_larger_than_the_room_left_waits_for_space_as_one_disk_full_and_lo
     its place on every 5 s retry and gave it back when the write failed: two error lines a retry and a
     'since' never older than 5 s), keeps its records, and drains once the other service frees its space."""
     fs = mount("4m")
-    rf = RecordFactory(SystemClock())
-    sent = 0
+    feed = Feed(pad=100)
+    spool = _reopened_with_wal(fs, feed, 2000, 400 * 1024, 100)
 
     def put(n: int) -> None:
-        nonlocal sent
-        spool.put([rf.metric("test.m", {"i": sent + k, "pad": "p" * 100}) for k in range(n)])
-        sent += n
+        feed(spool, n)
 
-    spool = Spool(fs / "spool.db", 64 * 2**20)
-    spool.open()
-    put(2000)
-    spool.close()                           # the WAL starts empty
-    spool = Spool(fs / "spool.db", 64 * 2**20)
-    spool.open()
-    while _wal(fs) < 400 * 1024:            # new pages at the file's end, under the 512 KiB checkpoint threshold
-        put(100)
     assert spool_disk.release_reserve(fs / "spool.db")
     spool._has_reserve = False              # taken by another service together with the rest of the disk
     filler = fill(fs)
@@ -121,19 +127,8 @@ def test_a_wal_larger_than_the_room_left_waits_for_space_as_one_disk_full_and_lo
         delivered += b.n_records
         spool.ack([b.seq])
         spool.put([])
-    assert delivered + sum(spool.drops.values()) == sent
+    assert delivered + sum(spool.drops.values()) == feed.sent
     spool.close()
-
-
-class Feed:
-    def __init__(self) -> None:
-        self.rf = RecordFactory(SystemClock())
-        self.sent = 0
-        self.delivered = 0
-
-    def __call__(self, spool: Spool, n: int) -> None:
-        spool.put([self.rf.metric("test.m", {"i": self.sent + k, "pad": "p" * 60}) for k in range(n)])
-        self.sent += n
 
 
 def _full_disk_with_a_small_wal(fs: Path, put: Feed) -> tuple[Spool, Path]:
@@ -149,6 +144,15 @@ def _full_disk_with_a_small_wal(fs: Path, put: Feed) -> tuple[Spool, Path]:
         spool.ack([b.seq])
         put.delivered += b.n_records
     put(spool, 0)
+    spool, filler = _reopen_and_fill(spool, fs, put)
+    assert spool.trouble is not None and spool.trouble.state == "disk_full"
+    assert spool_disk.reserve_path(fs / "spool.db").exists()
+    return spool, filler
+
+
+def _reopen_and_fill(spool: Spool, fs: Path, put: Feed) -> tuple[Spool, Path]:
+    """Close and reopen (the WAL starts empty), write a little, then another service fills the disk and
+    the spool writes on until it is degraded."""
     spool.close()
     spool = Spool(fs / "spool.db", 64 * 2**20)
     spool.open()
@@ -156,8 +160,6 @@ def _full_disk_with_a_small_wal(fs: Path, put: Feed) -> tuple[Spool, Path]:
     filler = fill(fs)
     while not spool.degraded:
         put(spool, 20)
-    assert spool.trouble is not None and spool.trouble.state == "disk_full"
-    assert spool_disk.reserve_path(fs / "spool.db").exists()
     return spool, filler
 
 
@@ -206,13 +208,8 @@ def test_a_write_that_evicts_and_then_fails_keeps_the_spool_size_right(mount: Mo
     spool.open()
     for _ in range(50):
         feed(spool, 40)
-    spool.close()                           # no free page in the file: a write at the squeezed cap evicts first
-    spool = Spool(fs / "spool.db", 64 * 2**20)
-    spool.open()
-    feed(spool, 5)
-    filler = fill(fs)
-    while not spool.degraded:
-        feed(spool, 20)
+    # No free page in the file: a write at the squeezed cap evicts first.
+    spool, filler = _reopen_and_fill(spool, fs, feed)
     tracked = (spool.n_records, spool.n_batches, spool.bytes)
     spool._recount()
     assert tracked == (spool.n_records, spool.n_batches, spool.bytes)
