@@ -243,6 +243,9 @@ class Daemon:
                 notifier.status(line)
                 last_status = line
             if now - last_trim >= memory.TRIM_EVERY_S:
+                hist = self.control.history if self.control is not None else None
+                if hist is not None:
+                    hist.idle_close()   # before the trim, which then hands its pages back
                 memory.trim()
                 last_trim = now
         notifier.stopping()

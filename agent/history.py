@@ -14,6 +14,7 @@ idle daemon only writes (issue 13: idle RSS).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -38,6 +39,10 @@ log = logging.getLogger("icvq.history")
 KEPT = frozenset({Kind.EVENT, Kind.BEGIN, Kind.END})
 PRUNE_EVERY_S = 600.0  # age; the size cap is checked after every write (three PRAGMAs: cheap)
 RETRY_S = 60.0
+# A connection left open holds ~120 KiB (SQLite's schema and page cache; issue 13: idle RSS) for a write that
+# comes a few times a minute at most: one after a quiet minute closes it again at once, a burst keeps it open
+# until a minute passes without a write (idle_close(), from the daemon's trim turn). Reopening costs ~1 ms.
+IDLE_CLOSE_S = 60.0
 MAX_QUERY = 5000
 
 SCHEMA = """
@@ -69,6 +74,7 @@ class History:
         self._lock = threading.Lock()
         self._last_prune = 0.0
         self._failed_at = 0.0
+        self._last_write = float("-inf")
         self.last_error = ""
         self.written = 0
         self.errors = 0
@@ -77,7 +83,7 @@ class History:
         with self._lock:
             self._open_locked()
 
-    def _open_locked(self) -> None:
+    def _open_locked(self, prune: bool = True) -> None:
         private_dir(self.path.parent)
         try:
             self._connect()
@@ -91,7 +97,8 @@ class History:
                 if Path(f"{self.path}{suffix}").exists():
                     Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
             self._connect()
-        self._prune_locked()
+        if prune:
+            self._prune_locked()
 
     def _connect(self) -> None:
         private_db(self.path)
@@ -107,6 +114,18 @@ class History:
             db.close()
             raise
         self._db = db
+
+    def idle_close(self) -> None:
+        """Close the connection after a minute without writes; the next write reopens it."""
+        with self._lock:
+            if self._db is not None and time.monotonic() - self._last_write >= IDLE_CLOSE_S:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
 
     def close(self) -> None:
         with self._lock:
@@ -130,6 +149,12 @@ class History:
                 self._write(rows)
             except sqlite3.Error as e:
                 self._fail(e)
+                return
+            now = time.monotonic()
+            quiet = now - self._last_write >= IDLE_CLOSE_S
+            self._last_write = now
+            if quiet:
+                self._close_locked()
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         db = self._conn
@@ -169,7 +194,7 @@ class History:
         if time.monotonic() - self._failed_at < RETRY_S:
             return False
         try:
-            self._open_locked()
+            self._open_locked(prune=False)   # pruning is due by its own timer (_write), not at each reopen
             return True
         except (sqlite3.Error, OSError) as e:
             self._fail(sqlite3.OperationalError(str(e)))
@@ -184,6 +209,8 @@ class History:
     # --------------------------------------------------------------------------------------- pruning
     def prune(self) -> None:
         with self._lock:
+            if self._db is None and not self._reopen():
+                return
             try:
                 self._prune_locked()
             except sqlite3.Error as e:

@@ -55,6 +55,27 @@ def test_history_prunes_by_size(tmp_path: Path) -> None:
     h.close()
 
 
+def test_history_holds_no_connection_between_rare_writes(tmp_path: Path) -> None:
+    """An open connection holds ~120 KiB for a write that comes a few times a minute (issue 13: idle RSS):
+    a write after a quiet minute closes it at once, a burst keeps it until a minute passes without one."""
+    h = history.History(HistoryConfig(path=str(tmp_path / "h.db")))
+    h.open()
+    h([rec(Kind.EVENT, "start", time.time())])
+    assert h._db is None                                  # alone: closed again at once
+    h([rec(Kind.BEGIN, "ep", time.time())])               # reopened
+    h([rec(Kind.END, "ep", time.time())])
+    assert h._db is not None                              # a burst: kept open
+    h.idle_close()
+    assert h._db is not None
+    h._last_write -= history.IDLE_CLOSE_S                 # a quiet minute: the daemon's trim turn closes it
+    h.idle_close()
+    assert h._db is None
+    h.prune()
+    rows, _, _ = history.query_file(tmp_path / "h.db", history.Query())
+    assert [r["name"] for r in rows] == ["ep", "ep", "start"] and h.errors == 0 and h.written == 3
+    h.close()
+
+
 def test_history_write_failure_never_raises(tmp_path: Path) -> None:
     h = history.History(HistoryConfig(path=str(tmp_path / "h.db")))
     h.open()
