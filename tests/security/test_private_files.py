@@ -42,7 +42,9 @@ def test_agent_state_is_private_under_umask_022(tmp_path: Path, broker: Mosquitt
     agent = AgentProc(config, tmp_path / "agent.log").start()
     try:
         deadline = time.monotonic() + 20
-        wanted = [tmp_path / "state" / "q" / "spool.db-wal", tmp_path / "hist" / "history.db-wal"]
+        # The history's WAL lives only while its connection is open (a burst of writes; agent/history.py):
+        # its mode is checked in the next test.
+        wanted = [tmp_path / "state" / "q" / "spool.db-wal", tmp_path / "hist" / "history.db"]
         while not all(p.exists() for p in wanted) and time.monotonic() < deadline:
             time.sleep(0.1)
         out = tmp_path / "bundle.tgz"
@@ -56,12 +58,28 @@ def test_agent_state_is_private_under_umask_022(tmp_path: Path, broker: Mosquitt
     assert mode(tmp_path / "state") == 0o750 and mode(tmp_path / "state" / "q") == 0o750
     assert mode(tmp_path / "hist") == 0o750 and mode(tmp_path / "run") == 0o750
     names = {p.name for p in files}
-    assert {"spool.db", "spool.db-wal", "spool.db-shm", "history.db", "history.db-wal"} <= names, names
+    assert {"spool.db", "spool.db-wal", "spool.db-shm", "history.db"} <= names, names
     dbs = {"spool.db", "spool.db-wal", "spool.db-shm", "history.db", "history.db-wal", "history.db-shm"}
     assert {p.name: oct(m) for p, m in files.items() if p.name in dbs and m != 0o640} == {}
     assert {p.name: oct(m) for p, m in files.items() if m & 0o027} == {}  # nothing else open wider either
     assert mode(out) == 0o600
     assert mode(tmp_path / "agent.toml") == 0o644  # the test's own file: umask 022 was in force
+
+
+def test_history_wal_is_private_under_umask_022(tmp_path: Path, umask_022: None) -> None:
+    from agent import history
+    from agent.config import HistoryConfig
+    from agent.records import Kind, Record
+
+    h = history.History(HistoryConfig(path=str(tmp_path / "hist" / "history.db")))
+    h.open()
+    for name in ("a", "b"):                 # a burst: the connection, and so its WAL and -shm, stay
+        h([Record(Kind.EVENT, name, 1_767_225_600_000, 1000, "b" * 32, True)])
+    files = {p.name: mode(p) for p in (tmp_path / "hist").iterdir()}
+    assert {"history.db", "history.db-wal", "history.db-shm"} <= set(files), files
+    assert {n: oct(m) for n, m in files.items() if m != 0o640} == {}
+    assert mode(tmp_path / "hist") == 0o750
+    h.close()
 
 
 def test_control_socket_mode(tmp_path: Path, umask_022: None) -> None:
