@@ -385,10 +385,7 @@ class Spool:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
                 break
             except sqlite3.Error as e:
-                if attempt == 0 and self.on_disk and spool_disk.release_reserve(self.path):
-                    log.warning("disk full at shutdown (%s); released the %d KiB reserve", e,
-                                self.budget.reserve // 1024)
-                    self._has_reserve = False
+                if attempt == 0 and self._give_back_reserve(f"at shutdown: {e}"):
                     continue
                 self._give_up_memory(f"the spool cannot be written ({e})")
                 return
@@ -656,12 +653,9 @@ class Spool:
                 why = f"{done} of {frames} WAL frames checkpointed"
             except sqlite3.Error as e:
                 why, full = str(e), _classify(e) == DISK_FULL
-            if attempt or not self._has_reserve or not spool_disk.release_reserve(self.path):
+            if attempt or not self._give_back_reserve(f"checkpoint: {why}"):
                 log.debug("checkpoint on a full disk incomplete: %s", why)
                 return full
-            self._has_reserve = False
-            log.warning("disk full (%s); released the %d KiB reserve so the spool can checkpoint and drain", why,
-                        self.budget.reserve // 1024)
         return False
 
     def _write_all(self, records: list[Record], bodies: list[bytes] | None = None) -> bool:
