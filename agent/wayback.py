@@ -113,8 +113,11 @@ class WayBack:
 
     def nudge(self, reason: str) -> None:
         self._reason = reason
+        self._poke(b"!")
+
+    def _poke(self, byte: bytes) -> None:
         try:
-            self._w.send(b"!")
+            self._w.send(byte)
         except OSError:  # buffer full: a wake-up is pending anyway
             pass
 
@@ -133,10 +136,7 @@ class WayBack:
     def wake(self) -> None:
         """Make a waiter look at its `done` condition (the connection died): no news of the way, and a wait
         without `done` (the reconnect wait) ignores it."""
-        try:
-            self._w.send(b"w")
-        except OSError:
-            pass
+        self._poke(b"w")
 
     def wait(self, timeout_s: float, done: Callable[[], bool] | None = None) -> str | None:
         """Sleep up to timeout_s; returns why the way may be back, or None when the time ran out or `done()`
