@@ -286,7 +286,7 @@ def _history_status(srv: ControlServer) -> dict[str, Any]:
     out: dict[str, Any] = {"enabled": True, **h.stats()}
     try:
         # Our own read-only connection: never waits for the writer's lock on the pipeline thread.
-        db, _ = history.open_ro(h.path)
+        db, _ = history.open_ro(h.path, live=True)
         try:
             out.update(history.summary(db))
         finally:
@@ -303,7 +303,7 @@ def _events(srv: ControlServer, req: dict[str, Any]) -> dict[str, Any]:
                       names=_globs(req), limit=_int(req, "limit", 100, 1, history.MAX_QUERY),
                       before_id=_int(req, "before_id", None, 1, 2**63))
     try:
-        rows, more, note = history.query_file(srv.history_path, q)
+        rows, more, note = history.query_file(srv.history_path, q, live=True)
     except FileNotFoundError:
         rows, more, note = [], False, "no history yet"
     except (OSError, sqlite3.Error) as e:

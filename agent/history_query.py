@@ -28,14 +28,19 @@ class Query:
     before_id: int | None = None  # paging: rows older than this id
 
 
-def open_ro(path: str | Path) -> tuple[sqlite3.Connection, str]:
-    """Open read-only without creating or changing any file: safe on a car whose daemon is down.
+def open_ro(path: str | Path, *, live: bool = False) -> tuple[sqlite3.Connection, str]:
+    """Open read-only without creating or changing any file (unless `live`): safe on a car whose daemon is down.
 
     Returns (connection, note). A plain `mode=ro` open of a WAL database creates -wal and -shm files when
     they are missing, owned by whoever runs `icvq` (root, often), and the agent could then not open its
     own database. So: with both files present (the agent runs, or crashed) use them; with no -wal there is
     nothing to merge and `immutable=1` reads the file alone; a -wal without -shm cannot be read without
     creating one, so we read the checkpointed part only and say so.
+
+    `live`: the agent reading its own history (the control socket) while its pipeline thread may write. The
+    writer holds no connection between rare writes (agent/history.py), so the -wal is often absent, and an
+    `immutable=1` read then would not see a write that starts meanwhile and could read pages its checkpoint
+    is rewriting. The agent owns the files: a plain `mode=ro` open, which may create -wal and -shm as them.
     """
     p = Path(path).resolve()
     if not p.exists():
@@ -43,7 +48,7 @@ def open_ro(path: str | Path) -> tuple[sqlite3.Connection, str]:
     uri = "file:" + urllib.parse.quote(str(p))
     wal, shm = Path(f"{p}-wal").exists(), Path(f"{p}-shm").exists()
     note = ""
-    if wal and shm:
+    if live or (wal and shm):
         mode = "?mode=ro"
     else:
         mode = "?mode=ro&immutable=1"
@@ -99,8 +104,8 @@ def query(db: sqlite3.Connection, q: Query) -> tuple[list[dict[str, Any]], bool]
     return [_row(r) for r in rows[:limit]], len(rows) > limit
 
 
-def query_file(path: str | Path, q: Query) -> tuple[list[dict[str, Any]], bool, str]:
-    db, note = open_ro(path)
+def query_file(path: str | Path, q: Query, *, live: bool = False) -> tuple[list[dict[str, Any]], bool, str]:
+    db, note = open_ro(path, live=live)
     try:
         rows, more = query(db, q)
     finally:

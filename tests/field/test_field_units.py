@@ -76,6 +76,25 @@ def test_history_holds_no_connection_between_rare_writes(tmp_path: Path) -> None
     h.close()
 
 
+def test_the_agent_reads_its_history_live_between_its_writes(tmp_path: Path) -> None:
+    """Between rare writes the writer holds no connection, so the -wal is gone; the agent's own reader (the
+    control socket) must still see a write that lands while it reads: an `immutable` open did not."""
+    h = history.History(HistoryConfig(path=str(tmp_path / "h.db")))
+    h.open()
+    h([rec(Kind.EVENT, "first", time.time())])
+    assert h._db is None and not (tmp_path / "h.db-wal").exists()
+    db, note = history.open_ro(tmp_path / "h.db", live=True)
+    try:
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1 and note == ""
+        h([rec(Kind.EVENT, "second", time.time())])       # the pipeline thread writes meanwhile
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+    finally:
+        db.close()
+    rows, _, _ = history.query_file(tmp_path / "h.db", history.Query(), live=True)
+    assert [r["name"] for r in rows] == ["second", "first"]
+    h.close()
+
+
 def test_history_write_failure_never_raises(tmp_path: Path) -> None:
     h = history.History(HistoryConfig(path=str(tmp_path / "h.db")))
     h.open()
