@@ -183,12 +183,7 @@ class History:
             log.warning("history write failed (%s); events still go to the spool", msg)
         self.last_error = msg
         self._failed_at = time.monotonic()
-        if self._db is not None:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-            self._db = None
+        self._close_locked()
 
     def _reopen(self) -> bool:
         if time.monotonic() - self._failed_at < RETRY_S:

@@ -149,7 +149,7 @@ class BlackBox:
                               {k: v for k, v in lim.taken.items() if k in live})
         except OSError as e:
             # A full or read-only disk: the budget still holds in memory for this run.
-            if not self.counters.snapshot().get("budget_unsaved"):
+            if not self.counters.get("budget_unsaved"):
                 log.warning("snapshot budget not saved to %s (%s); it holds for this run only", self.budget_path, e)
             self.counters.inc("budget_unsaved")
 
