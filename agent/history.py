@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import lazy
 from .config import HistoryConfig
 from .private import private_db, private_dir
 from .records import Kind, Record
@@ -243,10 +244,5 @@ class History:
 _READING = frozenset({"Query", "open_ro", "query", "query_file", "summary"})
 
 
-def __getattr__(name: str) -> Any:
-    """`history.query_file` and the other reading names, from agent/history_query.py on first use (PEP 562)."""
-    if name in _READING:
-        from . import history_query
-
-        return getattr(history_query, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `history.query_file` and the other reading names, from agent/history_query.py on first use (PEP 562).
+__getattr__ = lazy.forward(__name__, "history_query", _READING)

@@ -29,8 +29,9 @@ an uplink without TLS (a loopback bridge, the default config) never imports them
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from . import lazy
 from .config import AgentConfig, TlsConfig, UplinkConfig
 from .errors import ConfigError
 from .private import check_secrets
@@ -114,10 +115,5 @@ def client_cert_not_after(tls: TlsConfig) -> float | None:
 _CONTEXT = frozenset({"MIN_VERSIONS", "client_context", "cert_not_after", "Refusal", "classify", "diagnose"})
 
 
-def __getattr__(name: str) -> Any:
-    """`tls.client_context` and the other TLS-only names, from agent/tls_context.py on first use (PEP 562)."""
-    if name in _CONTEXT:
-        from . import tls_context
-
-        return getattr(tls_context, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `tls.client_context` and the other TLS-only names, from agent/tls_context.py on first use (PEP 562).
+__getattr__ = lazy.forward(__name__, "tls_context", _CONTEXT)

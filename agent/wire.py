@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from . import lazy
 from .errors import WireError
 from .records import Kind, Record
 
@@ -244,10 +245,5 @@ def record_json(r: Record) -> dict[str, Any]:
 _DECODING = frozenset({"Batch", "Status", "decode", "to_json"})
 
 
-def __getattr__(name: str) -> Any:
-    """`wire.decode` and the other decoding names, from agent/wire_decode.py on first use (PEP 562)."""
-    if name in _DECODING:
-        from . import wire_decode
-
-        return getattr(wire_decode, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `wire.decode` and the other decoding names, from agent/wire_decode.py on first use (PEP 562).
+__getattr__ = lazy.forward(__name__, "wire_decode", _DECODING)
