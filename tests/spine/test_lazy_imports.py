@@ -37,7 +37,35 @@ def manager():
                      on_change=lambda triggers: None)
 """
 
+# The black box as the daemon wires it (default config), for the campaign paths it defers to first need.
+PARTS = CAMPAIGN + """
+from agent.blackbox.wiring import Parts, campaigns_path
+from agent.clock import FakeClock
+from agent.config import load
+from tools.bench.peer import icvq_conf
+cfg = load(icvq_conf(tmp, 1), lean=True)
+DOC["target"] = {"fleets": [cfg.vehicle.fleet]}
+sent = []
+parts = Parts(cfg, FakeClock(wall=NOW), emit=lambda r: None, send=lambda t, b: sent.append(t) or True)
+"""
+
+# Campaigns a car stored before a restart: the daemon's start restores them.
+RESTORE_AT_START = PARTS + """
+campaign_store.save(campaigns_path(cfg), [DOC])
+parts.start()
+parts.stop()
+result = [parts.campaign_ids(), "agent.blackbox.campaigns" in sys.modules]
+"""
+
 CASES = {
+    # The first campaign message of a car that had none: the manager is built then.
+    "campaign-first-message": ("agent.blackbox.campaigns", PARTS + """
+hooks = parts.uplink_hooks()
+hooks["inbox"](hooks["subscriptions"][0].replace("+", "radar-w49"), json.dumps(DOC).encode())
+result = [parts.campaign_ids(), len(sent), "agent.blackbox.campaign_types" in sys.modules]
+"""),
+    "campaign-restore-at-start": ("agent.blackbox.campaign_store", RESTORE_AT_START),
+    "campaign-restore-at-start-identity": ("agent.blackbox.campaign_types", RESTORE_AT_START),
     # A campaign arrives over MQTT.
     "campaign-message": ("agent.blackbox.campaign", CAMPAIGN + """
 m = manager()
@@ -123,6 +151,9 @@ result = [[r["name"] for r in rows], more, n]
 """),
 }
 EXPECTED = {
+    "campaign-first-message": [["radar-w49"], 1, True],
+    "campaign-restore-at-start": [["radar-w49"], True],
+    "campaign-restore-at-start-identity": [["radar-w49"], True],
     "history-query": [["e.x"], False, 1],
     "tls-context": ["TLSv1_3", "broker_cert_untrusted"],
     "tls-cert-expiry": [None],
