@@ -57,6 +57,21 @@ parts.stop()
 result = [parts.campaign_ids(), "agent.blackbox.campaigns" in sys.modules]
 """
 
+# A trigger matches (an episode begins): the snapshot is scheduled, its budget saved, then built from the ring.
+SNAPSHOT = """
+from agent.blackbox.recorder import BlackBox
+from agent.blackbox.settings import BlackboxConfig
+from agent.clock import FakeClock
+from agent.records import RecordFactory
+clock, out = FakeClock(), []
+box = BlackBox(BlackboxConfig(pre_s=1, post_s=1, window_s=5), clock, out.append, budget_path=tmp / "budget.json")
+box.step()
+box.observe([RecordFactory(clock).begin("display.freeze", {"cause": "hmi_stopped"})])
+clock.advance(2.0)
+box.step()
+result = [[r.name for r in out], out[0].data["trigger"], (tmp / "budget.json").exists()]
+"""
+
 CASES = {
     # The first campaign message of a car that had none: the manager is built then.
     "campaign-first-message": ("agent.blackbox.campaigns", PARTS + """
@@ -66,6 +81,19 @@ result = [parts.campaign_ids(), len(sent), "agent.blackbox.campaign_types" in sy
 """),
     "campaign-restore-at-start": ("agent.blackbox.campaign_store", RESTORE_AT_START),
     "campaign-restore-at-start-identity": ("agent.blackbox.campaign_types", RESTORE_AT_START),
+    "snapshot-taken": ("agent.blackbox.snapshot", SNAPSHOT),
+    "snapshot-columns": ("agent.blackbox.columns", SNAPSHOT),
+    # A budget file left by an earlier run (a snapshot was taken): read at start.
+    "snapshot-budget-restored": ("agent.blackbox.budget_store", """
+from agent.blackbox.recorder import BlackBox
+from agent.blackbox.settings import BlackboxConfig
+from agent.clock import FakeClock
+clock = FakeClock()
+(tmp / "budget.json").write_text(json.dumps({"v": 1, "boot": clock.boot_id, "taken": [], "last": {},
+                                             "counts": {"campaign:c": 2}}))
+box = BlackBox(BlackboxConfig(), clock, lambda r: None, budget_path=tmp / "budget.json")
+result = [dict(box.limiter.taken)]
+"""),
     # A campaign arrives over MQTT.
     "campaign-message": ("agent.blackbox.campaign", CAMPAIGN + """
 m = manager()
@@ -154,6 +182,9 @@ EXPECTED = {
     "campaign-first-message": [["radar-w49"], 1, True],
     "campaign-restore-at-start": [["radar-w49"], True],
     "campaign-restore-at-start-identity": [["radar-w49"], True],
+    "snapshot-taken": [["blackbox.snapshot"], "display.freeze", True],
+    "snapshot-columns": [["blackbox.snapshot"], "display.freeze", True],
+    "snapshot-budget-restored": [{"campaign:c": 2}],
     "history-query": [["e.x"], False, 1],
     "tls-context": ["TLSv1_3", "broker_cert_untrusted"],
     "tls-cert-expiry": [None],
