@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..dataclass_repr import dataclass
 from ..records import Kind, Record
 from . import budget_store, columns
 from .settings import CHANNELS

@@ -12,9 +12,10 @@ what a match sets off.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
+from ..dataclass_repr import dataclass
 from ..records import Kind, Record
 
 if TYPE_CHECKING:
