@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..records import Kind, Record
 from . import budget_store, columns
 from .settings import CHANNELS

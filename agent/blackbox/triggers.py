@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import field
 from typing import TYPE_CHECKING
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..records import Kind, Record
 
 if TYPE_CHECKING:
