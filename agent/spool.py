@@ -145,11 +145,10 @@ def _corrupt(e: BaseException) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-
 class _NoMemory:
     """The memory queue while nothing has gone to memory yet: all that a healthy spool reads of it, empty.
     Spool._memory() puts a real spool_memory.MemoryQueue in its place the first time something must be held
-    there (issue 13: spool_memory is 33 KiB of Python objects an idle, healthy daemon never uses)."""
+    there (issue 13: spool_memory is 32 KiB of Python objects an idle, healthy daemon never uses)."""
 
     n_records = 0
     n_batch_records = 0
@@ -613,7 +612,8 @@ class Spool:
         mine = spool_disk.disk_bytes(self.path)
         allowed = min(self.max_bytes, mine + free - self.min_free_bytes)
         squeezed = allowed < self.max_bytes
-        # A reserve given back (_make_room) is not on the disk: counting it would leave the database no room.
+        # A reserve given back (spool_trouble.make_room) is not on the disk: counting it would leave the database
+        # no room.
         reserve = self.budget.reserve if self._has_reserve else 0
         eff = spool_disk.Budget.for_cap(allowed, reserve) if squeezed else self.budget
         # Pages the database file already has cost the file system nothing more: evicting below them would
@@ -643,7 +643,7 @@ class Spool:
         # Said below 16 pages free, unsaid above 256: a checkpoint that truncates the WAL frees a little and
         # must not make the reason flap.
         if not self._has_reserve and free - eff.wal_limit * 2 - spool_disk.SHM_BYTES > self.budget.reserve:
-            # Given back on a full disk (_make_room, or at start): taken again only with room beside it for
+            # Given back on a full disk (spool_trouble.make_room, or at start): taken again only with room beside it for
             # the WAL's share, or it would take back what the spool needs to drain.
             self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
             free = spool_disk.free_bytes(self.path.parent) or 0

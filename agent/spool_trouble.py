@@ -3,12 +3,13 @@
 The friend module of agent/spool.py: functions over a `Spool` (its private state included), split out because
 an idle, healthy daemon never runs them, and imported by the spool on first need (issue 13: idle RSS; 53 KiB of
 Python objects once loaded, measured with tracemalloc, that agent.spool no longer holds from the start). No
-threads; called on the pipeline thread like the rest of the spool (close() at stop). It owns:
+threads; called on the pipeline thread like the rest of the spool (at stop only by a degraded close()).
+It owns:
 
 - the trouble states (`block`, `set_trouble`, `unblock`, `fail`, `classify`, `read_only_fs`): the spool's
   opening explains what they mean for the records;
 - the way back (`retry_disk`, every RETRY_DISK_S while degraded; `make_room`, `give_back_reserve`);
-- an open that fails (`open_failed`) and a corrupt spool moved aside (`quarantine`);
+- an open that fails (`open_failed`) and a corrupt spool moved aside (`quarantine`, `count_lost`);
 - eviction at the cap or the headroom (`evict`), and a record no batch can carry (`drop_rows`);
 - batches the broker refused (`unseal`, `drop_batch`);
 - a stop with records still in memory (`final_flush`, `give_up_memory`, which writes the drop ledger).
