@@ -13,13 +13,13 @@ import json
 import pkgutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from . import disabled
 from .blackbox.settings import BlackboxConfig
+from .dataclass_repr import dataclass
 from .errors import ConfigError, collecting, raise_collected
 from .schema import Origin, build, opt, to_plain
 from .software import SoftwareSource

@@ -48,13 +48,13 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from . import spool_disk, wire
+from .dataclass_repr import dataclass
 from .errors import WireError
 from .private import private_db, private_dir
 from .records import Kind, Record
