@@ -19,7 +19,7 @@ from typing import Any
 
 from . import disabled
 from .blackbox.settings import BlackboxConfig
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import ConfigError, collecting, raise_collected
 from .schema import Origin, build, opt, to_plain
 from .software import SoftwareSource

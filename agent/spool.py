@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from . import spool_disk, wire
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import WireError
 from .private import private_db, private_dir
 from .records import Kind, Record

@@ -20,7 +20,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 
 KIB = 1024
 SHM_BYTES = 32 * KIB
