@@ -3,7 +3,7 @@ and run it (agent/daemon.py run). `agent.daemon.main` is this same entry, for ca
 
 No threads of its own. The order is the point (issue 13: idle RSS). Start-up's code is released before the
 daemon's long-lived modules (pipeline, uplink and paho, spool, black box) are imported: argparse and gettext
-(≈ 270–330 KiB of Python objects by tracemalloc), the config loader with tomllib and pkgutil (≈ 190 KiB,
+(≈ 300 KiB of Python objects by tracemalloc), the config loader with tomllib and pkgutil (≈ 190 KiB,
 agent/config_load.py), so their freed memory is what those imports fill, and nothing of them is held at idle;
 agent.pseudonym goes once the daemon has started (daemon.AFTER_START). Only modules this call imported are
 released: an in-process caller keeps its own. VmRSS after 20 s idle at the bench config (/work/rss.py, mean
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     del argparse, ap, args  # this frame lives as long as the daemon: nothing of argparse may stay in it
 
     from . import config
+
+    config.release(("argparse", "gettext"), keep=keep)  # now, before anything else could import them too
     from .errors import EX_CONFIG, ConfigError
     from .pseudonym import wire_vehicle
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
         return 0
     del wire_vehicle  # Daemon() reads the fleet key again; agent.pseudonym goes once it has started
-    config.release((*config.STARTUP_MODULES, "argparse", "gettext"), keep=keep)
+    config.release(config.STARTUP_MODULES, keep=keep)
 
     from .daemon import run
 
