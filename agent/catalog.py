@@ -24,9 +24,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from .dataclass_repr import dataclass
 from .records import Kind, Record
 
 VEHICLE = "vehicle operating data"

@@ -16,12 +16,12 @@ import importlib
 import json
 import sys
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import lazy
 from .blackbox.settings import BlackboxConfig
+from .dataclass_repr import dataclass
 from .errors import ConfigError
 from .schema import opt, to_plain
 from .software import SoftwareSource

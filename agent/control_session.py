@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from fnmatch import translate
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from .control import (
     WRITE_TIMEOUT_S,
     encode,
 )
+from .dataclass_repr import dataclass
 from .peercred import Peer, allowed, peer_of
 from .records import Kind, Record
 from .wire import record_json

@@ -10,11 +10,11 @@ from __future__ import annotations
 import atexit
 import logging
 import sqlite3
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import history
 from .control import ControlServer
+from .dataclass_repr import dataclass
 
 if TYPE_CHECKING:
     from .daemonview import DaemonView

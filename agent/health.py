@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
+
+from .dataclass_repr import dataclass
 
 if TYPE_CHECKING:
     from .daemonview import DaemonView

@@ -11,10 +11,10 @@ import json
 import sqlite3
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .dataclass_repr import dataclass
 from .history import MAX_QUERY
 from .records import Kind
 

@@ -7,8 +7,9 @@ import grp
 import pwd
 import socket
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+
+from .dataclass_repr import dataclass
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python has no constant for it
 PEER_GROUPS_BUF = 1024  # CPython's getsockopt() limit: 256 groups; more (ERANGE) takes the fallbacks

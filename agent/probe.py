@@ -15,11 +15,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .clock import Clock
 from .counters import Counters
+from .dataclass_repr import dataclass
 from .records import Record, RecordFactory
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import IntEnum
 from typing import Any
 
 from .clock import Clock
+from .dataclass_repr import dataclass
 
 Data = int | float | dict[str, Any]
 

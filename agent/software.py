@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
+from .dataclass_repr import dataclass
 from .errors import ConfigError
 from .schema import opt
 

@@ -40,13 +40,13 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from . import spool_disk, spool_ledger, wire
+from .dataclass_repr import dataclass
 from .errors import WireError
 from .private import private_db, private_dir
 from .records import Kind, Record

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
+
+from .dataclass_repr import dataclass
 
 KIB = 1024
 SHM_BYTES = 32 * KIB

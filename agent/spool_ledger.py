@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from .dataclass_repr import dataclass
 from .private import fsync_dir, private_dir, replace_private
 
 log = logging.getLogger("icvq.spool")

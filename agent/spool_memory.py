@@ -24,9 +24,10 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from . import wire
+from .dataclass_repr import dataclass
 from .records import Record
 
 

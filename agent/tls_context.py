@@ -11,9 +11,9 @@ import calendar
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 
 from .config import TlsConfig
+from .dataclass_repr import dataclass
 from .private import check_secret
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}

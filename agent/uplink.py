@@ -36,7 +36,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -46,6 +45,7 @@ from paho.mqtt.properties import Properties
 
 from . import private, tls, wire
 from .config import UplinkConfig, VehicleConfig
+from .dataclass_repr import dataclass
 from .errors import ConfigError
 from .probe import UplinkView
 from .wayback import WayBack, connection_stalled

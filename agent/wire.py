@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from . import lazy
+from .dataclass_repr import dataclass
 from .errors import WireError
 from .records import Kind, Record
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import msgpack
 
+from .dataclass_repr import dataclass
 from .errors import WireError
 from .records import Kind, Record
 from .wire import (

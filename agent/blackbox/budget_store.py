@@ -17,9 +17,10 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from ..dataclass_repr import dataclass
 from ..private import replace_private
 
 log = logging.getLogger("icvq.blackbox")

@@ -13,10 +13,10 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..dataclass_repr import dataclass
 from ..records import Kind
 from .campaign_types import CampaignError, Identity
 from .settings import CHANNELS

@@ -8,7 +8,8 @@ imported only when a campaign arrives, is restored from disk or is listed: a car
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from ..dataclass_repr import dataclass
 
 
 class CampaignError(ValueError):

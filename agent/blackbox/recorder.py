@@ -17,12 +17,12 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..clock import Clock
 from ..counters import Counters
+from ..dataclass_repr import dataclass
 from ..records import Kind, Record, RecordFactory
 from . import budget_store, columns
 from .ring import ContextRing

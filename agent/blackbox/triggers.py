@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ..dataclass_repr import dataclass
 from ..records import Kind, Record
 
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "contains")

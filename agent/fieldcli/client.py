@@ -16,12 +16,12 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from ..config import DEFAULT_PATH, AgentConfig, load
+from ..dataclass_repr import dataclass
 from ..errors import ConfigError
 
 DEFAULT_SOCKET = "/run/icvq/control.sock"

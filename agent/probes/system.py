@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import psutil
 
+from ..dataclass_repr import dataclass
 from ..probe import PeriodicProbe, Probe, ProbeContext
 from ..records import Record
 from ..schema import opt

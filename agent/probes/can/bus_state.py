@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from ...dataclass_repr import dataclass
 from .rules import IP_STATES
 
 

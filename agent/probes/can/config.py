@@ -7,9 +7,9 @@ in conditions) is resolved by dbc.resolve() when the probe is built, so errors s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from ...dataclass_repr import dataclass
 from ...errors import ConfigError
 from ...schema import opt
 from .e2e import P01_MODES, PROFILES

@@ -16,7 +16,8 @@ Layouts (AUTOSAR defaults, header at `offset` bits, which must be a whole byte):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 PROFILES = ("P01", "P02", "P05")
 P01_MODES = ("both", "alt", "low", "nibble")

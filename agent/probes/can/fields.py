@@ -8,9 +8,11 @@ turns either kind into a shift and a mask, which is a few hundred nanoseconds in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any
+
+from ...dataclass_repr import dataclass
 
 _MAX_BYTES = 64  # CAN FD payload
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 # ---------------------------------------------------------------------------------------------- counters
 

@@ -21,7 +21,8 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 # _IOWR('d', nr, sizeof(struct)) and _IOW for the two write-only ones.
 SET_CLIENT_CAP = 0x4010640D        # struct drm_set_client_cap {u64 capability, value}

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from ...dataclass_repr import dataclass
 from .drm import DrmError, PropertyNames, get_connector, get_crtc, get_plane, open_card, primary_planes, resources
 from .framebuffer import FrameSample, FrameUnavailable, Layout, Rect
 from .rules import ConnectorSignal

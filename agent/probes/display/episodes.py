@@ -8,9 +8,10 @@ user saw. It ends when the next verdict is inactive, i.e. at the first sample th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ...dataclass_repr import dataclass
 from .rules import UNKNOWN, Verdict, more_specific
 
 

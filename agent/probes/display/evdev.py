@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
+from ...dataclass_repr import dataclass
 from .streams import Stream, open_stream
 
 INPUT_EVENT = struct.Struct("@llHHi")

@@ -8,9 +8,10 @@ region is lit; it is `dark_since` but never `black_since` (docs/display.md, "Dar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
 
+from ...dataclass_repr import dataclass
 from .framebuffer import FrameSample, FrameUnavailable, Layout
 from .rules import RegionSignal
 from .settings import RegionConfig

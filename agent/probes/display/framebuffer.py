@@ -21,7 +21,8 @@ import struct
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 XWD_HEADER = struct.Struct(">25I")
 XWD_FILE_VERSION = 7

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 MAX_DATAGRAM = 256
 MAX_PER_CALL = 1024

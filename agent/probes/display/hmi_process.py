@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import psutil
+
+from ...dataclass_repr import dataclass
 
 # Process states the rules know. "ok" means nothing suspicious.
 OK, STOPPED, EXITED, BLOCKED_IO, BUSY, NOT_RUNNING = "ok", "stopped", "exited", "blocked_io", "busy", "not_running"

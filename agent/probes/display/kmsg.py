@@ -11,9 +11,9 @@ import errno
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ... import inherited
+from ...dataclass_repr import dataclass
 from .streams import Stream, open_stream
 
 KMSG_DEVICE = "/dev/kmsg"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from ...dataclass_repr import dataclass
 from ...probe import ProbeContext, StreamProbe
 from ...records import Record
 from .drm_source import KmsWatch, ScanoutClient

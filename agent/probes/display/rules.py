@@ -16,9 +16,10 @@ frame, so a dead HMI on a black screen is one black episode, not two.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ...dataclass_repr import dataclass
 from .hmi_process import BLOCKED_IO, BUSY, EXITED, NOT_RUNNING, OK, STOPPED
 
 # Freeze causes, most specific first (docs/display.md explains the evidence each one needs).

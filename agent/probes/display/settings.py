@@ -7,8 +7,8 @@ each cause needs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from ...dataclass_repr import dataclass
 from ...errors import ConfigError
 from ...schema import opt
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 
 @dataclass

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+
+from ...dataclass_repr import dataclass
 
 FB_BLANK_UNBLANK = 0
 

@@ -23,9 +23,10 @@ fine, never more than `together_s` back. Every figure counts from that start.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ...dataclass_repr import dataclass
 from .privacy import DEFAULT_PLACE, Place, fix_fields
 from .sample import Sample
 from .settings import RulesConfig as Rules

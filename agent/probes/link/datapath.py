@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
 
+from ...dataclass_repr import dataclass
 from ...probe import UplinkView
 
 

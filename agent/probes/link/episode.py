@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ...counters import Counters
+from ...dataclass_repr import dataclass
 from ...records import new_episode_id
 from . import classify as c
 from .privacy import DEFAULT_PLACE, Place

@@ -10,10 +10,10 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ...counters import Counters
+from ...dataclass_repr import dataclass
 from ...errors import Malformed
 from .sample import GnssReading
 

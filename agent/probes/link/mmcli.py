@@ -7,10 +7,11 @@ import json
 import logging
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ...counters import Counters
+from ...dataclass_repr import dataclass
 from ...errors import Malformed, ProbeError
 from .sample import ModemReading
 

@@ -15,10 +15,10 @@ import termios
 import time
 import tty
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from ...counters import Counters
+from ...dataclass_repr import dataclass
 from ...errors import Malformed
 from .sample import ModemReading
 

@@ -12,8 +12,9 @@ Pure functions, no clock, no I/O; docs/link.md and docs/data-inventory.md state 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
+
+from ...dataclass_repr import dataclass
 
 M_PER_DEG_LAT = 111_320.0  # metres per degree of latitude (mean); a longitude degree is this x cos(lat)
 DEFAULT_GRID_M = 500.0
