@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .records import Kind, Record
 
 VEHICLE = "vehicle operating data"

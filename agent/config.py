@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import lazy
 from .blackbox.settings import BlackboxConfig
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import ConfigError
 from .schema import opt, to_plain
 from .software import SoftwareSource

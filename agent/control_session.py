@@ -36,7 +36,7 @@ from .control import (
     WRITE_TIMEOUT_S,
     encode,
 )
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .peercred import Peer, allowed, peer_of
 from .records import Kind, Record
 from .wire import record_json

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import history
 from .control import ControlServer
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 
 if TYPE_CHECKING:
     from .daemonview import DaemonView

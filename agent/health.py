@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 
 if TYPE_CHECKING:
     from .daemonview import DaemonView

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .history import MAX_QUERY
 from .records import Kind
 

@@ -9,7 +9,7 @@ import socket
 import struct
 from pathlib import Path
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python has no constant for it
 PEER_GROUPS_BUF = 1024  # CPython's getsockopt() limit: 256 groups; more (ERANGE) takes the fallbacks

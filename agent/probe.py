@@ -20,7 +20,7 @@ from typing import Any
 
 from .clock import Clock
 from .counters import Counters
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .records import Record, RecordFactory
 
 

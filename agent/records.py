@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import Any
 
 from .clock import Clock
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 
 Data = int | float | dict[str, Any]
 

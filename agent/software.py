@@ -15,7 +15,7 @@ import logging
 import subprocess
 from collections.abc import Callable, Mapping
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import ConfigError
 from .schema import opt
 

@@ -46,7 +46,7 @@ from typing import Any
 import msgpack
 
 from . import spool_disk, spool_ledger, wire
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import WireError
 from .private import private_db, private_dir
 from .records import Kind, Record

@@ -21,7 +21,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 
 KIB = 1024
 SHM_BYTES = 32 * KIB

@@ -25,7 +25,7 @@ import secrets
 from dataclasses import field
 from pathlib import Path
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .private import fsync_dir, private_dir, replace_private
 
 log = logging.getLogger("icvq.spool")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from . import wire
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .records import Record
 
 

@@ -13,7 +13,7 @@ import ssl
 import time
 
 from .config import TlsConfig
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .private import check_secret
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}

@@ -45,7 +45,7 @@ from paho.mqtt.properties import Properties
 
 from . import private, tls, wire
 from .config import UplinkConfig, VehicleConfig
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import ConfigError
 from .probe import UplinkView
 from .wayback import WayBack, connection_stalled

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from . import lazy
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import WireError
 from .records import Kind, Record
 

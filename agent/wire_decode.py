@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from .dataclass_repr import dataclass
+from .dataclass_shared import dataclass
 from .errors import WireError
 from .records import Kind, Record
 from .wire import (

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..private import replace_private
 
 log = logging.getLogger("icvq.blackbox")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..records import Kind
 from .campaign_types import CampaignError, Identity
 from .settings import CHANNELS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 
 
 class CampaignError(ValueError):

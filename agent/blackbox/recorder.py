@@ -22,7 +22,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..counters import Counters
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..records import Kind, Record, RecordFactory
 from . import budget_store, columns
 from .ring import ContextRing

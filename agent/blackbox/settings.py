@@ -6,7 +6,7 @@ trigger, at most one per family every 10 minutes.
 
 from __future__ import annotations
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..errors import ConfigError
 from ..schema import opt
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..records import Kind, Record
 
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "contains")

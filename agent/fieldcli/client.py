@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from ..config import DEFAULT_PATH, AgentConfig, load
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..errors import ConfigError
 
 DEFAULT_SOCKET = "/run/icvq/control.sock"

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import psutil
 
-from ..dataclass_repr import dataclass
+from ..dataclass_shared import dataclass
 from ..probe import PeriodicProbe, Probe, ProbeContext
 from ..records import Record
 from ..schema import opt

@@ -14,7 +14,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .rules import IP_STATES
 
 

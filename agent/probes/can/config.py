@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...errors import ConfigError
 from ...schema import opt
 from .e2e import P01_MODES, PROFILES

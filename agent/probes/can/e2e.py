@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 PROFILES = ("P01", "P02", "P05")
 P01_MODES = ("both", "alt", "low", "nibble")

@@ -12,7 +12,7 @@ from dataclasses import field
 from types import MappingProxyType
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 _MAX_BYTES = 64  # CAN FD payload
 

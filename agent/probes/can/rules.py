@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 # ---------------------------------------------------------------------------------------------- counters
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .e2e import E2ESpec
 from .fields import BitField
 from .rules import Condition

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 # _IOWR('d', nr, sizeof(struct)) and _IOW for the two write-only ones.
 SET_CLIENT_CAP = 0x4010640D        # struct drm_set_client_cap {u64 capability, value}

@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import field
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .drm import DrmError, PropertyNames, get_connector, get_crtc, get_plane, open_card, primary_planes, resources
 from .framebuffer import FrameSample, FrameUnavailable, Layout, Rect
 from .rules import ConnectorSignal

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .rules import UNKNOWN, Verdict, more_specific
 
 

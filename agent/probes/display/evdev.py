@@ -10,7 +10,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .streams import Stream, open_stream
 
 INPUT_EVENT = struct.Struct("@llHHi")

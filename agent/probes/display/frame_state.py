@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import field
 from typing import Protocol
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .framebuffer import FrameSample, FrameUnavailable, Layout
 from .rules import RegionSignal
 from .settings import RegionConfig

@@ -22,7 +22,7 @@ import sys
 import zlib
 from collections.abc import Sequence
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 XWD_HEADER = struct.Struct(">25I")
 XWD_FILE_VERSION = 7

@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 MAX_DATAGRAM = 256
 MAX_PER_CALL = 1024

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import psutil
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 # Process states the rules know. "ok" means nothing suspicious.
 OK, STOPPED, EXITED, BLOCKED_IO, BUSY, NOT_RUNNING = "ok", "stopped", "exited", "blocked_io", "busy", "not_running"

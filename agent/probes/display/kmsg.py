@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 
 from ... import inherited
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .streams import Stream, open_stream
 
 KMSG_DEVICE = "/dev/kmsg"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 # (driver, short name, regex). Sources: the format strings in drivers/gpu/drm/** (see docs/display.md).
 BUILTIN: tuple[tuple[str, str, str], ...] = (

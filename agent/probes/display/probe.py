@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...probe import ProbeContext, StreamProbe
 from ...records import Record
 from .drm_source import KmsWatch, ScanoutClient

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .hmi_process import BLOCKED_IO, BUSY, EXITED, NOT_RUNNING, OK, STOPPED
 
 # Freeze causes, most specific first (docs/display.md explains the evidence each one needs).

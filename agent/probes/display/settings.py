@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...errors import ConfigError
 from ...schema import opt
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 FB_BLANK_UNBLANK = 0
 

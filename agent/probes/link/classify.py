@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from .privacy import DEFAULT_PLACE, Place, fix_fields
 from .sample import Sample
 from .settings import RulesConfig as Rules

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...probe import UplinkView
 
 

@@ -18,7 +18,7 @@ from dataclasses import field
 from typing import Any
 
 from ...counters import Counters
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...records import new_episode_id
 from . import classify as c
 from .privacy import DEFAULT_PLACE, Place

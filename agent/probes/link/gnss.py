@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...counters import Counters
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...errors import Malformed
 from .sample import GnssReading
 

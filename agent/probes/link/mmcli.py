@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from ...counters import Counters
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...errors import Malformed, ProbeError
 from .sample import ModemReading
 

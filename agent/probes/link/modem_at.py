@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ...counters import Counters
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...errors import Malformed
 from .sample import ModemReading
 

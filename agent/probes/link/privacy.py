@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 M_PER_DEG_LAT = 111_320.0  # metres per degree of latitude (mean); a longitude degree is this x cos(lat)
 DEFAULT_GRID_M = 500.0

@@ -6,7 +6,7 @@ not turn a missing source into a loss.
 
 from __future__ import annotations
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ what they are and which evidence each cause needs.
 
 from __future__ import annotations
 
-from ...dataclass_repr import dataclass
+from ...dataclass_shared import dataclass
 from ...errors import ConfigError
 from ...schema import opt
 from .privacy import DEFAULT_GRID_M, Place

@@ -1,5 +1,6 @@
-"""agent.dataclass_repr: the shared `__repr__` prints what the standard `dataclasses` one prints, keeps a class's
-own `__repr__` and `repr=False`, and every agent module takes `dataclass` from it (issue 13: idle RSS)."""
+"""agent.dataclass_shared: the shared `__repr__`, frozen `__setattr__`/`__delattr__` and `__hash__` behave as the
+ones `dataclasses` generates (same text, same errors, same hash), a class's own methods are kept, and every agent
+module takes `dataclass` from it (issue 13: idle RSS)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from agent.dataclass_repr import dataclass
+from agent.dataclass_shared import dataclass
 
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 
@@ -39,6 +40,48 @@ def test_repr_is_the_standard_text(kw: dict[str, Any]) -> None:
         assert repr(ours(*args)) == repr(std(*args))
     assert repr(ours(1, nested=ours(2))) == repr(std(1, nested=std(2)))
     assert ours(1) == ours(1) if kw.get("eq", True) else ours(1) != ours(1)
+
+
+@pytest.mark.parametrize("kw", [{"frozen": True}, {"frozen": True, "slots": True}, {"unsafe_hash": True},
+                                {"frozen": True, "eq": False}, {}])
+def test_hash_and_frozen_errors_are_the_standard_ones(kw: dict[str, Any]) -> None:
+    std, ours = twins(**kw)
+    s, o = std(1, "y", b"", (2, 3)), ours(1, "y", b"", (2, 3))
+    for kind in (None, object.__hash__):
+        assert (std.__hash__ is kind) == (ours.__hash__ is kind)
+    if std.__hash__ not in (None, object.__hash__):
+        assert hash(o) == hash(s)
+    acts = [lambda x: setattr(x, "a", 5), lambda x: delattr(x, "b")]
+    if not kw.get("slots"):  # the generated one fails with TypeError there (its super() names the pre-slots class)
+        acts.append(lambda x: setattr(x, "new", 5))
+    for act in acts:
+        errors = []
+        for x in (s, o):
+            try:
+                act(x)
+                errors.append(None)
+            except Exception as e:  # noqa: BLE001 - the point is to compare whatever is raised
+                errors.append((type(e), str(e)))
+        assert errors[0] == errors[1]
+    fresh = ours(1, "y", b"", (2, 3))
+    assert dataclasses.replace(fresh, a=7).a == 7
+    assert (fresh == ours(1, "y", b"", (2, 3))) == kw.get("eq", True)
+
+
+def test_a_plain_subclass_of_a_frozen_class_sets_other_attributes_as_generated() -> None:
+    std, ours = twins(frozen=True)
+
+    class S(std):  # type: ignore[valid-type,misc]
+        pass
+
+    class Sub(ours):  # type: ignore[valid-type,misc]
+        pass
+
+    s, o = S(1), Sub(1)
+    s.extra = o.extra = 2
+    del s.extra, o.extra
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'a'"):
+        o.a = 3
 
 
 def test_recursion_prints_ellipsis_as_the_standard_one_does() -> None:
@@ -77,7 +120,7 @@ def test_own_repr_and_repr_false_are_kept() -> None:
 
 
 def test_every_agent_module_takes_dataclass_from_here() -> None:
-    direct = [str(p.relative_to(AGENT)) for p in AGENT.rglob("*.py") if p.name != "dataclass_repr.py"
+    direct = [str(p.relative_to(AGENT)) for p in AGENT.rglob("*.py") if p.name != "dataclass_shared.py"
               and re.search(r"^from dataclasses import [^\n]*\bdataclass\b(?!_)|^\s*@dataclasses\.dataclass",
                             p.read_text(), re.M)]
     assert direct == []
