@@ -8,7 +8,8 @@ Kept: each campaign's total (across reboots: it is a count, not a time), and wit
 times of the last hour's snapshots and each key's last snapshot (CLOCK_MONOTONIC is the boot's, so they mean
 nothing after a reboot and are dropped then). One small private JSON file, replaced atomically (fsync, rename)
 after each snapshot taken: at most `max_per_hour` writes an hour. No threads; called on the pipeline thread.
-An unreadable file gives an empty budget, logged, never fatal.
+An unreadable file gives an empty budget, logged, never fatal. Imported when the first snapshot is taken, or at
+start when the file exists (issue 13: idle RSS, 18.5 KiB: a car that never took one never loads it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A campaign only chooses among data the agent already collects: a trigger (record
 kinds, field conditions), which ring channels to capture, pre/post seconds, rate limits, a validity window
 and a target. There is no field that could carry a command, a file path or a CAN frame: unknown keys are
 refused, like unknown config keys. Every refusal names the key path, and a document is either applied whole
-or not at all. The format is specified in docs/wire-format.md ("Campaigns").
+or not at all. The format is specified in docs/wire-format.md ("Campaigns"). A trigger's field `Condition`
+lives here, not in triggers.py: only a campaign makes one (issue 13: ~15 KiB an idle car does not hold).
 """
 
 from __future__ import annotations
@@ -20,7 +21,39 @@ from ..dataclass_shared import dataclass
 from ..records import Kind
 from .campaign_types import CampaignError, Identity
 from .settings import CHANNELS
-from .triggers import OPS, Condition, Trigger
+from .triggers import Trigger
+
+# A trigger field condition's operators (docs/wire-format.md); a condition comes only with a campaign.
+OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "contains")
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str
+    value: Any
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        if self.field not in fields:
+            return False
+        v = fields[self.field]
+        want = self.value
+        if self.op == "eq":
+            return bool(v == want)
+        if self.op == "ne":
+            return bool(v != want)
+        if self.op == "in":
+            return v in want
+        if self.op == "contains":
+            # `5 in "text"` raises: a backend's condition must never break the observer (and with it every
+            # other trigger of the batch), so a number is only looked for in a list.
+            if isinstance(v, str):
+                return isinstance(want, str) and want in v
+            return isinstance(v, list) and want in v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
+            return False
+        return bool({"lt": v < want, "le": v <= want, "gt": v > want, "ge": v >= want}[self.op])
+
 
 MAX_DOC_BYTES = 16 * 1024
 MAX_LIST = 1000

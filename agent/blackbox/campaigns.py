@@ -25,6 +25,7 @@ from ..counters import Counters
 from . import campaign_store
 from .campaign_types import CampaignError, Identity
 from .triggers import Trigger
+from .wiring import topics as topics  # made there (idle path), named here too
 
 if TYPE_CHECKING:
     from .campaign import Campaign
@@ -41,13 +42,6 @@ def schema() -> ModuleType:
     from . import campaign
 
     return campaign
-
-
-def topics(prefix: str, fleet: str, vehicle: str, device: str) -> tuple[list[str], str]:
-    """(subscriptions, acknowledgement topic)."""
-    p = prefix.rstrip("/")
-    return [f"{p}/{fleet}/_campaigns/+", f"{p}/{fleet}/{vehicle}/_campaigns/+"], \
-        f"{p}/{fleet}/{vehicle}/{device}/campaign"
 
 
 class Campaigns:
@@ -75,9 +69,10 @@ class Campaigns:
         self._waiting: dict[str, tuple[str, bytes]] = {}
 
     # ------------------------------------------------------------------------------------------ boot
-    def restore(self) -> None:
+    def restore(self, docs: list[dict[str, Any]] | None = None) -> None:
+        """The campaigns of the file (or `docs`, already read from it) become current."""
         now = self.wall()
-        for doc in campaign_store.load(self.path):
+        for doc in campaign_store.load(self.path) if docs is None else docs:
             try:
                 c = schema().validate(doc, window_s=self.window_s, now_wall=now)
             except CampaignError as e:

@@ -7,6 +7,7 @@ of 40 one-byte integers costs ~45 bytes instead of 40 maps; whole-number floats 
 non-numeric columns that repeat (bus names, "active", "lte") as runs `{"rle": [value, count, ...]}`: four CAN
 buses' 40 s cost 2.8 KB instead of 5.7 KB. When the encoded snapshot would exceed its byte cap, kernel lines
 farthest from the trigger go first, then whole channels in `SHED_ORDER`; what was shed is in `truncated`.
+Imported by snapshot.py when the first snapshot is built, not at start (issue 13: idle RSS, 19.7 KiB).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ and the triggers). Nothing here blocks a caller beyond the ring's lock.
 
 A snapshot waits until T + post, then takes the ring's T - pre .. T + post. It is a record of its own kind
 (`Kind.SNAPSHOT`, spool priority between metrics and events) named `blackbox.snapshot`, stamped at T, with the
-triggering episode's id, so the backend links it to the episode.
+triggering episode's id, so the backend links it to the episode. What a match sets off (limits, budget, the
+snapshot's encoding) is in snapshot.py, imported at the first match: an idle car only matches (issue 13).
 """
 
 from __future__ import annotations
@@ -18,21 +19,20 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from ..counters import Counters
-from ..dataclass_shared import dataclass
 from ..records import Kind, Record, RecordFactory
-from . import budget_store, columns
 from .ring import ContextRing
-from .settings import CHANNELS, BlackboxConfig
+from .settings import BlackboxConfig
 from .sysread import ProcessScanner, SystemReader
-from .triggers import RateLimiter, Trigger, builtin, family, onset
+from .triggers import RateLimiter, Trigger, builtin
+
+if TYPE_CHECKING:
+    from .snapshot import Pending
 
 log = logging.getLogger("icvq.blackbox")
-
-SNAPSHOT = "blackbox.snapshot"
 # Process-table cadence (issue 13): a scan is ~85 % of the sampling cost, and while the unit is idle the top
 # processes say nothing. Below IDLE_CPU_PCT total CPU (last `system` sample) the table is scanned every
 # IDLE_PROCS_FACTOR x `procs_interval_s` (30 s at defaults); the first busy second, and every trigger, scan at
@@ -41,18 +41,6 @@ IDLE_CPU_PCT = 30.0
 IDLE_PROCS_FACTOR = 6
 # CAN bus statistics come as the probe's own `can.bus` metric records (one per bus and window).
 CAN_KEYS = ("bus", "state", "load_pct", "frames_s", "err_frames", "drops", "tec", "rec")
-
-
-@dataclass
-class Pending:
-    due: float
-    t: float
-    record: Record
-    capture: tuple[str, ...]
-    pre_s: float
-    post_s: float
-    campaigns: tuple[str, ...]
-    family_key: str | None
 
 
 class BlackBox:
@@ -82,7 +70,9 @@ class BlackBox:
         self._procs_now = False  # set by a trigger (pipeline thread): scan at the next turn
         self._taken: deque[float] = deque()  # when the snapshots of the last hour were triggered
         self.budget_path = budget_path
-        if budget_path is not None:
+        if budget_path is not None and budget_path.exists():  # none until the first snapshot is taken
+            from . import budget_store
+
             b = budget_store.load(budget_path, clock.boot_id, clock.mono())
             self._taken.extend(b.taken)
             self.limiter.last.update(b.last)
@@ -112,46 +102,9 @@ class BlackBox:
         hits = [t for t in (*self.builtin, *self.campaign_triggers) if t.matches(r)]
         if not hits:
             return
-        # One budget over all triggers: campaigns may set short intervals, the cellular link stays bounded.
-        while self._taken and now - self._taken[0] >= 3600.0:
-            self._taken.popleft()
-        if len(self._taken) >= self.cfg.max_per_hour:
-            self.counters.inc("suppressed.hourly_cap")
-            return
-        taken = [t for t in hits if self.limiter.allow(t, now)]
-        for t in hits:
-            if t not in taken:
-                self.counters.inc(f"suppressed.{t.key}")
-        if not taken:
-            return
-        self._taken.append(now)
-        self._save_budget(hits)
-        self._procs_now = True
-        pre = max(t.pre_s for t in taken)
-        post = max(t.post_s for t in taken)
-        capture = tuple(c for c in CHANNELS if any(c in t.capture for t in taken) and c in self.enabled_channels)
-        t0 = onset(r, pre)
-        p = Pending(t0 + post, t0, r, capture, pre, post, tuple(t.campaign for t in taken if t.campaign),
-                    next((t.key for t in taken if t.campaign is None), None))
-        with self._lock:
-            self._pending.append(p)
-        self.counters.inc("triggered")
+        from . import snapshot  # the first match of an idle car (see snapshot.py)
 
-    def _save_budget(self, hits: list[Trigger]) -> None:
-        if self.budget_path is None:
-            return
-        # Keys of triggers that no longer exist (a retired campaign) are forgotten; these hits are current.
-        live = {t.key for t in (*self.builtin, *self.campaign_triggers, *hits)}
-        lim = self.limiter
-        try:
-            budget_store.save(self.budget_path, self.clock.boot_id, self._taken,
-                              {k: v for k, v in lim.last.items() if k in live},
-                              {k: v for k, v in lim.taken.items() if k in live})
-        except OSError as e:
-            # A full or read-only disk: the budget still holds in memory for this run.
-            if not self.counters.get("budget_unsaved"):
-                log.warning("snapshot budget not saved to %s (%s); it holds for this run only", self.budget_path, e)
-            self.counters.inc("budget_unsaved")
+        snapshot.take(self, r, hits, now)
 
     # ------------------------------------------------------------------------------------ thread
     def start(self) -> None:
@@ -209,26 +162,9 @@ class BlackBox:
 
     # ------------------------------------------------------------------------------------ output
     def snapshot(self, p: Pending, complete: bool = True) -> Record:
-        base = p.t - p.pre_s
-        windows = self.ring.window(base, p.t + p.post_s, p.capture)
-        chans, truncated = columns.build(windows, base, p.t, self.cfg.snapshot_max_kib * 1024)
-        r = p.record
-        t_ms = round(p.t * 1000)
-        data: dict[str, Any] = {
-            "trigger": r.name, "trigger_kind": r.kind.label, "family": family(r.name),
-            "base_ms": r.wall_ms - (r.mono_ms - t_ms) - round(p.pre_s * 1000),
-            "pre_s": p.pre_s, "post_s": p.post_s, "complete": complete, **chans}
-        if p.campaigns:
-            data["campaigns"] = list(p.campaigns)
-        if truncated:
-            data["truncated"] = truncated
-        if r.kind is Kind.EVENT:
-            # An event has no episode to link to: its scalar fields travel along (long strings cut).
-            items = r.data.items() if isinstance(r.data, dict) else ()
-            data["trigger_fields"] = {k: v[:200] if isinstance(v, str) else v for k, v in items
-                                      if isinstance(v, (int, float, str, bool))}
-        self.counters.inc("snapshots")
-        return self.rec.snapshot(SNAPSHOT, data, of=r, mono_ms=t_ms)
+        from . import snapshot
+
+        return snapshot.build(self, p, complete)
 
     def health(self) -> list[Record]:
         c = self.counters.snapshot()

@@ -3,47 +3,23 @@
 A trigger is either built in (`[blackbox] families` — an episode BEGIN of that family — and `events`) or comes
 from a campaign. Rate limits are per key: the record's family for built-in triggers, the campaign id for
 campaigns; a limited trigger is counted as suppressed, never queued.
+
+Only what the idle recorder runs for every record is here (issue 13: idle RSS): field conditions (`Condition`)
+come only with campaigns and live in campaign.py; a trigger's onset in time, in snapshot.py, with the rest of
+what a match sets off.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..dataclass_shared import dataclass
 from ..records import Kind, Record
 
-OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "contains")
-
-
-@dataclass(frozen=True)
-class Condition:
-    field: str
-    op: str
-    value: Any
-
-    def holds(self, fields: Mapping[str, Any]) -> bool:
-        if self.field not in fields:
-            return False
-        v = fields[self.field]
-        want = self.value
-        if self.op == "eq":
-            return bool(v == want)
-        if self.op == "ne":
-            return bool(v != want)
-        if self.op == "in":
-            return v in want
-        if self.op == "contains":
-            # `5 in "text"` raises: a backend's condition must never break the observer (and with it every
-            # other trigger of the batch), so a number is only looked for in a list.
-            if isinstance(v, str):
-                return isinstance(want, str) and want in v
-            return isinstance(v, list) and want in v
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
-            return False
-        return bool({"lt": v < want, "le": v <= want, "gt": v > want, "ge": v >= want}[self.op])
+if TYPE_CHECKING:
+    from .campaign import Condition
 
 
 @dataclass(frozen=True)
@@ -94,25 +70,3 @@ class RateLimiter:
         self.last[t.key] = now
         self.taken[t.key] = self.taken.get(t.key, 0) + 1
         return True
-
-
-def onset(r: Record, pre_s: float) -> float:
-    """When the trigger's problem began, on the monotonic clock in seconds: a BEGIN is emitted when the
-    problem is confirmed, which can be seconds after it started (`detected_after_s`, or the link probe's
-    back-dated wall-clock `start`). The snapshot is centred on the start, at most `pre_s` back. An END (a
-    campaign's `kinds: ["end"]`) is taken where it is: it carries its episode's `start` too, and moving T
-    back to it would leave `post_s` covering the episode instead of what followed its end."""
-    t = r.mono_ms / 1000
-    if r.kind is Kind.END:
-        return t
-    fields = r.data if isinstance(r.data, Mapping) else {}
-    back = 0.0
-    det = fields.get("detected_after_s")
-    start = fields.get("start")
-    if isinstance(det, (int, float)) and not isinstance(det, bool):
-        back = float(det)
-    elif isinstance(start, (int, float)) and not isinstance(start, bool):
-        back = r.wall_ms / 1000 - float(start)
-    if not math.isfinite(back):
-        back = 0.0
-    return t - min(max(0.0, back), pre_s)

@@ -1,4 +1,4 @@
-"""Where a snapshot's T lies for each kind of trigger record (agent/blackbox/triggers.onset, pure).
+"""Where a snapshot's T lies for each kind of trigger record (agent/blackbox/snapshot.onset, pure).
 
 A BEGIN is confirmed after its problem began, so T moves back to the start (at most pre_s). An END carries
 its episode's start as well; a campaign with `kinds: ["end"]` asks for what happened around the end (the
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.blackbox.triggers import onset
+from agent.blackbox.snapshot import onset
 from agent.records import Kind, Record
 
 WALL_MS, MONO_MS = 1_800_000_000_000, 500_000
@@ -64,6 +64,6 @@ def test_report_names_the_time_the_plot_is_centred_on(kind: str, at: str) -> Non
 ])
 def test_conditions_are_total(op: str, value: object, fields: dict[str, Any], holds: bool) -> None:
     """Campaign conditions (agent/blackbox/triggers.Condition) hold or not for any field value: never raise."""
-    from agent.blackbox.triggers import Condition
+    from agent.blackbox.campaign import Condition
 
     assert Condition(next(iter(fields), "f"), op, value).holds(fields) is holds

@@ -37,7 +37,63 @@ def manager():
                      on_change=lambda triggers: None)
 """
 
+# The black box as the daemon wires it (default config), for the campaign paths it defers to first need.
+PARTS = CAMPAIGN + """
+from agent.blackbox.wiring import Parts, campaigns_path
+from agent.clock import FakeClock
+from agent.config import load
+from tools.bench.peer import icvq_conf
+cfg = load(icvq_conf(tmp, 1), lean=True)
+DOC["target"] = {"fleets": [cfg.vehicle.fleet]}
+sent = []
+parts = Parts(cfg, FakeClock(wall=NOW), emit=lambda r: None, send=lambda t, b: sent.append(t) or True)
+"""
+
+# Campaigns a car stored before a restart: the daemon's start restores them.
+RESTORE_AT_START = PARTS + """
+campaign_store.save(campaigns_path(cfg), [DOC])
+parts.start()
+parts.stop()
+result = [parts.campaign_ids(), "agent.blackbox.campaigns" in sys.modules]
+"""
+
+# A trigger matches (an episode begins): the snapshot is scheduled, its budget saved, then built from the ring.
+SNAPSHOT = """
+from agent.blackbox.recorder import BlackBox
+from agent.blackbox.settings import BlackboxConfig
+from agent.clock import FakeClock
+from agent.records import RecordFactory
+clock, out = FakeClock(), []
+box = BlackBox(BlackboxConfig(pre_s=1, post_s=1, window_s=5), clock, out.append, budget_path=tmp / "budget.json")
+box.step()
+box.observe([RecordFactory(clock).begin("display.freeze", {"cause": "hmi_stopped"})])
+clock.advance(2.0)
+box.step()
+result = [[r.name for r in out], out[0].data["trigger"], (tmp / "budget.json").exists()]
+"""
+
 CASES = {
+    # The first campaign message of a car that had none: the manager is built then.
+    "campaign-first-message": ("agent.blackbox.campaigns", PARTS + """
+hooks = parts.uplink_hooks()
+hooks["inbox"](hooks["subscriptions"][0].replace("+", "radar-w49"), json.dumps(DOC).encode())
+result = [parts.campaign_ids(), len(sent), "agent.blackbox.campaign_types" in sys.modules]
+"""),
+    "campaign-restore-at-start": ("agent.blackbox.campaign_store", RESTORE_AT_START),
+    "campaign-restore-at-start-identity": ("agent.blackbox.campaign_types", RESTORE_AT_START),
+    "snapshot-taken": ("agent.blackbox.snapshot", SNAPSHOT),
+    "snapshot-columns": ("agent.blackbox.columns", SNAPSHOT),
+    # A budget file left by an earlier run (a snapshot was taken): read at start.
+    "snapshot-budget-restored": ("agent.blackbox.budget_store", """
+from agent.blackbox.recorder import BlackBox
+from agent.blackbox.settings import BlackboxConfig
+from agent.clock import FakeClock
+clock = FakeClock()
+(tmp / "budget.json").write_text(json.dumps({"v": 1, "boot": clock.boot_id, "taken": [], "last": {},
+                                             "counts": {"campaign:c": 2}}))
+box = BlackBox(BlackboxConfig(), clock, lambda r: None, budget_path=tmp / "budget.json")
+result = [dict(box.limiter.taken)]
+"""),
     # A campaign arrives over MQTT.
     "campaign-message": ("agent.blackbox.campaign", CAMPAIGN + """
 m = manager()
@@ -123,6 +179,12 @@ result = [[r["name"] for r in rows], more, n]
 """),
 }
 EXPECTED = {
+    "campaign-first-message": [["radar-w49"], 1, True],
+    "campaign-restore-at-start": [["radar-w49"], True],
+    "campaign-restore-at-start-identity": [["radar-w49"], True],
+    "snapshot-taken": [["blackbox.snapshot"], "display.freeze", True],
+    "snapshot-columns": [["blackbox.snapshot"], "display.freeze", True],
+    "snapshot-budget-restored": [{"campaign:c": 2}],
     "history-query": [["e.x"], False, 1],
     "tls-context": ["TLSv1_3", "broker_cert_untrusted"],
     "tls-cert-expiry": [None],
