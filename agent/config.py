@@ -1,33 +1,36 @@
-"""The agent's configuration: built-in defaults → main TOML file → drop-ins `agent.d/*.toml` (lexical order).
+"""The agent's configuration as the running daemon holds it: frozen dataclasses, one per section.
 
-Tables merge key by key; an array in a later layer replaces the earlier one. Each probe module under
-`agent/probes/` declares its own `Config` dataclass for `[probes.<name>]`, so adding a probe never edits
-this file.
+Each probe module under `agent/probes/` declares its own `Config` dataclass for `[probes.<name>]`, so adding a
+probe never edits this file. No threads. Reading and validating the files (`load`, `from_mapping`,
+`probe_names`, `dropin_dir`) lives in agent/config_load.py and is served from here on first use (PEP 562,
+agent/lazy.py), so no caller changed: the idle daemon keeps these classes (≈ 10 KiB of Python objects each,
+tracemalloc) but not the loader, which only start-up, a SIGHUP reload, `--check-config` and the field CLI run.
+`release()` is how the daemon process lets go of the loader and what only it imports (STARTUP_MODULES).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import json
-import pkgutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import disabled
+from . import lazy
 from .blackbox.settings import BlackboxConfig
 from .dataclass_shared import dataclass
-from .errors import ConfigError, collecting, raise_collected
-from .schema import Origin, build, opt, to_plain
+from .errors import ConfigError
+from .schema import opt, to_plain
 from .software import SoftwareSource
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+if TYPE_CHECKING:
+    from .config_load import dropin_dir as dropin_dir
+    from .config_load import from_mapping as from_mapping
+    from .config_load import load as load
+    from .config_load import probe_names as probe_names
 
 DEFAULT_PATH = Path("/etc/icvq/agent.toml")
 
@@ -151,174 +154,34 @@ class AgentConfig:
         return to_plain(self, redact=redact)
 
 
-def probe_names() -> list[str]:
-    from . import probes
-
-    return sorted(m.name for m in pkgutil.iter_modules(probes.__path__) if not m.name.startswith("_"))
-
-
 def probe_module(name: str) -> Any:
     return importlib.import_module(f"agent.probes.{name}")
 
 
-def _merge(into: dict[str, Any], layer: Mapping[str, Any], source: str, origins: dict[str, str],
-           prefix: str = "") -> None:
-    for k, v in layer.items():
-        path = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, Mapping) and isinstance(into.get(k), dict):
-            _merge(into[k], v, source, origins, path)
-        else:
-            into[k] = _copy(v)
-            origins[path] = source
-            _mark(v, path, source, origins)
+# The loader and what only it imports, with their submodules (tracemalloc: config_load ≈ 26 KiB, tomllib ≈ 106,
+# pkgutil ≈ 55): the daemon process releases them before it imports the rest of the daemon and again after each
+# reload (agent/__main__.py, Daemon.reload), and the next use imports them again. Not agent.disabled (the
+# DisabledProbes in the config are its class's) nor agent.schema (`to_plain` makes the config digest at every
+# connect, `opt` is bound in every settings module).
+STARTUP_MODULES = ("agent.config_load", "tomllib", "tomli", "pkgutil")
 
 
-def _copy(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {k: _copy(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_copy(x) for x in v]
-    return v
+def release(modules: Collection[str], keep: Collection[str]) -> None:
+    """Unload `modules` and their submodules, except those in `keep` (imported before: someone else may hold
+    them), then collect: module dicts sit in reference cycles with their functions, and an idle daemon may run
+    no full collection for hours. A module whose function or class is still referenced stays alive anyway
+    (and a re-import makes a second copy), so callers import these modules' names locally, never at the top."""
+    dropped = [m for m in sys.modules if m not in keep and any(m == x or m.startswith(x + ".") for x in modules)]
+    for m in dropped:
+        del sys.modules[m]
+        parent, _, child = m.rpartition(".")
+        if parent in sys.modules and child in vars(sys.modules[parent]):
+            delattr(sys.modules[parent], child)
+    if dropped:
+        gc.collect()
 
 
-def _mark(v: Any, path: str, source: str, origins: dict[str, str]) -> None:
-    if isinstance(v, Mapping):
-        for k, x in v.items():
-            origins[f"{path}.{k}"] = source
-            _mark(x, f"{path}.{k}", source, origins)
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            origins[f"{path}[{i}]"] = source
-            _mark(x, f"{path}[{i}]", source, origins)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=str(path)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", source=str(path)) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid TOML: {e}", source=str(path)) from None
-
-
-def dropin_dir(main: Path) -> Path:
-    return main.with_name(main.stem + ".d") if main.suffix else main.parent / "agent.d"
-
-
-def load(path: Path | str | None = None, *, dropins: bool = True, lean: bool = False) -> AgentConfig:
-    """Load and validate; raises ConfigError naming the file and key path (ConfigErrors: all of them). `lean`
-    (the daemon): disabled probes keep only their plain values and their modules are unloaded
-    (agent/disabled.py)."""
-    main = Path(path) if path else DEFAULT_PATH
-    merged: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    files = [main]
-    if dropins:
-        d = dropin_dir(main)
-        if d.is_dir():
-            files += sorted(p for p in d.glob("*.toml") if p.is_file())
-    errors: list[ConfigError] = []
-    for f in files:
-        layer = collecting(errors, lambda f=f: _read_toml(f))  # type: ignore[misc]
-        if layer is not None:
-            _merge(merged, layer, str(f), origins)
-
-    def build_all() -> AgentConfig:
-        return from_mapping(merged, origin=lambda key: _origin_of(key, origins, str(main)),
-                            sources=tuple(map(str, files)), lean=lean, require_vehicle=not errors)
-
-    if not errors:
-        return build_all()
-    # A file did not load: still check the layers that did, so one run names every mistake.
-    collecting(errors, build_all)
-    raise_collected(errors)
-    raise AssertionError("unreachable")
-
-
-def _origin_of(key: str, origins: Mapping[str, str], default: str) -> str:
-    while key:
-        if key in origins:
-            return origins[key]
-        key = key.rsplit(".", 1)[0] if "." in key else ""
-    return default
-
-
-def _probe_configs(names: list[str], probes_data: Mapping[str, Any], org: Origin, errors: list[ConfigError],
-                   lean: bool) -> dict[str, Any]:
-    """Each probe's Config, built from its table. `lean`: a disabled probe's is replaced by a DisabledProbe and
-    its modules unloaded before the next probe's are imported, so start-up holds one probe's settings at a
-    time, not all three (issue 13: that peak stayed resident as free pymalloc pools, agent/disabled.py)."""
-    probes: dict[str, Any] = {}
-    loaded_before = set(sys.modules)
-    for name in names:
-        table = probes_data.get(name, {})
-        if not isinstance(table, Mapping):
-            errors.append(ConfigError("expected a table", key=f"probes.{name}", source=org(f"probes.{name}")))
-            continue
-        built = _probe_config(name, table, org, errors)
-        if built is None:
-            continue
-        if lean and not getattr(built, "enabled", True):
-            built = disabled.DisabledProbe(built)  # the last reference to the full Config: unload can free it
-            disabled.unload(name, loaded_before)
-        probes[name] = built
-    return probes
-
-
-def _probe_config(name: str, table: Mapping[str, Any], org: Origin, errors: list[ConfigError]) -> Any:
-    """One probe's Config (None if its table is wrong). A function of its own so that nothing of the probe's
-    module stays referenced from a frame once it returns."""
-    mod = probe_module(name)
-    built = collecting(errors, lambda: build(mod.Config, table, path=f"probes.{name}", origin=org))
-    if built is None:
-        return None
-    # Checks beyond structure (a CAN map against its DBC), so --check-config catches what start would.
-    check = getattr(mod, "check", None)
-    if callable(check):
-        try:
-            check(built)
-        except ConfigError as e:
-            errors.extend(ConfigError(x.message, key=x.key, source=x.source or org(x.key)) for x in e.errors)
-    return built
-
-
-def from_mapping(data: Mapping[str, Any], *, origin: Origin | None = None,
-                 sources: tuple[str, ...] = (), lean: bool = False, require_vehicle: bool = True) -> AgentConfig:
-    """Build and validate; goes on after an error and raises them all (ConfigErrors when several)."""
-    org: Origin = origin or (lambda _k: "")
-    errors: list[ConfigError] = []
-    sections: dict[str, type] = {"vehicle": VehicleConfig, "uplink": UplinkConfig, "spool": SpoolConfig,
-                                 "history": HistoryConfig, "control": ControlConfig, "agent": AgentSection,
-                                 "blackbox": BlackboxConfig}
-    known = (*sections, "probes")
-    for key in data:
-        if key not in known:
-            errors.append(ConfigError(f"unknown section (known: {', '.join(known)})", key=key, source=org(key)))
-    probes_data = data.get("probes", {})
-    if not isinstance(probes_data, Mapping):
-        errors.append(ConfigError("expected a table", key="probes", source=org("probes")))
-        probes_data = {}
-    names = probe_names()
-    for key in probes_data:
-        if key not in names:
-            errors.append(ConfigError(f"unknown probe (known: {', '.join(names)})", key=f"probes.{key}",
-                                      source=org(f"probes.{key}")))
-    probes = _probe_configs(names, probes_data, org, errors, lean)
-
-    def section(name: str, cls: type) -> Any:
-        table = data.get(name, {})
-        if not isinstance(table, Mapping):
-            errors.append(ConfigError("expected a table", key=name, source=org(name)))
-            return None
-        return collecting(errors, lambda: build(cls, table, path=name, origin=org))
-
-    if "vehicle" not in data and require_vehicle:
-        errors.append(ConfigError("required section is missing", key="vehicle", source=org("vehicle")))
-    parts = {name: section(name, cls) for name, cls in sections.items() if name != "vehicle" or name in data}
-    raise_collected(errors)
-    if parts.get("vehicle") is None:  # only when a file failed to load (require_vehicle=False)
-        raise ConfigError("required section is missing", key="vehicle", source=org("vehicle"))
-    return AgentConfig(**parts, probes=MappingProxyType(probes), sources=sources)
+# Start-up's code, served from agent/config_load.py when first asked for (agent/lazy.py).
+_LOADING = frozenset({"load", "from_mapping", "probe_names", "dropin_dir", "_merge", "_copy", "_mark", "_read_toml",
+                      "_origin_of", "_probe_configs", "_probe_config"})
+__getattr__ = lazy.forward(__name__, "config_load", _LOADING)

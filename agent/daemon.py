@@ -1,8 +1,11 @@
-"""`icvq-agent`: wiring only. Build the pieces from config, start them, supervise, stop."""
+"""`icvq-agent`: wiring only. Build the pieces from config, start them, supervise, stop.
+
+The entry point is agent/__main__.py, which reads the config before this module's imports (issue 13); `main`
+here is the same entry, for callers that run the daemon in-process.
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -17,15 +20,14 @@ import psutil
 
 # extensions (control socket, history) with the rest, before any start-up work: imported after it, their objects
 # landed among start-up's freed ones and kept those pages resident (issue 13: -0.35 MiB VmRSS, tools/bench/lean).
-from . import __version__, extensions, health, inherited, memory, tls
+from . import __version__, config, extensions, health, inherited, memory
 from .blackbox.wiring import Parts as BlackBoxParts
 from .clock import Clock, SystemClock
-from .config import AgentConfig, load, probe_module
+from .config import AgentConfig, probe_module
 from .errors import EX_CONFIG, ConfigError
 from .inventory import inventory
 from .pipeline import Pipeline
 from .probe import Probe, ProbeContext
-from .pseudonym import wire_vehicle
 from .records import RecordFactory
 from .sdnotify import Notifier
 from .software import read as read_software
@@ -33,6 +35,11 @@ from .spool import Spool
 from .uplink import Uplink
 
 log = logging.getLogger("icvq.agent")
+
+
+# Start-up's modules the daemon process releases once it has started (run(lean=True); issue 13): the fleet key
+# is read at start only. Imported where used, never at the top.
+AFTER_START = ("agent.pseudonym",)
 
 
 def build_probes(cfg: AgentConfig, ctx: ProbeContext) -> list[Probe]:
@@ -58,6 +65,8 @@ class Daemon:
                            ledger_path=cfg.spool.ledger_path
                            or os.path.join(os.path.dirname(cfg.control.socket), "drops-ledger.json"),
                            boot_id=self.clock.boot_id)
+        from .pseudonym import wire_vehicle  # start-up only: released once started (run, AFTER_START)
+
         self.wire_vehicle = wire_vehicle(cfg.vehicle)  # the VIN or its pseudonym, fixed until restart
         self.software = read_software(cfg.agent.components, cfg.agent.software)  # (versions, SWINs) for births
         on_wire = replace(cfg, vehicle=self.wire_vehicle)  # for everything that names the vehicle in MQTT
@@ -76,6 +85,8 @@ class Daemon:
         self.onsets = health.Onsets()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        # Modules a reload may import that are released again after it (the real process: run(lean=True)).
+        self.transient: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------- lifecycle
     def _ctx(self) -> ProbeContext:
@@ -125,8 +136,15 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read config; restart probes (and the uplink when its settings changed)."""
+        loaded_before = set(sys.modules)
         try:
-            new = load(self.config_path, lean=True)
+            self._apply_reload()
+        finally:
+            config.release(self.transient, keep=loaded_before)
+
+    def _apply_reload(self) -> None:
+        try:
+            new = config.load(self.config_path, lean=True)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
             return
@@ -275,33 +293,25 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="icvq-agent", description="In-vehicle quality telemetry agent.")
-    ap.add_argument("--config", "-c", default=os.environ.get("ICVQ_CONFIG"),
-                    help="main config file (default /etc/icvq/agent.toml; drop-ins in agent.d/ beside it)")
-    ap.add_argument("--check-config", action="store_true", help="validate the config and exit (78 if invalid)")
-    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    ap.add_argument("--version", action="version", version=f"icvq-agent {__version__}")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load(args.config, lean=True)
-        wire_vehicle(cfg.vehicle)  # the fleet key file is read (and its mode checked) by --check-config too
-    except ConfigError as e:
-        print(f"icvq-agent: config error: {e}", file=sys.stderr)
-        return EX_CONFIG
-    if args.check_config:
-        try:
-            tls.check(cfg)
-        except ConfigError as e:
-            print(f"icvq-agent: config error: {e}", file=sys.stderr)
-            return EX_CONFIG
-        print(f"config OK: {', '.join(cfg.sources)} (digest {cfg.digest})")
-        return 0
-    setup_logging(args.log_level or cfg.agent.log_level)
+    """`icvq-agent` (agent/__main__.py): parse the arguments, read the config, run until stopped."""
+    from .__main__ import main as entry
+
+    return entry(argv)
+
+
+def run(cfg: AgentConfig, config_path: str | None, log_level: str | None, *, lean: bool = False,
+        keep: frozenset[str] = frozenset()) -> int:
+    """Run the daemon on a config already read and checked. `lean` (agent/__main__.py): once started, release
+    AFTER_START, and after each reload what it imported of those and config.STARTUP_MODULES; never a module
+    in `keep` (the caller's)."""
+    setup_logging(log_level or cfg.agent.log_level)
     if inherited.adopt_stdin_kmsg():
         log.info("reading the kernel log from the descriptor systemd passed on stdin")
     lower_priority(cfg.agent.nice, cfg.agent.io_idle)
     memory.one_arena()  # before the first thread (issue 13: RSS)
-    daemon = Daemon(cfg, args.config)
+    daemon = Daemon(cfg, config_path)
+    if lean:
+        daemon.transient = (*config.STARTUP_MODULES, *AFTER_START)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
@@ -311,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("config error: %s", e)
         return EX_CONFIG
+    if lean:
+        config.release(AFTER_START, keep=keep)
     try:
         daemon.run_forever(notifier)
     finally:

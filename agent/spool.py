@@ -27,6 +27,14 @@ the count of whatever could not be written still reach the disk. When even that 
 unopenable spool, broker down) the count goes to a small fallback file instead (spool_ledger), reported by
 the next start as `stop_unpersisted.*`; it also records a stop that could not write its clean mark, so the
 next start does not take an orderly stop for a crash.
+
+Only the healthy path lives here; the rest is imported on first need (issue 13: idle RSS). agent/spool_trouble.py
+holds everything run only when something is wrong (trouble states, the retry, make-room and the reserve,
+eviction, quarantine, batches the broker refused, a stop with records in memory); spool_memory loads when
+something first goes to memory (until then `_NoMemory` stands in, empty); spool_ledger when a ledger exists at
+start or one must be written. Measured with tracemalloc, the spool's modules an idle daemon holds went from
+264 KiB to 189 KiB (agent.spool 164, spool_disk 25); spool_trouble is 53 KiB, spool_memory 32, spool_ledger 20
+once loaded. A clean stop imports nothing: an upgrade replaces the files before the restart stops this process.
 """
 
 from __future__ import annotations
@@ -41,16 +49,19 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from . import spool_disk, spool_ledger, wire
+from . import spool_disk, wire
 from .dataclass_shared import dataclass
 from .errors import WireError
 from .private import private_db, private_dir
 from .records import Kind, Record
-from .spool_memory import MemoryQueue
+
+if TYPE_CHECKING:
+    from .spool_ledger import Ledger
+    from .spool_memory import MemBatch, MemoryQueue
 
 log = logging.getLogger("icvq.spool")
 
@@ -134,19 +145,27 @@ def _corrupt(e: BaseException) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-def _classify(e: BaseException) -> str:
-    if isinstance(e, OSError):
-        if e.errno == errno.ENOSPC:
-            return DISK_FULL
-        if e.errno == errno.EROFS:
-            return READ_ONLY
-        return UNOPENABLE
-    text = str(e).lower()
-    if "full" in text:
-        return DISK_FULL
-    if "readonly" in text or "read-only" in text:
-        return READ_ONLY
-    return IO_ERROR
+class _NoMemory:
+    """The memory queue while nothing has gone to memory yet: all that a healthy spool reads of it, empty.
+    Spool._memory() puts a real spool_memory.MemoryQueue in its place the first time something must be held
+    there (issue 13: spool_memory is 32 KiB of Python objects an idle, healthy daemon never uses)."""
+
+    n_records = 0
+    n_batch_records = 0
+    sid = 0
+    records: tuple[Record, ...] = ()
+
+    def __init__(self) -> None:
+        self.batches: dict[int, MemBatch] = {}
+        self.dropped_held: list[tuple[int, int]] = []
+
+    @staticmethod
+    def body_bytes() -> int:
+        return 0
+
+    @staticmethod
+    def take(n: int | None = None) -> list[Record]:
+        return []
 
 
 class Spool:
@@ -157,7 +176,7 @@ class Spool:
         self.path = Path(path)
         self.ledger_path = Path(ledger_path) if ledger_path else None
         self.boot_id = boot_id
-        self._ledger: spool_ledger.Ledger | None = None   # read at open, not yet durable elsewhere
+        self._ledger: Ledger | None = None   # read at open, not yet durable elsewhere
         self._ledger_in_txn = False
         self._delivered: dict[str, int] = {}    # counters an acknowledged agent.drops record carried (memory)
         self.on_disk = str(path) != ":memory:"
@@ -170,7 +189,7 @@ class Spool:
         self._db: sqlite3.Connection | None = None
         self._fs_full = False  # the headroom check saw the file system full (spool_low_headroom says so)
         self._near_cap = False  # ... or the spool near its squeezed cap
-        self._mem = MemoryQueue(memory_max_records)
+        self._mem: MemoryQueue | _NoMemory = _NoMemory()     # read freely; changed only through _memory()
         self._trouble: SpoolTrouble | None = None
         self._blocked = False                   # writes go to memory (all trouble states but low_headroom)
         self._blocked_mono = 0.0
@@ -201,36 +220,10 @@ class Spool:
         "unknown" when the spool cannot be opened: then the spool runs in memory and retries."""
         self._read_ledger()
         try:
-            try:
-                return self._open_disk()
-            except (sqlite3.Error, OSError) as e:
-                # A run killed on a full disk leaves its reserve behind: give it back so this open can write
-                # (then the spool is open, previous runs' records and counts with it, and the stop can use
-                # the reserve again). Without this the spool stayed unopenable until space came back.
-                if not (_classify(e) == DISK_FULL and self.on_disk and spool_disk.release_reserve(self.path)):
-                    raise
-                log.warning("disk full at start (%s); released the reserve the previous run left", e)
-                return self._open_disk()
+            return self._open_disk()
         except (sqlite3.Error, OSError) as e:
-            state = _classify(e)
-            if state == IO_ERROR:
-                state = READ_ONLY if self._read_only_fs() else UNOPENABLE
-            self._block(state, f"cannot open {self.path}: {e}")
-            return "unknown"
-
-    def _read_only_fs(self) -> bool:
-        """Is the spool's file system read-only? SQLite says only "disk I/O error" (SQLITE_IOERR_WRITE) when
-        ext4 went read-only after an error (errors=remount-ro), and on recent kernels that emergency state
-        does not show in statvfs either; setting the spool file's times to what they are does fail with EROFS
-        there, and changes nothing visible elsewhere. Asked only after an I/O error."""
-        try:
-            if os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
-                return True
-            st = os.stat(self.path)
-            os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        except OSError as e:
-            return e.errno == errno.EROFS
-        return False
+            from . import spool_trouble
+            return spool_trouble.open_failed(self, e)
 
     def _open_disk(self) -> str:
         if self.on_disk:
@@ -242,28 +235,10 @@ class Spool:
         except sqlite3.DatabaseError as e:
             if not _corrupt(e):
                 raise
-            previous = self._quarantine(e)
+            from . import spool_trouble
+            previous = spool_trouble.quarantine(self, e)
         self._after_open()
         return previous
-
-    def _quarantine(self, e: BaseException) -> str:
-        # A flash card that lied about a write: keep the evidence, start a fresh spool, count what it held.
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        log.error("spool %s is corrupt (%s); moved aside to %s", self.path, e, aside)
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(self.path) + suffix)
-            if p.exists():
-                p.rename(Path(str(aside) + suffix))
-        n, exact = spool_disk.count_lost(aside)
-        log.error("the corrupt spool held %s%d records; counted as dropped", "" if exact else "an estimated ",
-                  n)
-        self.recovered_from_corruption = True
-        self._connect()
-        if exact:
-            self._count_drop("spool_corrupt", n)
-        else:
-            self._count_drop("spool_corrupt.estimated", n)
-        return "unclean"
 
     def _connect(self) -> str:
         private_db(self.path)
@@ -306,6 +281,7 @@ class Spool:
         if self._ledger is not None and meta.get("ledger") == self._ledger.id:
             # Committed by an earlier run that died before deleting the file: already in meta.drops.
             self.drops = self._merge(self.drops, {k: -v for k, v in self._ledger.drops.items()})
+            from . import spool_ledger
             spool_ledger.remove(self.ledger_path or Path(), self._ledger)
             self._ledger = None
         self.drops = self._merge(json.loads(meta.get("drops", "{}")), self.drops)
@@ -326,7 +302,7 @@ class Spool:
         for sid, seq, created, n, payload in db.execute(
                 "SELECT sid, seq, created_ms, n_records, payload FROM held ORDER BY created_ms"):
             if (int(sid), seq) not in known:
-                self._mem.adopt(int(sid), seq, payload, n, created)
+                self._memory().adopt(int(sid), seq, payload, n, created)
         if self.on_disk:
             self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
             if self.max_bytes < spool_disk.MIN_DB_BYTES * 2:
@@ -357,7 +333,8 @@ class Spool:
             self._give_up_memory("the spool cannot be opened")
             return
         if self._blocked or self._mem.n_records or self._unpersisted_batches():
-            self._final_flush()
+            from . import spool_trouble
+            spool_trouble.final_flush(self)
         else:
             try:
                 with self._txn() as db:
@@ -372,109 +349,20 @@ class Spool:
         self._conn.close()
         self._db = None
 
-    def _final_flush(self) -> None:
-        """Stopping while degraded: commit the tally first (everything in memory counted as
-        `shutdown.unwritable`), then write batches and records chunk by chunk, each chunk taking its count
-        back off the tally in the same transaction. Whatever stays in memory is exactly what is counted."""
-        pending = self._mem.n_records + sum(b.n_records for b in self._unpersisted_batches())
-        for attempt in range(2):
-            try:
-                with self._txn() as db:
-                    self._apply_acks(db)
-                    self._persist_drops(db, {"shutdown.unwritable": pending})
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
-                break
-            except sqlite3.Error as e:
-                if attempt == 0 and self._give_back_reserve(f"at shutdown: {e}"):
-                    continue
-                self._give_up_memory(f"the spool cannot be written ({e})")
-                return
-        self.drops = self._merge(self.drops, {"shutdown.unwritable": pending})
-        if self._no_room and pending:
-            log.error("stopping with the file system below its headroom: %d records held in memory counted as "
-                      "shutdown.unwritable, not written", pending)
-            return
-        written = 0
-        for attempt in range(2):
-            try:
-                for b in self._unpersisted_batches():
-                    with self._txn() as db:
-                        self._insert_held(db, [b])
-                        self._persist_drops(db, {"shutdown.unwritable": -b.n_records})
-                    b.persisted = True
-                    self.drops = self._merge(self.drops, {"shutdown.unwritable": -b.n_records})
-                    written += b.n_records
-                while self._mem.n_records:
-                    chunk = self._mem.take(500)
-                    try:
-                        self._write_chunk(chunk, [_body(r) for r in chunk], {"shutdown.unwritable": -len(chunk)})
-                    except sqlite3.Error:
-                        self._mem.add(chunk, front=True)
-                        raise
-                    written += len(chunk)
-                break
-            except sqlite3.Error as e:
-                # The mark and the tally are committed: the reserve may go to the records themselves now (they
-                # were counted lost with its 128 KiB unused beside them).
-                if attempt == 0 and self._give_back_reserve(f"stopping: {e}"):
-                    continue
-                log.error("stopping with the spool not writable (%s): %d records written, %d counted as "
-                          "shutdown.unwritable", e, written, pending - written)
-                return
-        if pending:
-            log.warning("stopping: %d records held in memory were written to the spool", written)
-
     def _give_up_memory(self, why: str) -> None:
-        """Neither the spool nor the broker takes what memory holds: count it, and put every count the spool
-        lacks into the fallback ledger (spool_ledger) for the next start to report."""
-        n_metric = sum(1 for r in self._mem.records if r.kind.evictable_first)
-        n_event = self._mem.n_records - n_metric
-        n_batch = sum(b.n_records for b in self._mem.batches.values() if not b.persisted)
-        n = n_metric + n_event + n_batch
-        self._count_drop("stop_unpersisted.metric", n_metric)
-        self._count_drop("stop_unpersisted.event", n_event)
-        self._count_drop("stop_unpersisted.batch_records", n_batch)
-        # Only what no one has yet: not in meta.drops, not in an agent.drops record the broker acknowledged.
-        on_disk, sent = self._drops_on_disk(), self._delivered
-        unpersisted = {k: v - max(on_disk.get(k, 0), sent.get(k, 0)) for k, v in self.drops.items()}
-        unpersisted = {k: v for k, v in unpersisted.items() if v > 0}
-        # With the spool open, this stop is orderly but cannot write its clean mark: the ledger records the
-        # clean stop too (its run's sid), even with no count to carry.
-        if not unpersisted and self._db is None:
-            return
-        if self.ledger_path is None:
-            if unpersisted:
-                log.error("stopping: %s; %d records held in memory are lost; no drop ledger configured, counts "
-                          "not persisted (drops %s)", why, n, json.dumps(unpersisted, sort_keys=True))
-            return
-        run = {"boot": self.boot_id, "pid": os.getpid(), "sid": self.sid, "memory_sid": self._mem.sid,
-               "why": why}
-        try:
-            self._ledger = spool_ledger.write(self.ledger_path, unpersisted, run, self._now_ms())
-        except OSError as e:
-            log.error("stopping: %s; %d records held in memory are lost and the drop ledger %s cannot be "
-                      "written either (%s); counts lost: %s", why, n, self.ledger_path, e,
-                      json.dumps(unpersisted, sort_keys=True))
-            return
-        if not unpersisted:
-            log.warning("stopping: %s; nothing held in memory is lost; the clean stop is recorded in the drop "
-                        "ledger %s for the next start", why, self.ledger_path)
-            return
-        log.error("stopping: %s; %d records held in memory are lost; counted in the drop ledger %s for the "
-                  "next start: %s", why, n, self.ledger_path, json.dumps(unpersisted, sort_keys=True))
-
-    def _drops_on_disk(self) -> dict[str, int]:
-        if self._db is None:
-            return {}
-        try:
-            row = self._db.execute("SELECT v FROM meta WHERE k = 'drops'").fetchone()
-            return {str(k): int(v) for k, v in json.loads(row[0]).items()} if row else {}
-        except (sqlite3.Error, ValueError, TypeError, AttributeError):
-            return {}      # unreadable: the ledger over-reports rather than losing counts
+        from . import spool_trouble
+        spool_trouble.give_up_memory(self, why)
 
     def _read_ledger(self) -> None:
         if self.ledger_path is None or self._ledger is not None:
             return
+        try:
+            os.stat(self.ledger_path)
+        except FileNotFoundError:   # the usual start: spool_ledger is imported only when there is one to read
+            return
+        except OSError:
+            pass                    # spool_ledger.read says what is wrong
+        from . import spool_ledger
         led = spool_ledger.read(self.ledger_path)
         if led is None:
             return
@@ -486,8 +374,17 @@ class Spool:
     def _ledger_carried(self, carried: bool) -> None:
         """A commit of meta.drops (with the ledger's id) or a delivered memory batch with the counts in it."""
         if carried and self._ledger is not None and self.ledger_path is not None:
+            from . import spool_ledger
             spool_ledger.remove(self.ledger_path, self._ledger)
             self._ledger = None
+
+    def _memory(self) -> MemoryQueue:
+        """The memory queue, to put something in it (spool_memory is imported then, not at start)."""
+        mem = self._mem
+        if isinstance(mem, _NoMemory):
+            from .spool_memory import MemoryQueue
+            mem = self._mem = MemoryQueue(self.memory_max_records)
+        return mem
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -532,37 +429,9 @@ class Spool:
     def memory_batches(self) -> int:
         return len(self._mem.batches)
 
-    def _set_trouble(self, state: str, detail: str) -> None:
-        if self._trouble is None or self._trouble.state != state:
-            self._trouble = SpoolTrouble(state, time.time(), detail)
-            log.error("spool %s: %s; %s", state.replace("_", " "), detail,
-                      f"holding up to {self.memory_max_records} records in memory" if self._blocked
-                      else "keeping the file system's headroom by a smaller cap")
-        elif detail != self._trouble.detail:
-            self._trouble = SpoolTrouble(state, self._trouble.since, detail)
-
-    def _block(self, state: str, detail: str) -> None:
-        if not self._blocked:
-            self._blocked = True
-            self._blocked_mono = time.monotonic()
-        self._last_disk_try = time.monotonic()
-        self.last_disk_error = detail
-        self._set_trouble(state, detail)
-
     def _fail(self, e: BaseException) -> None:
-        state = _classify(e)
-        if state == IO_ERROR and self._read_only_fs():
-            state = READ_ONLY
-        self._block(state, f"{type(e).__name__}: {e}")
-
-    def _unblock(self, written: int) -> None:
-        if self._blocked:
-            log.warning("spool writable again after %.0f s (%s); %d records written from memory",
-                        time.monotonic() - self._blocked_mono, self._trouble.state if self._trouble else "?",
-                        written)
-        self._blocked = False
-        self.last_disk_error = ""
-        self._trouble = None
+        from . import spool_trouble
+        spool_trouble.fail(self, e)
 
     # ------------------------------------------------------------------------------------------ write
     def put(self, records: Iterable[Record]) -> None:
@@ -582,7 +451,7 @@ class Spool:
                 incoming.append(r)
                 bodies.append(body)
         if self._blocked:
-            self._count_drops(self._mem.add(incoming))
+            self._count_drops(self._memory().add(incoming))
             if time.monotonic() - self._last_disk_try >= RETRY_DISK_S:
                 self.retry_disk()
             return
@@ -594,76 +463,19 @@ class Spool:
 
     def retry_disk(self) -> bool:
         """Try to write what memory holds to disk again (reopening if needed); True if writable now."""
-        self._last_disk_try = time.monotonic()
-        if self._db is None:
-            try:
-                self._open_disk()
-            except (sqlite3.Error, OSError) as e:
-                self._last_disk_try = time.monotonic()
-                self._set_trouble(self._trouble.state if self._trouble else UNOPENABLE,
-                                  f"cannot open {self.path}: {e}")
-                return False
-            log.warning("spool %s opened after %.0f s", self.path, time.monotonic() - self._blocked_mono)
-        if self._trouble is not None and self._trouble.state in (DISK_FULL, LOW_HEADROOM) and self._make_room():
-            # No write can go through (each one adds to the WAL): records stay in memory, where they are sealed
-            # and sent, instead of flipping to disk and back every 5 s (a write fitted now and then into what a
-            # failed one left of the WAL; its records then waited on disk, two log lines and a new `since` a
-            # retry) — the extreme case: the WAL holds more new pages than the free space and reserve together.
-            wal = 0
-            with contextlib.suppress(OSError):
-                wal = Path(str(self.path) + "-wal").stat().st_size
-            self._block(DISK_FULL, f"no room to checkpoint the {wal // 1024} KiB WAL into the database file: "
-                                   f"{self.n_records} records and {self.n_batches} batches on disk wait for space")
-            return False
-        for attempt in range(2):
-            n = self._mem.n_records
-            if self._write_all(self._mem.take()):
-                self._unblock(n)
-                return True
-            # The checkpoint went through but the write still found no room: the WAL it restarts is smaller than
-            # one transaction (a start on a full disk after kill -9: 514 records on disk and the broker up, stuck
-            # until space came back while the reserve's 128 KiB sat unused). Records on disk matter more.
-            if attempt or self._trouble is None or self._trouble.state != DISK_FULL or \
-                    not self._give_back_reserve("the retry could not write"):
-                return False
-        return False
-
-    def _give_back_reserve(self, why: str) -> bool:
-        if not (self.on_disk and self._has_reserve and spool_disk.release_reserve(self.path)):
-            return False
-        self._has_reserve = False
-        log.warning("disk full (%s); released the %d KiB reserve", why, self.budget.reserve // 1024)
-        return True
+        from . import spool_trouble
+        return spool_trouble.retry_disk(self)
 
     def _make_room(self) -> bool:
-        """Before writing again on a full disk: checkpoint the WAL and truncate it, giving back the reserve if
-        the checkpoint itself needs room in the database file. Checkpoints otherwise follow a commit, and on a
-        disk filled by the spool's own WAL no commit went through again: the retry failed every 5 s for good
-        while the records on disk waited (seen on a 1 MiB partition with a 64 MiB cap). The reserve is
-        re-made once the file system has room for it and the WAL's share (_headroom_blocks).
-        True if the checkpoint cannot go through for want of space, with no reserve left to give."""
-        if not self.on_disk or self._db is None:
-            return False
-        for attempt in range(2):
-            full = False
-            try:
-                busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if not busy and frames == done:
-                    return False
-                why = f"{done} of {frames} WAL frames checkpointed"
-            except sqlite3.Error as e:
-                why, full = str(e), _classify(e) == DISK_FULL
-            if attempt or not self._give_back_reserve(f"checkpoint: {why}"):
-                log.debug("checkpoint on a full disk incomplete: %s", why)
-                return full
-        return False
+        from . import spool_trouble
+        return spool_trouble.make_room(self)
 
     def _write_all(self, records: list[Record], bodies: list[bytes] | None = None) -> bool:
         """Write records in chunks (each one transaction small enough for the WAL budget); on a disk
         error the rest goes back to memory and the spool is degraded. True if everything was written.
         `bodies`: the records' row bytes when the caller has them (put() encodes to check the size)."""
         if self._headroom_blocks():
-            self._count_drops(self._mem.add(records, front=True))
+            self._count_drops(self._memory().add(records, front=True))
             return False
         if bodies is None:      # records that waited in memory; encoded only now that they may be written
             bodies = [_body(r) for r in records]
@@ -678,7 +490,7 @@ class Spool:
             try:
                 self._write_chunk(records[i:j], bodies[i:j], {}, persist_held=first)
             except sqlite3.Error as e:
-                self._count_drops(self._mem.add(records[i:], front=True))
+                self._count_drops(self._memory().add(records[i:], front=True))
                 self._fail(e)
                 return False
             first = False
@@ -784,9 +596,8 @@ class Spool:
             if wal > self._wal_limit:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as e:
-            log.debug("checkpoint deferred: %s", e)
-            if _classify(e) == DISK_FULL:
-                self._make_room()     # or every later commit grows the WAL until nothing can be written
+            from . import spool_trouble
+            spool_trouble.checkpoint_failed(self, e)
 
     def _headroom_blocks(self) -> bool:
         """Recompute the cap from the file system's free space; True if it leaves no room to write at all.
@@ -801,7 +612,8 @@ class Spool:
         mine = spool_disk.disk_bytes(self.path)
         allowed = min(self.max_bytes, mine + free - self.min_free_bytes)
         squeezed = allowed < self.max_bytes
-        # A reserve given back (_make_room) is not on the disk: counting it would leave the database no room.
+        # A reserve given back (spool_trouble.make_room) is not on the disk: counting it would leave the database
+        # no room.
         reserve = self.budget.reserve if self._has_reserve else 0
         eff = spool_disk.Budget.for_cap(allowed, reserve) if squeezed else self.budget
         # Pages the database file already has cost the file system nothing more: evicting below them would
@@ -822,7 +634,8 @@ class Spool:
         if self._no_room:
             # No useful room at all: for the records it is a full disk (held in memory, at risk), and the
             # verdict must say so; the detail names the headroom.
-            self._block(DISK_FULL, f"no room left above the headroom: {detail}")
+            from . import spool_trouble
+            spool_trouble.block(self, DISK_FULL, f"no room left above the headroom: {detail}")
             return True
         # A full file system with room left inside the spool's own file: writes go on (evicting by priority
         # once that room is used), but the files cannot grow by even one commit, so say it now, not when a
@@ -830,7 +643,7 @@ class Spool:
         # Said below 16 pages free, unsaid above 256: a checkpoint that truncates the WAL frees a little and
         # must not make the reason flap.
         if not self._has_reserve and free - eff.wal_limit * 2 - spool_disk.SHM_BYTES > self.budget.reserve:
-            # Given back on a full disk (_make_room, or at start): taken again only with room beside it for
+            # Given back on a full disk (spool_trouble.make_room, or at start): taken again only with room beside it for
             # the WAL's share, or it would take back what the spool needs to drain.
             self._has_reserve = spool_disk.make_reserve(self.path, self.budget.reserve)
             free = spool_disk.free_bytes(self.path.parent) or 0
@@ -846,7 +659,8 @@ class Spool:
         if self._blocked:
             pass    # disk full, read-only...: said already; low headroom in its place flipped it back every retry
         elif fs_full or near_cap:
-            self._set_trouble(LOW_HEADROOM, detail)
+            from . import spool_trouble
+            spool_trouble.set_trouble(self, LOW_HEADROOM, detail)
         elif self._trouble is not None and self._trouble.state == LOW_HEADROOM:
             log.warning("spool headroom restored: %s", detail)
             self._trouble = None
@@ -911,35 +725,8 @@ class Spool:
         return drops
 
     def _evict(self, excess: int, why: EvictionDrops) -> dict[str, int]:
-        """Free at least `excess` bytes (plus 5 % headroom so we do not evict on every put), counted as `why`."""
-        target = excess + self._db_cap // 20
-        db = self._conn
-        freed = 0
-        dropped: dict[str, int] = {}
-        for prio, reason in why.records:
-            while freed < target:
-                rows = db.execute("SELECT id, LENGTH(body) FROM records WHERE prio = ? ORDER BY id LIMIT 256",
-                                  (prio,)).fetchall()
-                if not rows:
-                    break
-                ids = []
-                for rid, size in rows:
-                    ids.append(rid)
-                    freed += size + ROW_OVERHEAD
-                    if freed >= target:
-                        break
-                db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(ids))})", ids)
-                dropped[reason] = dropped.get(reason, 0) + len(ids)
-        while freed < target:
-            row = db.execute("SELECT seq, n_records, LENGTH(payload) FROM batches ORDER BY seq LIMIT 1").fetchone()
-            if row is None:
-                break
-            db.execute("DELETE FROM batches WHERE seq = ?", (row[0],))
-            freed += row[2] + ROW_OVERHEAD
-            dropped[why.batch_records] = dropped.get(why.batch_records, 0) + row[1]
-        # The loops above work on estimates; the caller recounts from the database afterwards.
-        self.bytes -= freed
-        return dropped
+        from . import spool_trouble
+        return spool_trouble.evict(self, excess, why)
 
     @staticmethod
     def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -974,7 +761,7 @@ class Spool:
              max_records: int = 5000, compress: str = "auto") -> SealedBatch | None:
         """Move the oldest unsealed records (one boot, one sync state) into a new batch of ≤ max_bytes."""
         if self._seal_from_memory:
-            b, oversize = self._mem.seal(make_id, max_bytes, max_records=max_records, compress=compress,
+            b, oversize = self._memory().seal(make_id, max_bytes, max_records=max_records, compress=compress,
                                          avoid_sid=self.sid)
             self._count_drop("oversize", oversize)
             return SealedBatch(b.handle, b.payload, b.n_records, b.created_ms) if b else None
@@ -1015,7 +802,8 @@ class Spool:
         take = take[: len(records)]
         if len(payload) > max_bytes:
             # One record that cannot fit any batch: it would block the queue forever.
-            self._drop_rows([take[0][0]], "oversize")
+            from . import spool_trouble
+            spool_trouble.drop_rows(self, [take[0][0]], "oversize")
             return self._seal_disk(make_id, max_bytes, max_records, compress)
         n_events = sum(1 for r in records if not r.kind.evictable_first)
         ids = [row[0] for row in take]
@@ -1040,69 +828,16 @@ class Spool:
         self._after_commit()
         return SealedBatch(seq, payload, len(records), self._now_ms())
 
-    def _drop_rows(self, ids: list[int], reason: str) -> None:
-        with self._txn() as db:
-            self._apply_acks(db)
-            db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(ids))})", ids)
-            self.drops = self._persist_drops(db, {reason: len(ids)})
-        self._recount()
-
     def unseal(self, seq: int) -> None:
         """Put a sealed batch's records back in the queue (the broker refused its size); they are sealed
         again, smaller, under new sequence numbers. Safe because the broker never accepted the old one."""
-        if seq < 0:
-            b = self._mem.batches.get(seq)
-            if b is not None and b.persisted:
-                self._acked_held.add((b.sid, b.seq))
-            self._mem.unseal(seq)
-            self._count_drops(self._mem.bound())
-            return
-        try:
-            self._unseal_disk(seq)
-        except sqlite3.Error as e:
-            self._fail(e)
-
-    def _unseal_disk(self, seq: int) -> None:
-        row = self._conn.execute("SELECT payload FROM batches WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
-            return
-        batch = wire.decode(row[0], wire.Limits(max_payload=1 << 30, max_inflated=1 << 30))
-        assert isinstance(batch, wire.Batch)
-        with self._txn() as db:
-            self._apply_acks(db)
-            db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-            # Negative ids sort first, so the re-queued records keep their place ahead of newer ones.
-            low = db.execute("SELECT MIN(id) FROM records").fetchone()[0] or 1
-            start = min(low, 1) - len(batch.records) - 1
-            db.executemany("INSERT INTO records (id, prio, boot, synced, wall_ms, mono_ms, body) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(start + i, r.priority, r.boot, int(r.synced), r.wall_ms, r.mono_ms, _body(r))
-                            for i, r in enumerate(batch.records)])
-        self._recount()
+        from . import spool_trouble
+        spool_trouble.unseal(self, seq)
 
     def drop_batch(self, seq: int, reason: str) -> None:
-        if seq < 0:
-            b = self._mem.batches.pop(seq, None)
-            if b is not None:
-                if b.persisted:
-                    self._acked_held.add((b.sid, b.seq))
-                self._count_drop(reason, b.n_records)
-            return
-        if seq in self._acked:
-            return
-        row = self._conn.execute("SELECT n_records FROM batches WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
-            return
-        try:
-            with self._txn() as db:
-                self._apply_acks(db)
-                db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-                self.drops = self._persist_drops(db, {reason: row[0]})
-            self._recount()
-        except sqlite3.Error as e:
-            self._fail(e)
-            self._acked.add(seq)
-            self._count_drop(reason, row[0])
+        """Drop a sealed batch the broker rejected, counted as `reason`."""
+        from . import spool_trouble
+        spool_trouble.drop_batch(self, seq, reason)
 
     def sealed(self, exclude: Iterable[int] = (), limit: int = 100) -> list[SealedBatch]:
         """Sealed batches not yet acknowledged, oldest first, skipping those already in flight. Batches

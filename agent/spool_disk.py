@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from pathlib import Path
 
 from .dataclass_shared import dataclass
@@ -30,7 +29,8 @@ MIN_DB_BYTES = 64 * KIB            # below this the spool is not worth writing: 
 SUFFIXES = ("", "-wal", "-shm", "-journal")
 RESERVE_SUFFIX = ".reserve"
 # Average disk bytes per record in a spool (64-byte row overhead + ~40-byte body, measured on system-probe
-# samples in tools/bench/flash.py); used only to estimate what an unreadable corrupt file held.
+# samples in tools/bench/flash.py); used only to estimate what an unreadable corrupt file held
+# (spool_trouble.count_lost).
 EST_BYTES_PER_RECORD = 110
 
 
@@ -111,26 +111,3 @@ def release_reserve(path: Path) -> bool:
         return True
     except OSError:
         return False
-
-
-def count_lost(path: Path) -> tuple[int, bool]:
-    """How many records a quarantined spool file held: (count, exact). Exact when SQLite can still read the
-    two tables; otherwise estimated from the file sizes (database + WAL)."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-        try:
-            n = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-            nb = db.execute("SELECT COALESCE(SUM(n_records), 0) FROM batches").fetchone()[0]
-            held = 0
-            with contextlib.suppress(sqlite3.Error):
-                held = db.execute("SELECT COALESCE(SUM(n_records), 0) FROM held").fetchone()[0]
-            return int(n) + int(nb) + int(held), True
-        finally:
-            db.close()
-    except sqlite3.Error:
-        pass
-    size = 0
-    for s in ("", "-wal"):
-        with contextlib.suppress(OSError):
-            size += Path(str(path) + s).stat().st_size
-    return max(1, size // EST_BYTES_PER_RECORD), False

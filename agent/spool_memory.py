@@ -16,6 +16,8 @@ Memory batches are addressed by negative handles so the pipeline can keep them i
 as the spool's positive sequence numbers. A memory batch keeps its bytes and identity until PUBACK; when
 the disk works again the spool copies it into its `held` table (`persisted`), so it survives a restart.
 Sizes: at the default 20,000 records the queue holds ~1.5 MiB of Python objects (~75 B per small record).
+Imported by the spool only when something first goes to memory (Spool._memory(): a write that failed, or
+batches an earlier run held): an idle, healthy daemon does not hold its 32 KiB of code (issue 13).
 """
 
 from __future__ import annotations

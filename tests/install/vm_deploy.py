@@ -50,7 +50,7 @@ ExecStart=/bin/true
 ENTRY_SCRIPT = """\
 #!{python}
 import sys
-from agent.daemon import main
+from agent.__main__ import main
 if __name__ == "__main__":
     sys.exit(main())
 """

@@ -68,6 +68,46 @@ def test_hash_and_frozen_errors_are_the_standard_ones(kw: dict[str, Any]) -> Non
     assert (fresh == ours(1, "y", b"", (2, 3))) == kw.get("eq", True)
 
 
+MATRIX = [{"eq": eq, "frozen": fr, "unsafe_hash": uh, "order": od, "slots": sl}
+          for eq in (True, False) for fr in (True, False) for uh in (True, False) for od in (False, True)
+          for sl in (False, True) if eq or not od]
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - compared, whatever it is
+        return (type(e), str(e))
+
+
+@pytest.mark.parametrize("own", ["", "eq", "hash", "eq+hash"])
+@pytest.mark.parametrize("kw", MATRIX, ids=lambda kw: ",".join(k for k, v in kw.items() if v) or "plain")
+def test_eq_and_hash_follow_the_standard_table(kw: dict[str, Any], own: str) -> None:
+    """Equality and hashing of every decorator option, with and without the class's own __eq__/__hash__."""
+    def body() -> type:
+        ns: dict[str, Any] = {"__annotations__": {"a": "int", "b": "list[int] | None", "c": "str"},
+                              "b": None, "c": dataclasses.field(default="c", compare=False)}
+        if "eq" in own:
+            ns["__eq__"] = lambda self, other: isinstance(other, type(self)) and self.a == other.a
+        if "hash" in own:
+            ns["__hash__"] = lambda self: 7
+        return type("C", (), ns)
+
+    std = _outcome(lambda: dataclasses.dataclass(**kw)(body()))
+    ours = _outcome(lambda: dataclass(**kw)(body()))
+    if isinstance(std, tuple):  # the standard decorator refuses the combination: so do we
+        assert ours == std
+        return
+    for kind in (None, object.__hash__):
+        assert (std.__hash__ is kind) == (ours.__hash__ is kind)
+    pairs = [((1,), (1,)), ((1,), (2,)), ((1, None, "x"), (1, None, "y")), ((1, [2]), (1, [2])), ((1, [2]), (1,))]
+    for left, right in pairs:
+        s1, s2, o1, o2 = std(*left), std(*right), ours(*left), ours(*right)
+        assert (o1 == o2, o1 != o2, o1 == left, o1 != None) == (s1 == s2, s1 != s2, s1 == left, s1 != None)  # noqa: E711
+        if std.__hash__ not in (None, object.__hash__):
+            assert _outcome(lambda o=o1: hash(o)) == _outcome(lambda s=s1: hash(s))
+
+
 def test_a_plain_subclass_of_a_frozen_class_sets_other_attributes_as_generated() -> None:
     std, ours = twins(frozen=True)
 

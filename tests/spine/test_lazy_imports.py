@@ -38,6 +38,16 @@ def manager():
                      on_change=lambda triggers: None)
 """
 
+SPOOL = """
+from agent import wire
+from agent.records import Kind, Record
+from agent.spool import Spool
+def rec(i):
+    return Record(Kind.METRIC, "test.x", 1_700_000_000_000 + i, 10_000 + i, "ab" * 16, True, float(i))
+def bid(boot, seq):
+    return wire.BatchId("V", "d", 1, boot, seq)
+"""
+
 # The black box as the daemon wires it (default config), for the campaign paths it defers to first need.
 PARTS = CAMPAIGN + """
 from agent.blackbox.wiring import Parts, campaigns_path
@@ -105,6 +115,60 @@ while up.last_connect_error is None and time.monotonic() < deadline:
 up.stop()
 result = [(up.last_connect_error or {}).get("code"), up.connected, uplink.next_protocol("5", "auto", 0x84),
           uplink.retry_delay_s(uplink.UNREACHABLE, 0, up.cfg, rnd=lambda: 0.0)]
+"""),
+    # The spool cannot be opened (a directory in its way): degraded, then the retry finds the disk back.
+    "spool-cannot-open": ("agent.spool_trouble", SPOOL + """
+(tmp / "spool.db").mkdir()
+sp = Spool(tmp / "spool.db", 1 << 20)
+how = sp.open()
+state = sp.trouble.state
+(tmp / "spool.db").rmdir()
+back = sp.retry_disk()
+sp.put([rec(i) for i in range(3)])
+result = [how, state, back, sp.degraded, sp.n_records]
+sp.close()
+"""),
+    # The spool at its cap: the oldest records are evicted, counted.
+    "spool-eviction": ("agent.spool_trouble", SPOOL + """
+sp = Spool(tmp / "spool.db", 256 * 1024)
+sp.open()
+for k in range(4):
+    sp.put([rec(1000 * k + i) for i in range(1000)])
+result = [sp.drops.get("spool_full.metric", 0) > 0, sp.bytes <= sp.cap_bytes, sp.degraded]
+sp.close()
+"""),
+    # A corrupt spool file at start: moved aside, what it held counted.
+    "spool-corrupt": ("agent.spool_trouble", SPOOL + """
+import os
+(tmp / "spool.db").write_bytes(b"SQLite format 3\\x00" + os.urandom(64 * 1024))
+sp = Spool(tmp / "spool.db", 1 << 20)
+how = sp.open()
+result = [how, sp.recovered_from_corruption, sp.drops.get("spool_corrupt.estimated", 0) > 0]
+sp.close()
+"""),
+    # Records held in memory while the spool cannot be written, sealed and acknowledged from there.
+    "spool-memory": ("agent.spool_memory", SPOOL + """
+(tmp / "spool.db").mkdir()
+sp = Spool(tmp / "spool.db", 1 << 20)
+how = sp.open()
+sp.put([rec(i) for i in range(5)])
+held = sp.memory_records
+b = sp.seal(bid, 64 * 1024)
+result = [how, held, b.seq < 0, b.n_records, sp.ack([b.seq]), sp.memory_records]
+"""),
+    # A stop that can write nothing leaves the drop ledger; the next start reports it and removes it.
+    "spool-ledger": ("agent.spool_ledger", SPOOL + """
+(tmp / "bad").mkdir()
+(tmp / "bad" / "spool.db").mkdir()
+sp = Spool(tmp / "bad" / "spool.db", 1 << 20, ledger_path=tmp / "ledger.json")
+sp.open()
+sp.put([rec(i) for i in range(4)])
+sp.close()
+left = (tmp / "ledger.json").exists()
+sp2 = Spool(tmp / "spool.db", 1 << 20, ledger_path=tmp / "ledger.json")
+sp2.open()
+result = [left, sp2.drops.get("stop_unpersisted.metric"), (tmp / "ledger.json").exists()]
+sp2.close()
 """),
     # The first campaign message of a car that had none: the manager is built then.
     "campaign-first-message": ("agent.blackbox.campaigns", PARTS + """
@@ -214,6 +278,11 @@ result = [[r["name"] for r in rows], more, n]
 EXPECTED = {
     "wayback-news": ["interface #3 is up", False, 20],
     "uplink-connect-failed": ["unreachable", False, "3.1.1", 30.0],
+    "spool-cannot-open": ["unknown", "unopenable", True, False, 3],
+    "spool-eviction": [True, True, False],
+    "spool-corrupt": ["unclean", True, True],
+    "spool-memory": ["unknown", 5, True, 5, 1, 0],
+    "spool-ledger": [True, 4, False],
     "campaign-first-message": [["radar-w49"], 1, True],
     "campaign-restore-at-start": [["radar-w49"], True],
     "campaign-restore-at-start-identity": [["radar-w49"], True],

@@ -6,7 +6,8 @@ floor of what the agent really imports, and reconnect after a broker outage.
 - idle: the daemon as a process; context switches (voluntary + involuntary, which also counts fsync and GIL
   hand-offs, so it bounds the timer wake-ups from above) and CPU per thread from /proc/PID/task;
 - RSS: the daemon's VmRSS and PSS after settling, against a process that imports exactly the non-agent modules
-  the daemon imported (`python -X importtime` of the same run lists them) and nothing else;
+  the daemon still holds after settling (its `sys.modules`, read in a run of its own) and nothing else; what
+  it imported at start and released again (argparse, the TOML reader, ...) is listed, not counted in the floor;
 - reconnect: the daemon in-process, a persistent mosquitto killed and restarted (outages of 5-15 s, an event
   waiting); the delay from "broker accepts TCP again" to the first PUBACK, over N trials.
 
@@ -208,21 +209,47 @@ time.sleep(600)
 """
 
 
-def agent_imports(conf: Path, settle_s: float) -> list[str]:
-    """Every non-agent module a real daemon run imports (lazy ones included), from `python -X importtime`."""
-    log = conf.parent / "importtime.txt"
-    with log.open("w") as f:
-        p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "agent", "--config", str(conf)],
-                             cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=f)
-        time.sleep(settle_s)
-        p.terminate()
-        p.wait(20)
-    mods = []
-    for line in log.read_text().splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", line)
-        if m and not m.group(1).startswith(("agent", "__main__")):
-            mods.append(m.group(1))
-    return mods
+_HELD = """
+import importlib.util, json, runpy, sys, threading, time
+out, settle_s = sys.argv[2], float(sys.argv[3])
+imported = set()
+sys.addaudithook(lambda event, args: imported.add(args[0]) if event == "import" else None)
+def found(name):  # an optional import that failed (paho tries socks, dns) was never held
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+def dump():
+    time.sleep(settle_s)
+    held = list(sys.modules)  # in import order: the floor imports them in the same order
+    released = sorted(m for m in imported - set(held) if found(m))
+    with open(out, "w") as f:
+        json.dump({"held": held, "released": released}, f)
+threading.Thread(target=dump, daemon=True).start()
+sys.argv = ["icvq-agent", "--config", sys.argv[1]]
+runpy.run_module("agent", run_name="__main__", alter_sys=True)
+"""
+
+
+def held_modules(conf: Path, settle_s: float) -> tuple[list[str], list[str]]:
+    """The non-agent modules a real daemon run still holds after `settle_s` (lazy ones it loaded included), and
+    those it imported and released again at start (argparse, the TOML reader, ...). The floor imports only the
+    first list: a floor that also held what the daemon released would flatter the daemon."""
+    out = conf.parent / "held-modules.json"
+    p = subprocess.Popen([sys.executable, "-c", _HELD, str(conf), str(out), str(settle_s)],
+                         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + settle_s + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.2)
+    p.terminate()
+    p.wait(20)
+    data = json.loads(out.read_text())
+
+    def foreign(names: list[str]) -> list[str]:
+        return [m for m in names if not m.startswith(("agent", "__main__")) and m not in sys.builtin_module_names]
+
+    return foreign(data["held"]), foreign(data["released"])
 
 
 def floor_cmd(mods: list[str]) -> list[str]:
@@ -235,8 +262,9 @@ def bench_rss(tmp: Path, settle_s: float) -> dict[str, Any]:
     conf = icvq_conf(tmp / "rss", broker.port)
     res: dict[str, Any] = {}
     try:
-        mods = agent_imports(conf, settle_s)
+        mods, released = held_modules(conf, settle_s)
         res["floor_modules"] = len(mods)
+        res["released_modules"] = sorted({m.split(".")[0] for m in released})
         res["third_party"] = sorted({m.split(".")[0] for m in mods if m.split(".")[0] in
                                      ("paho", "psutil", "msgpack", "can", "cantools", "tomli")})
         # 2) the daemon alone, then the floor alone
@@ -297,7 +325,8 @@ def rss_text(rss: dict[str, Any]) -> str:
     """The RSS step's figures on their own (`--only rss`)."""
     return (f"VmRSS agent / floor: {rss['agent_rss_mib']:.2f} / {rss['floor_rss_mib']:.2f} MiB = {rss['rss_ratio']:.3f}\n"
             f"PSS agent / floor: {rss['agent_pss_mib']:.2f} / {rss['floor_pss_mib']:.2f} MiB = {rss['pss_ratio']:.3f}\n"
-            f"floor modules: {rss['floor_modules']}; old floor VmRSS {rss['old_floor_rss_mib']:.2f} MiB\n"
+            f"floor modules: {rss['floor_modules']} (released at start, not in the floor: "
+            f"{', '.join(rss['released_modules']) or 'none'}); old floor VmRSS {rss['old_floor_rss_mib']:.2f} MiB\n"
             f"gap per mapping (KiB): {', '.join(f'{k} {v:+d}' for k, v in rss['gap_kib'])}")
 
 
@@ -322,8 +351,9 @@ system probe every 10 s, `batch_linger_s` 300 s, keepalive 60 s, a real mosquitt
 | old "import floor" (`import can, paho, psutil, msgpack`): VmRSS | {rss['old_floor_rss_mib']:.1f} MiB | (counted python-can, which the agent never imports) |
 | broker back → first PUBACK, p50 / p95 / max over {rc['trials']} outages of 5–15 s | {rc['p50_s']:.2f} / {rc['p95_s']:.2f} / {rc['max_s']:.2f} s | p95 ≤ 5 s |
 
-The floor is a Python process importing exactly the {rss['floor_modules']} non-agent modules the daemon imported in the
-same run (third-party among them: {', '.join(rss['third_party'])}), listed by `python -X importtime`.
+The floor is a Python process importing exactly the {rss['floor_modules']} non-agent modules the idle daemon holds
+(its `sys.modules` after settling; third-party among them: {', '.join(rss['third_party'])}). Imported at start and
+released before the daemon's modules, so not in the floor: {', '.join(rss['released_modules']) or 'none'}.
 Where the agent's VmRSS exceeds the floor's, per mapping (KiB; [anon] is pymalloc's arenas, thread stacks and
 large mallocs; [heap] is glibc's main heap): {', '.join(f"{k} {v:+d}" for k, v in rss['gap_kib'])}.
 

@@ -168,9 +168,9 @@ def bench_process(port: int, tmp: Path, settle_s: float) -> dict[str, Any]:
     conf = _agent_conf(tmp, port)
     # The floor is what this agent really imports (issue 13: the old `import can, paho, psutil, msgpack`
     # counted python-can, which the agent never loads).
-    from tools.bench.lean import agent_imports, floor_cmd
+    from tools.bench.lean import floor_cmd, held_modules
 
-    res["floor_rss_mib"] = _rss_after(floor_cmd(agent_imports(conf, 8.0)), 5.0)
+    res["floor_rss_mib"] = _rss_after(floor_cmd(held_modules(conf, 8.0)[0]), 5.0)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res["agent_rss_mib"] = _rss_after([sys.executable, "-m", "agent", "--config", str(conf)], settle_s, env)
     res["rss_ratio"] = res["agent_rss_mib"] / res["floor_rss_mib"]
@@ -218,7 +218,7 @@ for the size figures, {t['records']:,} for throughput and drain (groups of 500 l
 The wire rows are bulk figures: 1,200 records per batch, what a backlog drain sends after an outage. Live
 traffic at the default config is in "Issue 13: icvq beside collectd" (batches of one 5-minute linger, and
 single-event batches). The import floor is a process importing exactly the non-agent modules the daemon
-imported (`python -X importtime`, tools/bench/lean.py).
+holds when idle (its `sys.modules`, tools/bench/lean.py).
 """
 
 
