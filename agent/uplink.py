@@ -19,8 +19,6 @@ A fleet whose broker restarts: every car lost its session in the same second, so
 uniformly from [0, reconnect_probe_s] and each probe period is jittered again; the cars that find the broker
 back are spread over about 1.5 * reconnect_probe_s, and any that it then refuses under load fall into the
 exponential back-off, which spreads them over up to `backoff_max_s`.
-That policy, and noting why an attempt failed, is in agent/uplink_retry.py, imported at the first attempt that
-fails or session that ends: a car that stays connected never runs it (issue 13: idle RSS).
 
 Idle wake-ups: paho's network loop selects with a timeout of keepalive/4 (paho's default 1 s was one wake-up
 a second; its keep-alive check only needs to run well within keepalive_s), and our connection thread blocks
@@ -32,38 +30,30 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import random
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from . import lazy, private, tls, wire
+from . import private, tls, wire
 from .config import UplinkConfig, VehicleConfig
 from .dataclass_shared import dataclass
 from .errors import ConfigError
 from .probe import UplinkView
-from .wayback import WayBack
-
-if TYPE_CHECKING:
-    from .uplink_retry import GOOD_SESSION_S as GOOD_SESSION_S
-    from .uplink_retry import LOST as LOST
-    from .uplink_retry import REFUSED as REFUSED
-    from .uplink_retry import UNREACHABLE as UNREACHABLE
-    from .uplink_retry import UNSUPPORTED_PROTOCOL as UNSUPPORTED_PROTOCOL
-    from .uplink_retry import V3_UNACCEPTABLE_PROTOCOL as V3_UNACCEPTABLE_PROTOCOL
-    from .uplink_retry import backoff_s as backoff_s
-    from .uplink_retry import next_protocol as next_protocol
-    from .uplink_retry import retry_delay_s as retry_delay_s
+from .wayback import WayBack, connection_stalled
 
 log = logging.getLogger("icvq.uplink")
 
+UNSUPPORTED_PROTOCOL = 0x84
+V3_UNACCEPTABLE_PROTOCOL = 0x01
 # Process-wide, so the connections of an Uplink rebuilt by a reload never reuse a generation number.
 _GENERATIONS = itertools.count(1)
 NO_CONNACK = -1  # TCP (and TLS) connected, but the broker closed or stayed silent instead of answering CONNECT
@@ -109,6 +99,40 @@ class EventQueue(queue.Queue[UplinkEvent]):
 def topics(cfg: UplinkConfig, v: VehicleConfig) -> tuple[str, str]:
     base = f"{cfg.topic_prefix.rstrip('/')}/{v.fleet}/{v.id}/{v.device}"
     return f"{base}/batch", f"{base}/status"
+
+
+def next_protocol(current: str, configured: str, failure_code: int | None) -> str:
+    """v5 first; fall back to 3.1.1 only when configured "auto" and the broker says it does not speak v5:
+    CONNACK 0x84 (v5 Unsupported Protocol Version) or 0x01 (a 3.1.1 broker's "unacceptable protocol level").
+    A broker that merely vanishes mid-handshake (a restart under load) is no reason: a fleet must not get
+    stuck on 3.1.1, which has no PUBACK reason codes, after one bad minute."""
+    if configured != "auto":
+        return configured
+    if current == "5" and failure_code in (UNSUPPORTED_PROTOCOL, V3_UNACCEPTABLE_PROTOCOL):
+        return "3.1.1"
+    return current
+
+
+def backoff_s(attempt: int, lo: float, hi: float, rnd: Callable[[], float] = random.random) -> float:
+    """Exponential back-off with full jitter: a fleet coming out of one tunnel must not reconnect in step."""
+    cap = min(hi, lo * 2 ** min(attempt, 20))
+    return lo + (cap - lo) * rnd()
+
+
+LOST, UNREACHABLE, REFUSED = "lost", "unreachable", "refused"
+GOOD_SESSION_S = 10.0
+
+
+def retry_delay_s(outcome: str, failures: int, cfg: UplinkConfig,
+                  rnd: Callable[[], float] = random.random) -> float:
+    """How long to wait before the next attempt (a nudge from agent/wayback.py cuts it short).
+    LOST: a session that had lasted ended; UNREACHABLE: TCP did not connect; REFUSED: the broker answered and
+    said no (or a fresh session died at once). See the module docstring for why each."""
+    if outcome == LOST:
+        return cfg.reconnect_probe_s * rnd()
+    if outcome == UNREACHABLE:
+        return cfg.reconnect_probe_s * (0.5 + rnd())
+    return backoff_s(failures, cfg.backoff_min_s, cfg.backoff_max_s, rnd)
 
 
 class _Client(mqtt.Client):
@@ -360,9 +384,31 @@ class Uplink:
                 code = NO_CONNACK
             if self._stop.is_set():
                 break
-            from . import uplink_retry  # the first attempt that failed or session that ended (see its opening)
-
-            failures = uplink_retry.next_attempt(self, code, started, failures)
+            lasted = time.monotonic() - started
+            new = next_protocol(self.protocol, self.cfg.protocol, code)
+            if new != self.protocol:
+                log.warning("broker refused MQTT v5; falling back to MQTT 3.1.1")
+                self.protocol = new
+                continue
+            # A session that worked (it lasted, or the broker acknowledged something) ended: the broker went
+            # away (restart, link). One that died at once after CONNACK is a refusal in disguise (a takeover
+            # loop, a broker kicking us): back off.
+            if code == 0 and (lasted >= GOOD_SESSION_S or (self.last_ack_mono or 0.0) > started):
+                outcome = LOST
+            elif code is None:
+                outcome = UNREACHABLE
+            else:
+                outcome = REFUSED
+            delay = retry_delay_s(outcome, failures, self.cfg)
+            failures = 0 if outcome == LOST else failures + (outcome == REFUSED)
+            # _hold ended a stalled connection on news that the way is back: that news is the reason, no wait.
+            why = self._resume or self._wayback.wait(delay)
+            self._resume = ""
+            if why and not self._stop.is_set():
+                log.info("uplink: %s; reconnecting now", why)
+                self.last_way_back = why
+                # Never faster than twice a second, whatever the kernel or the link probe report.
+                self._stop.wait(max(0.0, started + 0.5 - time.monotonic()))
 
     def _one_connection(self) -> int | None:
         """Connect, run until the connection dies. Returns 0 after a successful session, the CONNACK failure
@@ -377,10 +423,19 @@ class Uplink:
         try:
             client = self._make_client(gen)
             client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-        except (ConfigError, ssl.SSLError, ValueError, OSError) as e:
-            from . import uplink_retry
-
-            return uplink_retry.connect_failed(self, e)
+        except ConfigError as e:
+            # A secret file others may read (agent/private.py): a local matter, back off as after a refusal.
+            self._note_error(str(e), "config")
+            return NO_CONNACK
+        except (ssl.SSLError, ValueError) as e:
+            # TCP connected and TLS said no (or the settings are unusable): the broker is there, back off.
+            why = tls.classify(str(e))
+            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {why.text if why else e}",
+                             why.code if why else "tls_failed")
+            return NO_CONNACK
+        except OSError as e:
+            self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {e}", "unreachable")
+            return None
         with self._lock:
             self._client = client
         client.loop_start()
@@ -392,9 +447,16 @@ class Uplink:
                     return NO_CONNACK
                 self._connected.wait(0.1)
             if not self._connected.is_set():
-                from . import uplink_retry
-
-                return uplink_retry.no_session(self)
+                if self._stop.is_set():
+                    return NO_CONNACK
+                if self._connack:
+                    self._note_error(f"broker refused the connection: CONNACK reason {self._connack[0]:#x}",
+                                     "connack_refused")
+                    return self._connack[0]
+                why = self._diagnose()
+                self._note_error(why.text if why else "broker closed the connection before CONNACK (client "
+                                 "certificate, credentials or protocol refused?)", why.code if why else "no_connack")
+                return NO_CONNACK
             max_packet = self._connack[1] if self._connack else None
             self.connected_since = time.time()
             self.offline_since = None
@@ -437,12 +499,8 @@ class Uplink:
         the way came back under a stalled connection (see the module docstring), which the caller then ends."""
         while not self._dead.is_set():
             why = self._wayback.wait(86400.0, done=self._dead.is_set)
-            if not why or self._dead.is_set():
-                continue
-            from .wayback_news import connection_stalled  # news under a live connection (see wayback_news.py)
-
             sock = client.socket()
-            if isinstance(sock, socket.socket) and connection_stalled(sock):
+            if why and not self._dead.is_set() and isinstance(sock, socket.socket) and connection_stalled(sock):
                 try:
                     # paho's loop sees EOF at once; a DISCONNECT alone could sit behind a full send buffer.
                     sock.shutdown(socket.SHUT_RDWR)
@@ -450,6 +508,13 @@ class Uplink:
                     pass
                 return why
         return ""
+
+    def _diagnose(self) -> tls.Refusal | None:
+        """Why the broker closed a TLS connection before CONNACK, asked with the context that connection used:
+        the certificate it presented, not one installed since, and no second SSLContext and CA/key load."""
+        if self._tls_ctx is None:
+            return None
+        return tls.diagnose(self.cfg.host, self.cfg.port, self._tls_ctx, min(self.cfg.connect_timeout_s, 5.0))
 
     def _note_error(self, msg: str, code: str = "", level: int = logging.WARNING) -> None:
         """Log a new failure once; `code` marks a failed connect attempt (the last_connect_error fact)."""
@@ -460,10 +525,3 @@ class Uplink:
             prev = self.last_connect_error
             since = prev["since"] if prev and prev["code"] == code else time.time()
             self.last_connect_error = {"code": code, "text": msg, "since": since}
-
-
-_RETRY = frozenset({"GOOD_SESSION_S", "LOST", "REFUSED", "UNREACHABLE", "UNSUPPORTED_PROTOCOL",
-                    "V3_UNACCEPTABLE_PROTOCOL", "backoff_s", "next_protocol", "retry_delay_s"})
-
-# The reconnect policy's names (`uplink.retry_delay_s`, ...), from agent/uplink_retry.py on first use (PEP 562).
-__getattr__ = lazy.forward(__name__, "uplink_retry", _RETRY)

@@ -15,31 +15,78 @@ tools/bench/linkback.py), and after a new address the connection is dead until k
 `connection_stalled` tells those apart from a healthy connection (TCP_INFO's backoff; is the source address
 still ours), and the uplink then reconnects at once instead of waiting for either.
 Hand-written because nothing in the standard library or our dependencies listens to rtnetlink; the parsing is
-the 16-byte nlmsghdr and the 16-byte ifinfomsg, nothing else. Reading the news (that parsing, and
-`connection_stalled`) is in agent/wayback_news.py, imported when the first news arrives (issue 13: idle RSS).
+the 16-byte nlmsghdr and the 16-byte ifinfomsg, nothing else.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from . import lazy
-
-if TYPE_CHECKING:
-    from .wayback_news import RTM_NEWADDR as RTM_NEWADDR
-    from .wayback_news import RTM_NEWLINK as RTM_NEWLINK
-    from .wayback_news import connection_stalled as connection_stalled
-    from .wayback_news import interface_came_up as interface_came_up
-    from .wayback_news import tcp_backing_off as tcp_backing_off
 
 log = logging.getLogger("icvq.uplink")
 
+_NLMSG_HDR = struct.Struct("=IHHII")
+_IFINFO = struct.Struct("=BxHiII")
+RTM_NEWLINK, RTM_NEWADDR = 16, 20
+IFF_RUNNING = 0x40
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+
+
+def interface_came_up(data: bytes) -> str | None:
+    """The first "up" news in one rtnetlink datagram: an interface RUNNING (carrier) or a new address."""
+    off = 0
+    while off + _NLMSG_HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, off)
+        if length < _NLMSG_HDR.size:
+            return None
+        body = off + _NLMSG_HDR.size
+        if kind == RTM_NEWADDR:
+            return "an interface got an address"
+        if kind == RTM_NEWLINK and body + _IFINFO.size <= len(data):
+            _family, _type, index, flags, _change = _IFINFO.unpack_from(data, body)
+            if flags & IFF_RUNNING:
+                return f"interface #{index} is up"
+        off += (length + 3) & ~3
+    return None
+
+
+_TCP_INFO_HEAD = struct.Struct("=BBBBB")  # tcpi_state, ca_state, retransmits, probes, backoff
+
+
+def tcp_backing_off(info: bytes) -> bool:
+    """From the head of struct tcp_info: has a retransmission or zero-window-probe timer of this connection
+    expired and doubled (data written is waiting out a backed-off timer)?"""
+    if len(info) < _TCP_INFO_HEAD.size:
+        return False
+    return _TCP_INFO_HEAD.unpack_from(info)[4] > 0
+
+
+def _address_gone(family: int, local: tuple[object, ...]) -> bool:
+    """The connection's source address is no longer on this host (the link came back with a new one)."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((local[0], 0, *local[2:]))
+    except OSError as e:
+        return e.errno == errno.EADDRNOTAVAIL
+    return False
+
+
+def connection_stalled(sock: socket.socket | None) -> bool:
+    """After news that the way is back: would this connection wait out a timer (or keep-alive) instead of
+    carrying data now? False for anything not a TCP socket of ours."""
+    if sock is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_HEAD.size)
+        local = sock.getsockname()
+    except (OSError, AttributeError):
+        return False
+    return tcp_backing_off(info) or (isinstance(local, tuple) and _address_gone(sock.family, local))
 
 
 def _netlink() -> socket.socket | None:
@@ -123,8 +170,6 @@ class WayBack:
                     reason = self._reason or "nudged"
                     self.drain()
                     return reason
-                from .wayback_news import interface_came_up  # the kernel's news (see wayback_news.py)
-
                 up = interface_came_up(data)
                 if up:
                     return up
@@ -133,9 +178,3 @@ class WayBack:
         for s in (self._r, self._w, self._nl):
             if s is not None:
                 s.close()
-
-
-_NEWS = frozenset({"RTM_NEWADDR", "RTM_NEWLINK", "connection_stalled", "interface_came_up", "tcp_backing_off"})
-
-# `wayback.interface_came_up` and the other news readers, from agent/wayback_news.py on first use (PEP 562).
-__getattr__ = lazy.forward(__name__, "wayback_news", _NEWS)
