@@ -238,7 +238,7 @@ class Onsets:
 def gather(d: DaemonView, now: float, mono: float) -> Facts:
     """Snapshot the running daemon's facts: in-memory attributes only, safe from any thread."""
     pl, up, sp = d.pipeline, d.uplink, d.spool
-    trouble = sp.trouble  # set whenever the spool is degraded (Spool._block), with its own since
+    trouble = sp.trouble  # set whenever the spool is degraded (spool_trouble.block), with its own since
     spool_fact = None if trouble is None else SpoolFact(trouble.state, trouble.since, trouble.detail)
     synced = d.clock.synced()
     return Facts(
