@@ -7,9 +7,10 @@ No threads. Every module of the agent imports `dataclass` from here rather than 
 Why (issue 13, RSS ≤ 1.1x the floor of what the agent imports): `dataclasses` compiles these methods for each class
 from source text (and wraps `__repr__` for recursion): ≈ 2.5 KiB for `__repr__`, ≈ 2 KiB for `__eq__` and ≈ 3-4 KiB
 more for a frozen class, of code and function objects per class. The idle daemon holds 39 dataclasses, 31 of them
-frozen. The shared `__repr__` alone saved 0.18 MiB of VmRSS (the daemon at the benchmark's default config, 20 s
-after start, 3 runs each: 29.74 → 29.56 MiB). Each shared method behaves as the generated one: `__repr__` prints the
-same `Name(field=value, ...)` over the fields with `repr=True` (`...` on recursion); `__eq__` compares the tuples of
+frozen. VmRSS of the daemon at the benchmark's default config, 20 s after start, 3 runs each, before and after in
+the same minutes: the shared `__repr__` 29.74 → 29.56 MiB, the shared `__eq__` 29.39 → 29.26 MiB; the frozen methods
+took 60 KiB off [anon]. Each shared method behaves as the generated one: `__repr__` prints the same
+`Name(field=value, ...)` over the fields with `repr=True` (`...` on recursion); `__eq__` compares the tuples of
 fields with `compare=True` of two instances of the very same class (else NotImplemented); `__hash__` hashes that
 same tuple, so it gives the same number, and is set or cleared by the standard decorator's table; assigning to or
 deleting from a frozen instance raises `FrozenInstanceError` with the same message. `__init__` stays generated (it
