@@ -147,8 +147,12 @@ class Pipeline:
         if self.uplink and self.uplink.connected and drain_s > 0:
             deadline = time.monotonic() + drain_s
             self._flush_requested = True
-            while time.monotonic() < deadline and (self.spool.n_records or self.spool.n_batches
-                                                   or self.spool.memory_records):
+            while time.monotonic() < deadline:
+                # Commit before asking whether anything is left: a step can end by queueing records of its own
+                # (the health report falls due), which would otherwise stay behind as unsent samples.
+                self._commit()
+                if not (self.spool.n_records or self.spool.n_batches or self.spool.memory_records):
+                    break
                 self.step()
                 time.sleep(0.05)
         self._commit()
