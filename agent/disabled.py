@@ -9,11 +9,10 @@ RSS, and the display package imported whole (with its sources) ≈ 3 MiB before 
 
 from __future__ import annotations
 
-import gc
-import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .config import release
 from .schema import to_plain
 
 
@@ -45,12 +44,4 @@ def unload(name: str, loaded_before: set[str]) -> None:
     full Config any more: a Config still referenced keeps its class, and so its module's functions and dict,
     alive through the collection; they then wait as garbage for the next full collection, which an idle daemon
     may not run for hours (issue 13: ≈ 250 KiB of the display, link and CAN settings were held at idle)."""
-    pkg = f"agent.probes.{name}"
-    dropped = [m for m in sys.modules if (m == pkg or m.startswith(pkg + ".")) and m not in loaded_before]
-    for mod in dropped:
-        del sys.modules[mod]
-    parent = sys.modules.get("agent.probes")
-    if parent is not None and pkg not in loaded_before and hasattr(parent, name):
-        delattr(parent, name)
-    if dropped:
-        gc.collect()  # module dicts and classes sit in reference cycles
+    release((f"agent.probes.{name}",), keep=loaded_before)
