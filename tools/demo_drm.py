@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in sorted(result["marks"].items(), key=lambda kv: kv[1]):
             print(f"    {t - t0:7.2f}  {name}")
         print("\n  episodes:")
-        for phase in ("phase1", "phase2", "phase2_noregion"):
+        for phase in ("phase1", "phase2", "phase2_noregion", "phase2_thin"):
             for r in result[phase]:
                 if r["kind"] != "end":
                     continue
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         black_noregion = any(r["name"] == "display.black" for r in result["phase2_noregion"])
         print(f"  the same without a clock region: grid lit {100 * (dark['noregion_lit'] or 0):.3f} %, "
               f"black: {'yes' if black_noregion else 'no'} (new frames with lit pixels keep flipping)")
+        black_thin = any(r["name"] == "display.black" for r in result["phase2_thin"])
+        trace = dark["thin_trace_lit"]
+        print(f"  text between grid points: grid lit {100 * (dark['thin_lit'] or 0):.3f} %, whole-row trace lit "
+              f"{'-' if trace is None else f'{100 * trace:.3f} %'}, black: {'yes' if black_thin else 'no'}")
         print(f"  screendumps (qemu QMP): {', '.join(sorted(p.stem for p in shared.glob('*.ppm')))}"
               + (f" in {shared}" if args.out else ""))
     return 0

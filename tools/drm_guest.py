@@ -49,7 +49,14 @@ close-animation=none
 focus-animation=none
 """
 # The dark-themed HMI: weston's own terminal, fullscreen, black, showing only a clock that ticks every second.
-CLOCK_SH = "#!/bin/sh\nprintf '\\033[?25l'; while :; do printf '\\033[H %s' \"$(date +%T)\"; sleep 1; done\n"
+# While THIN_FLAG exists it shows, in the clock's place, lower-case letters that change every second instead: their
+# pixels (rows 13-19 of the first line) all lie between the grid's rows (y = 10 and 31 on 1024 x 768), the time
+# digits reach up to row 10 and are hit by it at most times of day. Same length, so each text overwrites the other.
+THIN_TEXT = ("oxoxoxox", "xoxoxoxo")
+CLOCK_SH = ("#!/bin/sh\nprintf '\\033[?25l'; i=0\nwhile :; do\n"
+            "  if [ -e \"$(dirname \"$0\")/thin\" ]; then i=$((1 - i)); "
+            f"if [ $i = 0 ]; then t={THIN_TEXT[0]}; else t={THIN_TEXT[1]}; fi\n"
+            "  else t=$(date +%T); fi\n  printf '\\033[H %s' \"$t\"; sleep 1\ndone\n")
 CLOCK_REGION: dict[str, Any] = {"name": "clock", "x": 0, "y": 0, "width": 120, "height": 24, "expected_period_s": 1.0}
 
 T0 = time.monotonic()
@@ -92,7 +99,7 @@ def screendump(name: str, client: ScanoutClient) -> None:
 
 def sample_dict(s: Any) -> dict[str, Any]:
     return {"grid": s.grid, "regions": list(s.regions), "lit": s.bright_fraction, "black": s.black,
-            "region_lit": list(s.region_lit)}
+            "region_lit": list(s.region_lit), "trace_lit": s.trace_lit}
 
 
 def start_weston() -> subprocess.Popen[bytes]:
@@ -234,15 +241,31 @@ def main() -> None:
     time.sleep(6.0)
     fb = p3.probe.fb
     dark_state["noregion_lit"] = fb.lit_fraction if fb else None
+    dark_state["noregion_trace_lit"] = fb.trace_lit if fb else None
     dark_state["noregion_dark_since"] = fb.dark_since if fb else None
     records3 = p3.stop()
+    # The same, with text whose every lit pixel lies between grid points: only the helper's whole-row trace sees it.
+    Path(XDG, "thin").write_text("")
+    thin = ScanoutClient(SOCK)
+    wait_for(lambda: thin.sample().trace_lit, 10, "the thin text between grid points")
+    p4 = Probe(hmi_processes=["weston-terminal"])
+    mark("thin_start")
+    time.sleep(3.0)
+    screendump("thin", thin)
+    time.sleep(3.0)
+    fb = p4.probe.fb
+    dark_state["thin_lit"] = fb.lit_fraction if fb else None
+    dark_state["thin_trace_lit"] = fb.trace_lit if fb else None
+    dark_state["thin_dark_since"] = fb.dark_since if fb else None
+    records4 = p4.stop()
     term.kill()
     weston.terminate()
     weston.wait()
     helper.terminate()
     helper.wait()
     print(MARK + json.dumps({"marks": marks, "dumps": dumps, "phase1": records1, "phase2": records2,
-                             "phase2_noregion": records3, "dark_state": dark_state, "region": region}), flush=True)
+                             "phase2_noregion": records3, "phase2_thin": records4, "dark_state": dark_state,
+                             "region": region}), flush=True)
 
 
 if __name__ == "__main__":

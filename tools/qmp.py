@@ -124,3 +124,13 @@ def sample_ppm(path: Path, *, regions: tuple[Rect, ...] = (), grid: tuple[int, i
 def colours(path: Path) -> set[tuple[int, int, int]]:
     _, _, rgb = read_ppm(path)
     return {(rgb[i], rgb[i + 1], rgb[i + 2]) for i in range(0, len(rgb) - 2, 3 * 97)}
+
+
+def lit_pixels(path: Path, black_level: int = 16) -> int:
+    """Every pixel of the dump with a channel above black_level (not a sample: the whole screen)."""
+    _, _, rgb = read_ppm(path)
+    table = bytes(0 if v <= black_level else 1 for v in range(256))
+    acc = 0
+    for c in range(3):
+        acc |= int.from_bytes(rgb[c::3].translate(table), "little")
+    return acc.bit_count()

@@ -4,12 +4,14 @@
 
 Frames are XWD files generated here (the layout `Xvfb -fbdir` writes) at 1280x720 and 1920x1080. The baselines,
 measured in the same run on the same mapping, hash the whole frame (hashlib.blake2b, and zlib.crc32 as the
-cheapest whole-frame hash); the sampler reads a 64x36 grid plus one 240x40 expected-change region.
+cheapest whole-frame hash); the sampler reads a 64x36 grid plus one 240x40 expected-change region, and the
+whole-row trace (GridSampler.trace, the DRM helper's second look at a frame with no lit grid pixel) every n-th row.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import mmap
@@ -27,7 +29,7 @@ import psutil
 from agent.clock import SystemClock
 from agent.probe import ProbeContext
 from agent.probes.display import Config, DisplayProbe
-from agent.probes.display.framebuffer import FrameReader, Rect, make_xwd_header
+from agent.probes.display.framebuffer import FrameReader, GridSampler, Rect, make_xwd_header
 from agent.records import Record
 from agent.schema import build
 
@@ -62,7 +64,21 @@ def bench_frame(path: Path, width: int, height: int, samples: int) -> dict[str, 
     write_frame(path, width, height)
     reader = FrameReader(str(path), regions=[CLOCK])
     sparse = cpu_per_call(reader.sample, samples)
+    layout = reader.layout
+    assert layout is not None
     reader.close()
+    # The whole-row trace the DRM helper adds when the grid finds no lit pixel, on the frames it is for: all black
+    # (every chunk read) and dark with a thin clock near the bottom (the chunk found last time, read first).
+    black = bytearray(layout.offset + layout.stride * layout.height)
+    traces = {"trace_black": bytes(black)}
+    for y in range(height - 40, height - 24):
+        for x in range(width - 100, width - 20, 9):
+            i = layout.offset + y * layout.stride + x * 4
+            black[i:i + 3] = b"\xc0\xc0\xc0"
+    traces["trace_clock"] = bytes(black)
+    out: dict[str, float] = {}
+    for key, buf in traces.items():
+        out[key] = cpu_per_call(functools.partial(GridSampler().trace, buf, layout), max(20, samples // 50))
     with path.open("rb") as f:
         mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
     try:
@@ -70,7 +86,7 @@ def bench_frame(path: Path, width: int, height: int, samples: int) -> dict[str, 
         whole_crc = cpu_per_call(lambda: zlib.crc32(mm), max(20, samples // 50))
     finally:
         mm.close()
-    return {"sparse": sparse, "blake2b": whole_blake, "crc32": whole_crc}
+    return {"sparse": sparse, **out, "blake2b": whole_blake, "crc32": whole_crc}
 
 
 def fake_sysfs(root: Path) -> None:
@@ -148,6 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     for w, h, r in rows:
         print(f"| {w}x{h} | {r['sparse'] * 1e6:.0f} | {r['blake2b'] * 1e6:.0f} | {r['crc32'] * 1e6:.0f} "
               f"| {r['blake2b'] / r['sparse']:.0f}x |")
+    print("\nThe whole-row trace (DRM helper only, when the grid found no lit pixel, once per new buffer), same run:\n")
+    print("| frame | trace, black frame (µs) | trace, dark + thin clock (µs) | black / whole frame crc32 "
+          "| clock / sparse sample |")
+    print("|---|---:|---:|---:|---:|")
+    for w, h, r in rows:
+        print(f"| {w}x{h} | {r['trace_black'] * 1e6:.0f} | {r['trace_clock'] * 1e6:.0f} "
+              f"| {r['trace_black'] / r['crc32']:.2f}x | {r['trace_clock'] / r['sparse']:.1f}x |")
     rate = 1.0 / defaults.fb_interval_s
     est = 100.0 * rows[0][2]["sparse"] * rate
     print(f"\nAt the default rate ({rate:g} samples/s) the 1280x720 sampler alone costs {est:.3f} % of one core "
@@ -155,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Measured on the probe thread itself, running {args.seconds:g} s at its defaults (framebuffer "
           f"{rate:g}/s, backlight + connector 1/s, idle kmsg FIFO and heartbeat socket, rules every tick, "
           f"~{samples:.0f} samples): **{share:.3f} % of one core** (goal: well under 1 %).")
+    big = rows[-1]
+    print(f"A dark UI without a region whose clock falls between grid points, flipping once a second on "
+          f"{big[0]}x{big[1]}, costs {100.0 * big[2]['trace_clock']:.3f} % of one core for its traces; a compositor "
+          f"flipping black buffers (the fault) {100.0 * big[2]['trace_black'] * rate:.2f} % at {rate:g} samples/s.")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,9 @@ class ScanoutClient:
             width, height, fmt = int(r["width"]), int(r["height"]), str(r["format"])
             regions = tuple(None if c is None else int(c) for c in r["regions"])
             region_lit = tuple(None if v is None else float(v) for v in r["region_lit"])
-            sample = FrameSample(int(r["grid"]), regions, float(r["lit"]), bool(r["black"]), region_lit)
+            trace = r.get("trace_lit")  # absent from a helper older than the trace: not looked at
+            sample = FrameSample(int(r["grid"]), regions, float(r["lit"]), bool(r["black"]), region_lit,
+                                 None if trace is None else float(trace))
             self.fb_id = int(r["fb_id"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise FrameUnavailable("malformed", f"sampler answer {data[:120]!r}") from None

@@ -55,6 +55,7 @@ class FrameTracker:
     dark_since: float | None = None    # dark grid (a dark theme is dark but not black)
     lit_fraction: float | None = None
     region_lit: tuple[float | None, ...] = ()
+    trace_lit: float | None = None     # whole-row lit share when no grid pixel was lit (DRM helper); None = not read
     lit_limit: float = 0.02            # 1 - black_fraction: at or below, a grid or region is dark
     window: Window = field(default_factory=Window)
     _opens: int = -1
@@ -82,7 +83,7 @@ class FrameTracker:
         if reopen and not was_up:
             self.black_since = self.dark_since = None  # a new picture after an outage: its darkness starts now
         self.window.samples += 1
-        self.lit_fraction, self.region_lit = s.bright_fraction, s.region_lit
+        self.lit_fraction, self.region_lit, self.trace_lit = s.bright_fraction, s.region_lit, s.trace_lit
         if s.black:
             if self.dark_since is None:
                 self.dark_since = now

@@ -29,6 +29,11 @@ XWD_FILE_VERSION = 7
 XWD_ZPIXMAP = 2
 MAX_DIM = 16384
 MAX_REGION_ROWS = 128  # a tall region is sampled every n-th row so its cost stays bounded
+# The trace (GridSampler.trace) reads whole rows, at most this many: every 3rd row of 768, every 5th of 1080, so a
+# glyph 6 px tall or more is crossed at least once. 256 rows of 1920 XRGB pixels are 1.9 MiB, read in chunks of
+# TRACE_CHUNK_ROWS so the copies stay under 0.3 MiB.
+TRACE_ROWS = 256
+TRACE_CHUNK_ROWS = 32
 
 
 class FrameUnavailable(Exception):
@@ -170,6 +175,9 @@ class FrameSample:
     # Per region: share of its sampled pixels brighter than black_level (None outside the frame). A dark theme
     # is nearly black on the grid but lit where its live UI (a clock) is: rules.py tells the two apart by these.
     region_lit: tuple[float | None, ...] = ()
+    # Share of lit pixels over whole rows (GridSampler.trace), looked at only when no grid pixel is lit: under DRM
+    # a thin clock between grid points still keeps a dark UI alive. None = not looked at.
+    trace_lit: float | None = None
 
 
 @dataclass
@@ -208,6 +216,7 @@ class GridSampler:
         self._channels: tuple[int, ...] | None = None
         # byte -> 1 when brighter than black_level: lets C code count bright pixels (see _bright).
         self._bright_table = bytes(0 if v <= black_level else 1 for v in range(256))
+        self._trace_hint = 0  # the trace's chunk that last held a lit pixel: where the next trace starts
 
     def sample(self, buf: mmap.mmap | bytes, layout: Layout, yoff: int = 0) -> FrameSample:
         if self._plan is None or self._plan_key != (layout, yoff):
@@ -241,6 +250,40 @@ class GridSampler:
             region_lit.append(round(self._bright(rstreams, layout) / n, 6) if n else 0.0)
         bright = self._bright(streams, layout) / plan.n_pixels if plan.n_pixels else 0.0
         return FrameSample(crc, tuple(region_crcs), bright, bright <= 1.0 - self.black_fraction, tuple(region_lit))
+
+    def trace(self, buf: mmap.mmap | bytes, layout: Layout, yoff: int = 0) -> float | None:
+        """Share of lit pixels over whole rows, every n-th one (at most TRACE_ROWS): the second look for a frame
+        whose grid found no lit pixel at all. A thin dark-theme clock can sit between grid points (a 16 px grid
+        pitch against 1 px strokes: the VM's dark terminal clock was missed at some times of day), so "no lit grid
+        pixel" is not "no lit pixel". None for packed formats (RGB565: a Python loop per pixel would cost
+        seconds).
+
+        The rows are read in chunks of TRACE_CHUNK_ROWS and the trace stops at the first chunk with a lit pixel
+        (the share is then of the rows read): only "any lit pixel" decides, and a whole 1920 x 1080 trace costs
+        1.3 whole-frame CRCs (tools/bench/display.py). It starts at the chunk where it last found one, so a dark
+        UI's clock costs one chunk per trace; a black frame costs them all. Only on demand: the DRM helper asks
+        once per new buffer (scanout_helper.py)."""
+        if layout.bits_per_pixel not in (24, 32) or layout.width <= 0 or layout.height <= 0:
+            return None
+        channels = layout.channel_bytes()
+        if channels is None:
+            return None
+        bpp = layout.bytes_per_pixel
+        step = max(1, -(-layout.height // TRACE_ROWS))
+        row_bytes = layout.width * bpp
+        starts = [layout.offset + (y + yoff) * layout.stride for y in range(step // 2, layout.height, step)]
+        chunks = list(range(0, len(starts), TRACE_CHUNK_ROWS))
+        first = self._trace_hint if self._trace_hint < len(chunks) else 0
+        rows = 0
+        for k in chunks[first:] + chunks[:first]:
+            part = starts[k:k + TRACE_CHUNK_ROWS]
+            raw = b"".join([buf[a:a + row_bytes] for a in part])
+            rows += len(part)
+            lit = _count_lit([raw[c::bpp] for c in channels], self._bright_table)
+            if lit:
+                self._trace_hint = k // TRACE_CHUNK_ROWS
+                return round(lit / (rows * layout.width), 6)
+        return 0.0
 
     def _make_plan(self, layout: Layout, yoff: int) -> _Plan:
         bpp = layout.bytes_per_pixel
@@ -291,12 +334,17 @@ class GridSampler:
     def _bright(self, streams: list[bytes], layout: Layout) -> int:
         """How many sampled pixels have any colour channel above black_level."""
         if self._channels is not None:
-            acc = 0
-            for data in streams:
-                # One byte per pixel, 0 or 1 after translate; OR-ing them as big integers ORs per pixel.
-                acc |= int.from_bytes(data.translate(self._bright_table), "little")
-            return acc.bit_count()
+            return _count_lit(streams, self._bright_table)
         return _bright_generic(streams, layout, self.black_level)
+
+
+def _count_lit(channel_streams: list[bytes], bright_table: bytes) -> int:
+    """Pixels with any channel above black_level, given one stream per colour channel (one byte per pixel)."""
+    acc = 0
+    for data in channel_streams:
+        # One byte per pixel, 0 or 1 after translate; OR-ing them as big integers ORs per pixel.
+        acc |= int.from_bytes(data.translate(bright_table), "little")
+    return acc.bit_count()
 
 
 class FrameReader:

@@ -456,6 +456,7 @@ class DisplayProbe(StreamProbe):
             now=now, fb_ok=fb_ok, frame_changed_at=fb.frame_changed_at if fb and fb_ok else None,
             black_since=fb.black_since if fb and fb_ok else None, regions=fb.region_signals() if fb else (),
             lit_fraction=fb.lit_fraction if fb and fb_ok else None, lit_limit=1.0 - self.cfg.black_fraction,
+            trace_lit=fb.trace_lit if fb and fb_ok else None,
             region_lit=tuple(zip(names, fb.region_lit, strict=False)) if fb and fb_ok else (),
             flip_at=self.kms.flip_at if self.kms and self.sources["drm"].up else None,
             hb_last_rx=self.hb.last_rx, hb_last_advance=self.hb.last_advance, hb_animating=self.hb.animating,

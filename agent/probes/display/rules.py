@@ -112,6 +112,7 @@ class Signals:
     frame_changed_at: float | None = None     # the sparse grid (outside regions) last changed
     black_since: float | None = None          # grid and every region dark since (frame_state.py); None = not
     lit_fraction: float | None = None         # share of grid pixels above black_level at the last sample
+    trace_lit: float | None = None            # DRM: whole-row lit share, read when no grid pixel was lit
     region_lit: tuple[tuple[str, float | None], ...] = ()  # per region: share of its pixels above black_level
     lit_limit: float = 0.02                   # at or below this share a frame is "nearly black" (1 - black_fraction)
     flip_at: float | None = None              # DRM: the primary plane last flipped; None = flips not observed
@@ -274,14 +275,16 @@ def dark_ui_alive(s: Signals, th: Thresholds) -> bool:
     pixels flipped within `black_min_s` (a dark UI without a region). Flips, not grid changes: a small clock
     ticks under one or two grid points that stay lit from digit to digit (re-tested on the rig: a dark clock UI
     with 0.04 % lit was one 8 s black episode when grid changes were asked for), and a compositor flips only
-    for damage, so flips over lit pixels are drawing. A frame with no lit pixel is black whatever flips (a
-    compositor presenting black buffers is the fault); a dark UI that stops flipping is judged by its pixels
+    for damage, so flips over lit pixels are drawing. Lit pixels are the grid's or, when the grid has none, the
+    helper's whole-row trace (`trace_lit`: the same clock at another time of day fell between grid points and
+    was a black episode, CI 2026-12-05). A frame with no lit pixel is black whatever flips (a compositor
+    presenting black buffers is the fault); a dark UI that stops flipping is judged by its pixels
     again. Not black, then, but a freeze's business: a renderer re-presenting one near-black frame for ever."""
     if s.black_since is None:
         return False
     if _sparse_live_regions(s):
         return True
-    if s.flip_at is None or not s.lit_fraction:
+    if s.flip_at is None or not (s.lit_fraction or s.trace_lit):
         return False
     return s.flip_at > max(s.black_since, s.now - th.black_min_s)
 
@@ -313,6 +316,8 @@ def _dark_detail(s: Signals) -> dict[str, Any]:
     if s.region_lit:
         out["regions_lit_pct"] = {name: None if lit is None else round(100 * lit, 3)
                                   for name, lit in s.region_lit}
+    if s.trace_lit is not None:
+        out["trace_lit_pct"] = round(100 * s.trace_lit, 3)
     if s.flip_at is not None:
         assert s.black_since is not None
         out["flipped_since_black"] = s.flip_at > s.black_since

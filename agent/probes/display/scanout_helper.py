@@ -13,8 +13,12 @@ Protocol (SOCK_SEQPACKET, one datagram each way, JSON, ≤ 4 KiB request):
   request  {"v": 1, "grid": [cols, rows], "black_level": 16, "black_fraction": 0.98, "regions": [[x, y, w, h], ...]}
   response {"v": 1, "ok": true, "plane": id, "crtc": id, "fb_id": id, "width": w, "height": h, "format": "XR24",
             "modifier": 0, "grid": crc, "regions": [crc | null, ...], "region_lit": [fraction | null, ...],
-            "lit": fraction, "black": bool}
+            "lit": fraction, "black": bool, "trace_lit": fraction | null}
         or {"v": 1, "ok": false, "reason": "no_plane" | "no_handle" | "unsupported_format" | ..., "detail": str}
+`trace_lit` is the lit share over whole rows (GridSampler.trace), given only when no grid pixel is lit: a thin
+dark-theme clock between grid points. Traced once per buffer (fb_id) and black level, then answered from memory
+until the plane shows another buffer: a dark UI flipping once a second costs one trace a second (~1.9 MiB read at
+1920 px wide), a still console none after the first.
 A primary plane with no framebuffer or no CRTC scans out nothing: answered as an all-black 0x0 frame.
 """
 
@@ -105,6 +109,7 @@ class ScanoutSampler:
         self.props = PropertyNames()
         self._samplers: dict[tuple[Any, ...], GridSampler] = {}
         self._primary_ids: list[int] | None = None
+        self._trace: tuple[tuple[int, int], float | None] | None = None  # ((fb_id, black_level), trace_lit)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -149,7 +154,7 @@ class ScanoutSampler:
             # Nothing is scanned out (between a compositor's exit and the console taking over, or all planes
             # off): the panel shows black. A switched-off CRTC is the connector evidence's business.
             out.update(width=0, height=0, format="", modifier=0, grid=0, regions=[0] * len(req["regions"]),
-                       region_lit=[0.0] * len(req["regions"]), lit=0.0, black=True)
+                       region_lit=[0.0] * len(req["regions"]), lit=0.0, black=True, trace_lit=0.0)
             return out
         fb = scanout_fb(self.fd, plane.fb_id)
         name = fourcc(fb.pixel_format)
@@ -158,11 +163,18 @@ class ScanoutSampler:
             return {"v": 1, "ok": False, "reason": "unsupported_format", "detail": name}
         bpp, masks = FORMATS[name]
         layout = Layout("drm", fb.width, fb.height, bpp, fb.pitch, fb.offset, True, masks, fb.height)
+        key = (plane.fb_id, req["black_level"])
         with mapped(self.fd, fb) as mm:
-            s = self._grid(req).sample(mm, layout)
+            grid = self._grid(req)
+            s = grid.sample(mm, layout)
+            trace_lit = None
+            if s.bright_fraction == 0.0:
+                if self._trace is None or self._trace[0] != key:
+                    self._trace = (key, grid.trace(mm, layout))
+                trace_lit = self._trace[1]
         out.update(width=fb.width, height=fb.height, format=name, modifier=fb.modifier, grid=s.grid,
                    regions=list(s.regions), region_lit=list(s.region_lit), lit=round(s.bright_fraction, 6),
-                   black=s.black)
+                   black=s.black, trace_lit=trace_lit)
         return out
 
     def answer(self, data: bytes) -> dict[str, Any]:
