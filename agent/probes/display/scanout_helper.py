@@ -17,8 +17,9 @@ Protocol (SOCK_SEQPACKET, one datagram each way, JSON, ≤ 4 KiB request):
         or {"v": 1, "ok": false, "reason": "no_plane" | "no_handle" | "unsupported_format" | ..., "detail": str}
 `trace_lit` is the lit share over whole rows (GridSampler.trace), given only when no grid pixel is lit: a thin
 dark-theme clock between grid points. Traced once per buffer (fb_id) and black level, then answered from memory
-until the plane shows another buffer: a dark UI flipping once a second costs one trace a second (~1.9 MiB read at
-1920 px wide), a still console none after the first.
+until the plane shows another buffer: a dark UI flipping once a second costs one trace a second (one 32-row chunk,
+where its lit pixels were last found, 0.24 MiB at 1920 px wide), a black buffer every chunk (1.9 MiB), a still
+console none after the first.
 A primary plane with no framebuffer or no CRTC scans out nothing: answered as an all-black 0x0 frame.
 """
 
