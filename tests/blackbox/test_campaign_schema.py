@@ -236,3 +236,18 @@ def test_a_stored_campaign_that_no_longer_targets_the_unit_stops_at_restore(tmp_
     assert json.loads(updated.path.read_text())["campaigns"] == [], "it leaves the file"
     again = updated.put(doc)  # its retained copy at the next connection
     assert again["state"] == "ignored" and again["reason"] == "hmi 3.3.0 not targeted"
+
+
+def test_refused_campaigns_are_counted_where_status_shows_them(tmp_path: Path) -> None:
+    """The manager counted a refused document, but nothing read the count: `icvq status --json` now has it."""
+    from agent.blackbox.wiring import Parts
+    from agent.config import load
+    from tools.bench.peer import icvq_conf
+
+    cfg = load(icvq_conf(tmp_path, 1), lean=True)
+    parts = Parts(cfg, FakeClock(), emit=lambda r: None, send=lambda t, b: False)
+    assert parts.status()["campaign_counters"] == {}
+    inbox = parts.uplink_hooks()["inbox"]
+    inbox(f"icvq/v1/{cfg.vehicle.fleet}/_campaigns/bad", b"\xff not json")
+    inbox(f"icvq/v1/{cfg.vehicle.fleet}/_campaigns/deep", b"[" * 5000 + b"]" * 5000)
+    assert parts.status()["campaign_counters"] == {"rejected": 2, "ack_unsent": 2}
