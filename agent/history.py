@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import lazy
+from . import lazy, spool_disk
 from .config import HistoryConfig
 from .private import private_db, private_dir
 from .records import Kind, Record
@@ -102,6 +102,9 @@ class History:
             self._prune_locked()
 
     def _connect(self) -> None:
+        if not spool_disk.shm_room(self.path):
+            # Mapping the WAL index on a full 1 KiB-block file system is a SIGBUS, not an error (spool_disk).
+            raise sqlite3.OperationalError("database or disk is full: no room for the WAL index")
         private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
         try:
@@ -111,6 +114,7 @@ class History:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=1048576")
             db.executescript(SCHEMA)
+            spool_disk.fill_shm(self.path)
         except BaseException:
             db.close()
             raise
