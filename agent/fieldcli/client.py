@@ -178,7 +178,9 @@ def socket_of(pids: list[int]) -> str | None:
     only one it has. Needs to read the agent's fds (root or the agent's uid); None otherwise."""
     for pid in pids:
         try:
-            paths = {c.laddr for c in psutil.Process(pid).net_connections("unix")
+            proc = psutil.Process(pid)
+            conns = getattr(proc, "net_connections", None) or proc.connections   # psutil < 6 (a distro's)
+            paths = {c.laddr for c in conns("unix")
                      if c.type == socket.SOCK_STREAM and isinstance(c.laddr, str) and c.laddr.startswith("/")}
         except (psutil.Error, OSError):
             continue
