@@ -245,6 +245,14 @@ class Spool:
         return previous
 
     def _connect(self) -> str:
+        if self.on_disk and not spool_disk.shm_room(self.path):
+            # Not even the WAL index fits: mapping it would be a SIGBUS (spool_disk.shm_room), not an error.
+            # A reserve a killed run left goes first; else memory mode (disk_full), retried every 5 s.
+            if spool_disk.release_reserve(self.path):
+                self._has_reserve = False
+                log.warning("disk full at open: no room for the spool's WAL index; released the reserve")
+            if not spool_disk.shm_room(self.path):
+                raise OSError(errno.ENOSPC, "no room for the spool's WAL index", str(self.path) + "-shm")
         private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
@@ -277,6 +285,8 @@ class Spool:
                                [("sid", meta["sid"]), ("next_seq", meta["next_seq"])])
                 db.execute("COMMIT")
             self._page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            if self.on_disk:
+                spool_disk.fill_shm(self.path)
         except BaseException:
             db.close()
             raise

@@ -105,6 +105,29 @@ def make_reserve(path: Path, size: int) -> bool:
         return False
 
 
+def shm_room(path: Path) -> bool:
+    """Whether SQLite may map the WAL index here without a SIGBUS: the first connection cuts `-shm` to 3 bytes
+    and extends it by writing the last byte of each 4 KiB page only. On a file system with smaller blocks
+    (mkfs.ext4's default below 512 MiB: 1 KiB) the rest of each page stays a hole, and storing into a hole
+    through the mapping on a full disk is a SIGBUS that kills the agent (a restart loop after kill -9 on a
+    full disk). Room for the whole index (SHM_BYTES) before opening; `fill_shm` after it."""
+    free = free_bytes(path.parent)
+    return free is None or free >= SHM_BYTES
+
+
+def fill_shm(path: Path) -> None:
+    """Allocate the holes SQLite left in the open spool's `-shm` (see shm_room), so that later stores into
+    the mapping never need a block from a file system that may be full by then."""
+    with contextlib.suppress(OSError):
+        fd = os.open(str(path) + "-shm", os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+
+
 def release_reserve(path: Path) -> bool:
     try:
         reserve_path(path).unlink()

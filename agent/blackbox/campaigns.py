@@ -70,17 +70,30 @@ class Campaigns:
 
     # ------------------------------------------------------------------------------------------ boot
     def restore(self, docs: list[dict[str, Any]] | None = None) -> None:
-        """The campaigns of the file (or `docs`, already read from it) become current."""
+        """The campaigns of the file (or `docs`, already read from it) become current. One that no longer targets
+        this unit (an update changed a targeted software version, a new vehicle identity) is dropped and leaves
+        the file: its retained copy, identical, would otherwise be taken for the one already running, and it
+        would capture until its end date on units the backend did not choose. When it comes again it is
+        acknowledged `ignored` with the reason."""
         now = self.wall()
+        untargeted = False
         for doc in campaign_store.load(self.path) if docs is None else docs:
             try:
                 c = schema().validate(doc, window_s=self.window_s, now_wall=now)
             except CampaignError as e:
                 log.error("stored campaign refused on restore (%s); dropping it", e)
                 continue
+            reason = schema().targets(c, self.me)
+            if reason is not None:
+                log.info("stored campaign %s no longer targets this unit (%s); dropping it", c.id, reason)
+                untargeted = True
+                continue
             self._by_id[c.id] = c
             log.info("campaign %s (revision %d) restored: %s until %s", c.id, c.revision, c.state(now),
                      int(c.end))
+        if untargeted:
+            with self._lock:
+                self._commit(dict(self._by_id))  # if it fails, the next boot drops it again
         self._publish_triggers()
         self.tick()
 

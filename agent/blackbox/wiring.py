@@ -160,5 +160,8 @@ class Parts:
     def status(self) -> dict[str, Any]:
         if self.box is None:
             return {"enabled": False}
+        # The manager's counters (rejected, accepted, errors, store_failed, ack_unsent): a refused or unanswered
+        # campaign is counted where `icvq status --json` shows it, not only in an acknowledgement that may be lost.
         return {"enabled": True, **self.box.status(),
-                "campaigns": self.campaigns.active() if self.campaigns else []}
+                "campaigns": self.campaigns.active() if self.campaigns else [],
+                "campaign_counters": self.campaigns.counters.snapshot() if self.campaigns else {}}

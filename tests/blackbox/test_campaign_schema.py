@@ -217,3 +217,37 @@ def test_a_campaign_refused_at_capacity_starts_when_a_slot_frees(tmp_path: Path)
     assert "fourth" not in {a["id"] for a in h.m.active()}
     stored = {c["id"] for c in json.loads(h.path.read_text())["campaigns"]}
     assert stored == {"third", "fifth"}
+
+
+def test_a_stored_campaign_that_no_longer_targets_the_unit_stops_at_restore(tmp_path: Path) -> None:
+    """A campaign for hmi 3.2.1 kept capturing after an update to 3.3.0, until its end date: the restore did not
+    check the target, and the retained copy, identical to the stored one, was taken for the one running."""
+    h = Harness(tmp_path, FakeClock())
+    h.m.restore()
+    doc = _with("target.software", {"hmi": ["3.2.1"]})
+    assert h.put(doc)["state"] == "active"
+    same = Harness(tmp_path, h.clock)  # a reboot, still targeted: restored as before
+    same.m.restore()
+    assert [a["id"] for a in same.m.active()] == ["radar-w49"] and same.triggers
+    updated = Harness(tmp_path, h.clock)  # a reboot after the update
+    updated.m.me = Identity("test", "VIN0001", "hu", {"agent": "0.1.0", "hmi": "3.3.0"})
+    updated.m.restore()
+    assert updated.m.active() == [] and updated.triggers == []
+    assert json.loads(updated.path.read_text())["campaigns"] == [], "it leaves the file"
+    again = updated.put(doc)  # its retained copy at the next connection
+    assert again["state"] == "ignored" and again["reason"] == "hmi 3.3.0 not targeted"
+
+
+def test_refused_campaigns_are_counted_where_status_shows_them(tmp_path: Path) -> None:
+    """The manager counted a refused document, but nothing read the count: `icvq status --json` now has it."""
+    from agent.blackbox.wiring import Parts
+    from agent.config import load
+    from tools.bench.peer import icvq_conf
+
+    cfg = load(icvq_conf(tmp_path, 1), lean=True)
+    parts = Parts(cfg, FakeClock(), emit=lambda r: None, send=lambda t, b: False)
+    assert parts.status()["campaign_counters"] == {}
+    inbox = parts.uplink_hooks()["inbox"]
+    inbox(f"icvq/v1/{cfg.vehicle.fleet}/_campaigns/bad", b"\xff not json")
+    inbox(f"icvq/v1/{cfg.vehicle.fleet}/_campaigns/deep", b"[" * 5000 + b"]" * 5000)
+    assert parts.status()["campaign_counters"] == {"rejected": 2, "ack_unsent": 2}
