@@ -83,7 +83,8 @@ class Daemon:
         self.probes: list[Probe] = []
         self.control: extensions.Extensions | None = None
         self.onsets = health.Onsets()
-        self._stop = threading.Event()
+        self._stop = threading.Event()       # wakes the main loop: a stop or a reload was asked for
+        self._stopping = threading.Event()   # a stop was asked for (SIGTERM/SIGINT)
         self._reload = threading.Event()
         # Modules a reload may import that are released again after it (the real process: run(lean=True)).
         self.transient: tuple[str, ...] = ()
@@ -176,6 +177,7 @@ class Daemon:
         log.info("config reloaded (digest %s)", new.digest)
 
     def request_stop(self) -> None:
+        self._stopping.set()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -243,13 +245,17 @@ class Daemon:
             # Signals set _stop; otherwise only the watchdog ping and the STATUS line need a turn (issue 13:
             # this was a wake-up every 2 s; 5 s keeps `systemctl status` current enough).
             self._stop.wait(min(ping_every, 5.0))
-            if self._reload.is_set():
+            self._stop.clear()
+            # A SIGHUP that arrives while a reload runs (`systemctl reload` twice, or the second one landing
+            # during the first's module release) asks for another reload: the file may have changed again. It
+            # used to leave _stop set, and the loop then stopped the agent cleanly (exit 0, so systemd's
+            # Restart=on-failure left it down). Only a stop request stops.
+            while self._reload.is_set() and not self._stopping.is_set():
                 self._reload.clear()
-                self._stop.clear()
                 notifier.reloading()
                 self.reload()
                 notifier.ready(self.status_line())
-            if self._stop.is_set():
+            if self._stopping.is_set():
                 break
             now = time.monotonic()
             # Ping only while the pipeline thread really turns: a hung agent must be restarted by systemd.

@@ -164,6 +164,10 @@ class _NoMemory:
         return 0
 
     @staticmethod
+    def oldest_wall_ms() -> int | None:
+        return None
+
+    @staticmethod
     def take(n: int | None = None) -> list[Record]:
         return []
 
@@ -912,6 +916,11 @@ class Spool:
                 if seq not in self._acked), None)
             cands = [x[0] for x in (a, b) if x is not None]
             oldest = min(cands) if cands else None
+        # Records held in memory (the disk full, read-only or unopenable) wait too: `icvq flush --wait` must not
+        # read a spool whose disk part is empty as drained while the broker has none of them.
+        mem = self._mem.oldest_wall_ms()
+        if mem is not None:
+            oldest = mem if oldest is None else min(oldest, mem)
         t = self._trouble
         return {"path": str(self.path), "records": self.n_records, "batches": self.n_batches,
                 "bytes": self.bytes, "max_bytes": self.max_bytes, "oldest_wall_ms": oldest,

@@ -66,6 +66,15 @@ class MemoryQueue:
         # pipeline thread changes the dict.
         return sum(b.n_records for b in list(self.batches.values()))
 
+    def oldest_wall_ms(self) -> int | None:
+        """Wall time of the oldest record held here, sealed or not (read by other threads: copies, no locks)."""
+        cands = [b.created_ms for b in list(self.batches.values())[:1]]
+        try:
+            cands.append(self.records[0].wall_ms)
+        except IndexError:
+            pass
+        return min(cands) if cands else None
+
     def body_bytes(self) -> int:
         # Only asked for the seal decision; a rough figure is enough (the wire size is checked on sealing).
         return sum(24 + len(r.name) + (8 if not isinstance(r.data, dict) else 16 * len(r.data))

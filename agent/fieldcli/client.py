@@ -147,8 +147,46 @@ def context(args: argparse.Namespace) -> Context:
     except ConfigError as e:
         err = str(e)
     sock = getattr(args, "socket", None) or os.environ.get("ICVQ_SOCKET") or \
-        (cfg.control.socket if cfg else DEFAULT_SOCKET)
+        (cfg.control.socket if cfg else socket_of(running_with(path)) or DEFAULT_SOCKET)
     return Context(path, cfg, err, sock)
+
+
+def running_with(config_path: str) -> list[int]:
+    """Agents started with this config (`-c/--config PATH` on their command line, or none for the default
+    path). Never other configs' agents."""
+    want = os.path.realpath(config_path)
+    default = want == os.path.realpath(DEFAULT_PATH)
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            argv = p.info["cmdline"] or []
+        except psutil.Error:
+            continue
+        if p.info["pid"] == os.getpid() or not any(os.path.basename(a) == "icvq-agent" or a == "agent"
+                                                   for a in argv[:3]):
+            continue
+        given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+        given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+        if any(os.path.realpath(g) == want for g in given) or (default and not given):
+            out.append(p.info["pid"])
+    return out
+
+
+def socket_of(pids: list[int]) -> str | None:
+    """The control socket an agent listens on, when its config cannot be read (an edit broke it and the
+    agent refused the reload, so it runs on with the config it had): its bound SOCK_STREAM unix socket, the
+    only one it has. Needs to read the agent's fds (root or the agent's uid); None otherwise."""
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            conns = getattr(proc, "net_connections", None) or proc.connections   # psutil < 6 (a distro's)
+            paths = {c.laddr for c in conns("unix")
+                     if c.type == socket.SOCK_STREAM and isinstance(c.laddr, str) and c.laddr.startswith("/")}
+        except (psutil.Error, OSError):
+            continue
+        if len(paths) == 1:
+            return paths.pop()
+    return None
 
 
 class Client:

@@ -19,12 +19,14 @@ from .status import reason_text
 
 def drained(st: dict[str, Any], requested_at: float) -> bool:
     """Records keep arriving while we wait, so 'empty' means: no sealed batch left and nothing unsealed
-    that is older than the request (with no batches, the spool's oldest timestamp is the oldest record's)."""
+    that is older than the request (with no batches, the spool's oldest timestamp is the oldest record's).
+    Records and batches held in memory (the spool's disk full, read-only or unopenable) count as waiting."""
     sp = st.get("spool") or {}
-    if sp.get("batches") or st.get("inflight"):
+    if sp.get("batches") or sp.get("memory_batches") or st.get("inflight"):
         return False
     oldest = sp.get("oldest_wall_ms")
-    return not sp.get("records") or (oldest is not None and oldest / 1000 >= requested_at)
+    waiting = (sp.get("records") or 0) + (sp.get("memory_records") or 0)
+    return not waiting or (oldest is not None and oldest / 1000 >= requested_at)
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -66,8 +68,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
         print(f"flushed: everything spooled before the request was acknowledged ({elapsed} s)")
     else:
         now = st.get("now") or time.time()
-        lines = [f"timed out after {elapsed} s: {sp.get('records', 0)} records and {sp.get('batches', 0)} "
-                 f"batches still waiting" + (", because:" if reasons else
+        mem = sp.get("memory_records") or 0
+        lines = [f"timed out after {elapsed} s: {(sp.get('records') or 0) + mem} records and "
+                 f"{(sp.get('batches') or 0) + (sp.get('memory_batches') or 0)} batches still waiting"
+                 + (f" ({mem} records held in memory)" if mem else "") + (", because:" if reasons else
                                              " (the agent names no reason: the uplink may be slow)")]
         lines += [f"  {r['severity']}  {reason_text(r, now, ts)}" for r in reasons]
         print("\n".join(lines))

@@ -8,7 +8,6 @@ keep in step with SCHEMA in agent/spool.py.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from typing import Any
@@ -16,9 +15,8 @@ from typing import Any
 import psutil
 
 from .. import __version__, history
-from ..config import DEFAULT_PATH
 from ..spool import ROW_OVERHEAD
-from .client import NOT_RUNNING, Context, Unavailable
+from .client import NOT_RUNNING, Context, Unavailable, running_with
 
 
 def spool_summary(path: str) -> dict[str, Any]:
@@ -74,28 +72,6 @@ def owner(pid: int | None) -> dict[str, Any] | None:
         return {"pid": pid, "error": type(e).__name__}
 
 
-def running_with(config_path: str) -> list[int]:
-    """Agents started with this config (`-c/--config PATH` on their command line, or none for the default
-    path) although nothing serves its socket: their control socket failed to start (their log says why).
-    Never other configs' agents."""
-    want = os.path.realpath(config_path)
-    default = want == os.path.realpath(DEFAULT_PATH)
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            argv = p.info["cmdline"] or []
-        except psutil.Error:
-            continue
-        if p.info["pid"] == os.getpid() or not any(os.path.basename(a) == "icvq-agent" or a == "agent"
-                                                   for a in argv[:3]):
-            continue
-        given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
-        given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-        if any(os.path.realpath(g) == want for g in given) or (default and not given):
-            out.append(p.info["pid"])
-    return out
-
-
 def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
     """`agent` says why the daemon was not asked (not_running, hung, no_permission); `running` is false
     only when nothing listens, null when a process may be there (hung) or we may not ask."""
@@ -105,7 +81,14 @@ def status(ctx: Context, why: Unavailable) -> dict[str, Any]:
                           "config": {"path": ctx.config_path}, "socket": ctx.socket}
     if why.state == NOT_RUNNING:
         pids = running_with(ctx.config_path)
-        if pids:
+        if pids and ctx.cfg is None:
+            # We do not know its socket: the config cannot be read, and the agent's fds not either (we are not
+            # root or its user). It may well serve a socket; say so instead of "without its control socket".
+            st["reason"] += (f"; but pid {', '.join(map(str, pids))} runs with this config, whose socket is "
+                             "unknown while the config cannot be read: fix the config, or give --socket "
+                             "(sudo icvq finds it)")
+            st["same_config"] = pids
+        elif pids:
             st["reason"] += (f"; but pid {', '.join(map(str, pids))} runs with this config without its control "
                              "socket (its log says why)")
             st["same_config"] = pids

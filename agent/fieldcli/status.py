@@ -70,6 +70,9 @@ def render(st: dict[str, Any], *, utc: bool = False) -> str:
                  (f"   ERROR {c['error']}" if c.get("error") else "")))
     if c.get("file_digest") and c.get("file_digest") != c.get("digest"):
         rows.append(("", f"the file on disk differs (digest {c['file_digest']}): reload the agent to apply"))
+    if c.get("file_error"):
+        rows.append(("", f"the file on disk does not load (the agent runs on with the config above): "
+                         f"{c['file_error']}"))
     clock = st.get("clock")
     if clock:
         rows.append(("clock", f"{'synced' if clock.get('synced') else 'NOT synced'}   boot {clock.get('boot_id')}"))
@@ -196,6 +199,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     st, down_code = fetch(ctx)
     if ctx.cfg is not None and st.get("agent") == "running":
         st.setdefault("config", {})["file_digest"] = ctx.cfg.digest
+    elif st.get("agent") == "running":   # a broken edit the agent refused to reload: it runs on the old one
+        st.setdefault("config", {})["file_error"] = ctx.config_error
     if args.json:
         print(json.dumps(st, indent=2, default=json_default))
     else:

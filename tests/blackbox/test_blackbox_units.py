@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -46,6 +47,63 @@ def test_proc_parsers() -> None:
                           2.0, 2)
     # A pid the earlier scan did not see started since: all its ticks are in the interval.
     assert [t[0] for t in top] == ["new", "b"] and top[0][1] == round(100.0 * 999 / sysread.CLK_TCK / 2.0, 1)
+
+
+MEMINFO = [
+    ("MemTotal: 1000 kB\nMemFree: 10 kB\nMemAvailable: 250 kB\n", (75.0, 250 / 1024)),
+    ("MemAvailable:  250 kB\nMemTotal:   1000 kB", (75.0, 250 / 1024)),     # any order, no final newline
+    ("MemTotal: 1000 kB\nMemFree: 10 kB\n", (None, None)),                 # a kernel before MemAvailable
+    ("MemTotal: 0 kB\nMemAvailable: 0 kB\n", (None, None)),
+    ("MemTotal: lots\nMemAvailable: 250 kB\n", (None, None)),
+    ("XMemTotal: 1000 kB\nMemAvailable: 250 kB\n", (None, None)),          # a name is matched whole
+    ("MemTotal:\nMemAvailable: 250 kB\n", (None, None)),
+    ("", (None, None)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), MEMINFO)
+def test_meminfo_table(text: str, expected: tuple[float | None, float | None]) -> None:
+    assert sysread.parse_meminfo(text) == expected
+
+
+def test_stat_stops_before_the_interrupt_counters() -> None:
+    assert sysread.parse_stat("cpu  1 0 1 8 0 0 0 0\nintr 5 " + "1 " * 5000 + "\ncpu9 9 9 9 9 9 9 9 9\n") == \
+        {"cpu": (10, 8, 0)}  # what follows `intr` is not a cpu line, however it is named
+
+
+def test_kept_files_read_fresh_and_close(tmp_path: Path) -> None:
+    import os
+    f = tmp_path / "stat"
+    f.write_text("one")
+    kept = sysread.KeptFiles()
+    before = len(os.listdir("/proc/self/fd"))
+    assert kept.read(str(f)) == "one"
+    f.write_text("two, longer")                 # rewritten in place: the same descriptor reads it afresh
+    assert kept.read(str(f)) == "two, longer"
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    with pytest.raises(FileNotFoundError):
+        kept.read(str(tmp_path / "gone"))
+    kept.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    r = sysread.SystemReader()
+    r.sample()
+    r.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_stop_closes_what_the_system_reader_keeps_open() -> None:
+    class Reader(sysread.SystemReader):
+        closed = 0
+
+        def close(self) -> None:
+            type(self).closed += 1
+            super().close()
+    box = BlackBox(from_mapping({"vehicle": {"id": "V", "device": "d", "fleet": "f"}}).blackbox, FakeClock(),
+                   lambda r: None, system=Reader())
+    box.start()
+    box.stop()
+    box.stop()                                  # a second stop is harmless
+    assert Reader.closed == 2 and box._thread is not None and not box._thread.is_alive()
 
 
 def test_real_proc_reader_samples_this_machine() -> None:
