@@ -17,6 +17,7 @@ overhead is measured, not guessed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -117,15 +118,23 @@ def shm_room(path: Path) -> bool:
 
 def fill_shm(path: Path) -> None:
     """Allocate the holes SQLite left in the open spool's `-shm` (see shm_room), so that later stores into
-    the mapping never need a block from a file system that may be full by then."""
-    with contextlib.suppress(OSError):
+    the mapping never need a block from a file system that may be full by then. No room for them (the open's
+    own writes, or another process, took it since shm_room) raises ENOSPC: the caller closes the database and
+    runs as disk full, retried, instead of running on with holes a later store dies of (issue 11 re-run: one
+    SIGBUS after a start on a still-full 1 KiB-block ext4). A file system without fallocate is left as it is."""
+    try:
         fd = os.open(str(path) + "-shm", os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size:
-                os.posix_fallocate(fd, 0, size)
-        finally:
-            os.close(fd)
+    except OSError:
+        return  # no index (not in WAL mode yet, or gone): nothing to fill
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, "no room to allocate the WAL index", str(path) + "-shm") from None
+    finally:
+        os.close(fd)
 
 
 def release_reserve(path: Path) -> bool:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from agentproc import REPO
 from storage_util import Mount, fill
 
@@ -68,3 +69,39 @@ def test_no_room_even_for_the_index_runs_in_memory_instead_of_crashing(mount: Mo
     again = run(spool, tmp_path, "open")
     assert again.returncode == 0, f"exit {again.returncode}: {again.stderr[-2000:]}"
     assert json.loads(again.stdout) == {"previous": "unknown", "trouble": "disk_full", "records": 0}
+
+
+def test_no_room_to_fill_the_index_after_opening_runs_in_memory(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The room shm_room saw can be gone by the time the holes are filled (the open's own writes, another
+    process): a spool that could not fill them must not run on with them (a later store would be a SIGBUS), but
+    close and run as disk full until a retry can; the history the same."""
+    from agent import history
+    from agent.clock import SystemClock
+    from agent.config import HistoryConfig
+    from agent.history import History
+    from agent.records import RecordFactory
+    from agent.spool import Spool
+
+    rec = RecordFactory(SystemClock())
+    sp = Spool(tmp_path / "spool.db", 1 << 20)
+    sp.open()
+    sp.put([rec.event("test.ev", {"i": i}) for i in range(5)])
+    sp.close()
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(os, "posix_fallocate", no_room)
+        sp = Spool(tmp_path / "spool.db", 1 << 20)
+        sp.open()
+        assert sp.trouble is not None and sp.trouble.state == "disk_full", sp.trouble
+        sp.put([rec.event("test.ev", {"i": 99})])                  # taken, in memory
+        assert sp.memory_records == 1
+        h = History(HistoryConfig(path=str(tmp_path / "history.db")))
+        h([rec.event("test.ev", {"i": 1})])
+        assert (h.written, h.errors) == (0, 1)                    # a counted history error, no connection kept
+    monkeypatch.setattr(history, "RETRY_S", 0.0)                   # the history's back-off after a failure
+    h([rec.event("test.ev", {"i": 2})])                            # room again: the next write opens and fills
+    assert (h.written, h.errors) == (1, 1)
+    sp.close()
