@@ -159,6 +159,13 @@ class Probe:
                  "data": r.data} for r in self.records]
 
 
+def lit_state(p: Probe, name: str) -> dict[str, Any]:
+    """What the probe's frame tracker last saw: grid lit share, the helper's trace, since when dark."""
+    fb = p.probe.fb
+    return {f"{name}_lit": fb.lit_fraction if fb else None, f"{name}_trace_lit": fb.trace_lit if fb else None,
+            f"{name}_dark_since": fb.dark_since if fb else None}
+
+
 def main() -> None:
     os.makedirs(XDG, mode=0o700, exist_ok=True)
     Path(XDG, "weston.ini").write_text(WESTON_INI)
@@ -239,10 +246,7 @@ def main() -> None:
     # clock sits under a grid point or two that stay lit from digit to digit).
     p3 = Probe(hmi_processes=["weston-terminal"])
     time.sleep(6.0)
-    fb = p3.probe.fb
-    dark_state["noregion_lit"] = fb.lit_fraction if fb else None
-    dark_state["noregion_trace_lit"] = fb.trace_lit if fb else None
-    dark_state["noregion_dark_since"] = fb.dark_since if fb else None
+    dark_state.update(lit_state(p3, "noregion"))
     records3 = p3.stop()
     # The same, with text whose every lit pixel lies between grid points: only the helper's whole-row trace sees it.
     Path(XDG, "thin").write_text("")
@@ -253,10 +257,7 @@ def main() -> None:
     time.sleep(3.0)
     screendump("thin", thin)
     time.sleep(3.0)
-    fb = p4.probe.fb
-    dark_state["thin_lit"] = fb.lit_fraction if fb else None
-    dark_state["thin_trace_lit"] = fb.trace_lit if fb else None
-    dark_state["thin_dark_since"] = fb.dark_since if fb else None
+    dark_state.update(lit_state(p4, "thin"))
     records4 = p4.stop()
     term.kill()
     weston.terminate()

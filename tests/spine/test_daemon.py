@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentproc import AgentProc, NotifySocket, base_config, to_toml, write_config
@@ -47,6 +48,17 @@ def test_sighup_reloads_and_a_broken_reload_keeps_running(tmp_path: Path, broker
     assert agent.stop() == 0
 
 
+def quiet_config(tmp_path: Path) -> Any:
+    """A daemon with no probe and no reachable broker, its files under tmp_path."""
+    from agent.config import from_mapping
+
+    return from_mapping({"vehicle": {"id": "V", "device": "d", "fleet": "f"},
+                         "uplink": {"port": 1}, "spool": {"path": str(tmp_path / "s.db")},
+                         "history": {"path": str(tmp_path / "h.db")},
+                         "control": {"socket": str(tmp_path / "c.sock"), "group": ""},
+                         "probes": {"system": {"enabled": False}}})
+
+
 class FakeNotifier(Notifier):
     def __init__(self) -> None:
         super().__init__({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "400000"})
@@ -59,14 +71,9 @@ class FakeNotifier(Notifier):
 
 @pytest.mark.parametrize("stalled", [False, True])
 def test_watchdog_is_pinged_only_while_the_pipeline_turns(tmp_path: Path, stalled: bool) -> None:
-    from agent.config import from_mapping
     from agent.daemon import Daemon
 
-    cfg = from_mapping({"vehicle": {"id": "V", "device": "d", "fleet": "f"},
-                        "uplink": {"port": 1}, "spool": {"path": str(tmp_path / "s.db")},
-                        "history": {"path": str(tmp_path / "h.db")},
-                        "control": {"socket": str(tmp_path / "c.sock"), "group": ""},
-                        "probes": {"system": {"enabled": False}}})
+    cfg = quiet_config(tmp_path)
     d = Daemon(cfg)
     d.spool.open()
     if stalled:
@@ -96,14 +103,9 @@ def test_a_sighup_during_a_reload_reloads_again_and_does_not_stop_the_agent(tmp_
     collection run after the 'config reloaded' line) and the main loop then stopped the agent, exit 0, so
     systemd's Restart=on-failure left the car without an agent (test_sighup_reloads_and_a_broken_reload_keeps_
     running failed 1 in 3 runs under load). The SIGHUP is sent from inside the reload: no timing involved."""
-    from agent.config import from_mapping
     from agent.daemon import Daemon
 
-    cfg = from_mapping({"vehicle": {"id": "V", "device": "d", "fleet": "f"},
-                        "uplink": {"port": 1}, "spool": {"path": str(tmp_path / "s.db")},
-                        "history": {"path": str(tmp_path / "h.db")},
-                        "control": {"socket": str(tmp_path / "c.sock"), "group": ""},
-                        "probes": {"system": {"enabled": False}}})
+    cfg = quiet_config(tmp_path)
     d = Daemon(cfg)
     reloads: list[int] = []
 
