@@ -17,16 +17,23 @@ from .fmt import age, isatty, ts
 from .status import reason_text
 
 
+def waiting(sp: dict[str, Any]) -> tuple[int, int]:
+    """(records, batches) not yet acknowledged: on disk and held in memory (the spool's disk full, read-only or
+    unopenable), one count for the drained test and for what a timeout says."""
+    return ((sp.get("records") or 0) + (sp.get("memory_records") or 0),
+            (sp.get("batches") or 0) + (sp.get("memory_batches") or 0))
+
+
 def drained(st: dict[str, Any], requested_at: float) -> bool:
     """Records keep arriving while we wait, so 'empty' means: no sealed batch left and nothing unsealed
     that is older than the request (with no batches, the spool's oldest timestamp is the oldest record's).
-    Records and batches held in memory (the spool's disk full, read-only or unopenable) count as waiting."""
+    Records and batches held in memory count as waiting."""
     sp = st.get("spool") or {}
-    if sp.get("batches") or sp.get("memory_batches") or st.get("inflight"):
+    records, batches = waiting(sp)
+    if batches or st.get("inflight"):
         return False
     oldest = sp.get("oldest_wall_ms")
-    waiting = (sp.get("records") or 0) + (sp.get("memory_records") or 0)
-    return not waiting or (oldest is not None and oldest / 1000 >= requested_at)
+    return not records or (oldest is not None and oldest / 1000 >= requested_at)
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -69,8 +76,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
     else:
         now = st.get("now") or time.time()
         mem = sp.get("memory_records") or 0
-        lines = [f"timed out after {elapsed} s: {(sp.get('records') or 0) + mem} records and "
-                 f"{(sp.get('batches') or 0) + (sp.get('memory_batches') or 0)} batches still waiting"
+        records, batches = waiting(sp)
+        lines = [f"timed out after {elapsed} s: {records} records and {batches} batches still waiting"
                  + (f" ({mem} records held in memory)" if mem else "") + (", because:" if reasons else
                                              " (the agent names no reason: the uplink may be slow)")]
         lines += [f"  {r['severity']}  {reason_text(r, now, ts)}" for r in reasons]
