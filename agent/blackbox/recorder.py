@@ -67,7 +67,7 @@ class BlackBox:
         self._stop = threading.Event()
         # The thread's pause between turns: a lock held until stop() releases it. Acquiring it with a timeout is one
         # C call; Event.wait is a Condition's Python (a new lock, the waiter list), ~0.3 CPU s/h at 1 Hz on a cold
-        # cache, a fifth of this thread's cost (/work/scratch measurement, issue 13's idle CPU goal).
+        # cache, a fifth of this thread's cost (issue 13's idle CPU goal; `python -m tools.bench.idle_threads`).
         self._pause = threading.Lock()
         self._pause.acquire()
         self._thread: threading.Thread | None = None

@@ -11,8 +11,8 @@ is the expensive part (one /proc/<pid>/stat read per process, ~1.8 ms for 145 pr
 Issue 13 (idle CPU at most 1.5x collectd's): a turn at 1 Hz runs on a cold cache, ~5x its cost in a loop. The
 system files are read through descriptors kept open (KeptFiles: pread at offset 0, no open/close per turn),
 /proc/stat is split only up to its `intr` line and /proc/meminfo only at the two lines used: the sample went
-from 66 to 37 µs in a loop and the black box thread from 2.42 to 2.06 CPU s/h in the agent (same run, same
-minutes, with the recorder's lock pause; `python -m tools.bench.idle_threads`).
+from 66 to 37 µs in a loop and the black box thread from 2.39 to 2.08 CPU s/h in the agent (same run, same
+minutes, with the recorder's lock pause; `python -m tools.bench.idle_threads --base`, docs/performance.md).
 """
 
 from __future__ import annotations
