@@ -169,9 +169,9 @@ RECORDS: tuple[RecordDef, ...] = (
     RecordDef("agent.health", (H,), "agent/daemon.py", "the agent's own health verdict (agent/health.py), as "
               "`icvq status` shows it", ALWAYS, (F("verdict", "healthy / degraded / failing"),
                                                   F("reasons", "reason codes, worst first (docs/field-guide.md)"))),
-    RecordDef("agent.cpu_pct", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
+    RecordDef("agent.cpu_pct", (M,), "agent/probes/system/__init__.py", "the agent's own footprint", SYS,
               value="CPU % of one core"),
-    RecordDef("agent.rss_mib", (M,), "agent/probes/system.py", "the agent's own footprint", SYS,
+    RecordDef("agent.rss_mib", (M,), "agent/probes/system/__init__.py", "the agent's own footprint", SYS,
               value="resident memory, MiB"),
     RecordDef("agent.blackbox", (H,), "agent/blackbox/recorder.py", "the black box's own bounds and limits",
               "blackbox.enabled", (
@@ -196,12 +196,12 @@ RECORDS: tuple[RecordDef, ...] = (
                F("can", "columns: bus state, load, error frames, drops"),
                F("display", "columns: picture age, freeze/black open, heartbeat age"))),
     # -- system ---------------------------------------------------------------------------------------
-    *(RecordDef(n, (M,), "agent/probes/system.py", "system load behind freezes and lag", SYS, value=v)
+    *(RecordDef(n, (M,), "agent/probes/system/__init__.py", "system load behind freezes and lag", SYS, value=v)
       for n, v in (("system.cpu_pct", "CPU %"), ("system.load1", "1-min load"), ("system.load5", "5-min load"),
                    ("system.mem_used_pct", "memory used %"), ("system.mem_available_mib", "MiB"),
                    ("system.procs", "process count"), ("system.disk_used_pct", "spool filesystem used %"),
                    ("system.disk_free_mib", "spool filesystem free MiB"))),
-    RecordDef("system.temp_c", (M,), "agent/probes/system.py", "thermal throttling explains lag",
+    RecordDef("system.temp_c", (M,), "agent/probes/system/__init__.py", "thermal throttling explains lag",
               "probes.system.temperatures", (F("sensor", "chip.label"), F("v", "°C"))),
     # -- display --------------------------------------------------------------------------------------
     RecordDef("display.freeze", (B, N), "agent/probes/display/probe.py", "screen freezes (quality defect)", DISP,

@@ -1,8 +1,9 @@
 """The black box: keeps the ring filled, watches the records that flow past, and emits snapshots.
 
 Threads: one `blackbox` thread samples the system every `interval_s` (and the process table every
-`procs_interval_s` while the CPU is busy, 6x less often while idle, and at the next turn after a trigger),
-emits due snapshots and retires ended campaigns. `tap()` is called from probe threads
+`procs_interval_s` while the CPU is busy, 12x less often while idle, and at the next turn after a trigger),
+emits due snapshots and retires ended campaigns. A turn only reads the system files; what it read is parsed
+into the ring every PARSE_EVERY turns, and before a snapshot is built. `tap()` is called from probe threads
 (link, display, kmsg lines), `observe()` from the pipeline thread after each group commit (CAN bus statistics
 and the triggers). Nothing here blocks a caller beyond the ring's lock.
 
@@ -26,7 +27,7 @@ from ..counters import Counters
 from ..records import Kind, Record, RecordFactory
 from .ring import ContextRing
 from .settings import BlackboxConfig
-from .sysread import ProcessScanner, SystemReader
+from .sysread import ProcessScanner, Raw, SystemReader
 from .triggers import RateLimiter, Trigger, builtin
 
 if TYPE_CHECKING:
@@ -35,10 +36,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("icvq.blackbox")
 # Process-table cadence (issue 13): a scan is ~85 % of the sampling cost, and while the unit is idle the top
 # processes say nothing. Below IDLE_CPU_PCT total CPU (last `system` sample) the table is scanned every
-# IDLE_PROCS_FACTOR x `procs_interval_s` (30 s at defaults); the first busy second, and every trigger, scan at
-# the next turn, then every `procs_interval_s` while busy. Saves ~0.8 of the ~1.1 CPU s/h the scans cost.
+# IDLE_PROCS_FACTOR x `procs_interval_s` (60 s at defaults); the first busy second, and every trigger, scan at
+# the next turn, then every `procs_interval_s` while busy. A scan of ~130 processes costs ~3.5 ms at this rate
+# (cold): every 5 s that was ~2.5 CPU s/h, every 30 s 0.42 s/h of the black box's ~1.3 (isolated, 180 s on the
+# 2-core build machine), every 60 s ~0.2.
 IDLE_CPU_PCT = 30.0
-IDLE_PROCS_FACTOR = 6
+IDLE_PROCS_FACTOR = 12
+# Parsing in batches (issue 13's idle CPU): a turn that wakes once a second runs on a cold cache, so parsing and
+# storing one sample cost ~3x what they cost in a loop. Ten turns' readings parsed in one go cost what two did
+# one at a time: in a 1 Hz thread on the 2-core build machine, read + parse + ring.add every turn 1.18 CPU s/h,
+# reads every turn and the rest every 10th 0.56 s/h (150 s, same process). The ring then lags by up to
+# PARSE_EVERY samples, which only snapshots read, and they parse the backlog first.
+PARSE_EVERY = 10
 # CAN bus statistics come as the probe's own `can.bus` metric records (one per bus and window).
 CAN_KEYS = ("bus", "state", "load_pct", "frames_s", "err_frames", "drops", "tec", "rec")
 
@@ -63,6 +72,7 @@ class BlackBox:
         self.campaign_triggers: list[Trigger] = []
         self.on_tick: list[Callable[[], None]] = []
         self._pending: list[Pending] = []
+        self._backlog: list[tuple[float, Raw]] = []  # taken, not yet parsed into the ring (black box thread only)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # The thread's pause between turns: a lock held until stop() releases it. Acquiring it with a timeout is one
@@ -137,8 +147,10 @@ class BlackBox:
                 log.exception("black box step failed")
                 self.counters.inc("errors")
             next_at = max(next_at + self.cfg.interval_s, self.clock.mono())
-            with self._lock:
-                due = min((p.due for p in self._pending), default=next_at)
+            due = next_at
+            if self._pending:  # the lock only when a snapshot waits: this runs every second
+                with self._lock:
+                    due = min((p.due for p in self._pending), default=next_at)
             if self._pause.acquire(timeout=max(0.0, min(next_at, due) - self.clock.mono())):
                 self._pause.release()  # stop() released it: leave it free for any later look
 
@@ -146,9 +158,10 @@ class BlackBox:
         now = self.clock.mono()
         cpu: object = None
         if "system" in self.enabled_channels:
-            sample = self.system.sample()
-            cpu = sample.get("cpu")
-            self.ring.add("system", now, sample)
+            self._backlog.append((now, self.system.take()))
+            cpu = self.system.cpu
+            if len(self._backlog) >= PARSE_EVERY:
+                self._parse_backlog()
         idle = isinstance(cpu, (int, float)) and cpu < IDLE_CPU_PCT
         # Due at the turn nearest its time: turns wake a few ms late or early, and a strict `>=` turns a 0.5 s
         # cadence into 1 s whenever the previous turn was the late one.
@@ -163,11 +176,20 @@ class BlackBox:
         for f in self.on_tick:
             f()
 
+    def _parse_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for t, raw in backlog:
+            self.ring.add("system", t, self.system.parse(raw))
+
     def flush(self, force: bool = False) -> None:
+        if not (self._pending or force):
+            return  # nothing waits (the list is swapped whole under the lock: reading it here is safe)
         now = self.clock.mono()
         with self._lock:
             due = [p for p in self._pending if force or p.due <= now]
             self._pending = [p for p in self._pending if p not in due]
+        if due or force:
+            self._parse_backlog()
         for p in due:
             self.emit(self.snapshot(p, complete=p.due <= now))
 

@@ -9,10 +9,11 @@ is the expensive part (one /proc/<pid>/stat read per process, ~1.8 ms for 145 pr
 `procs_interval_s` (5 s by default), not every second. Parsers are pure functions over text, tested from tables.
 
 Issue 13 (idle CPU at most 1.5x collectd's): a turn at 1 Hz runs on a cold cache, ~5x its cost in a loop. The
-system files are read through descriptors kept open (KeptFiles: pread at offset 0, no open/close per turn),
-/proc/stat is split only up to its `intr` line and /proc/meminfo only at the two lines used: the sample went
-from 66 to 37 µs in a loop and the black box thread from 2.39 to 2.08 CPU s/h in the agent (same run, same
-minutes, with the recorder's lock pause; `python -m tools.bench.idle_threads --base`, docs/performance.md).
+system files are read through descriptors kept open (agent/procfs.py's KeptFiles: pread at offset 0, no
+open/close per turn), /proc/stat is split only up to its `intr` line and /proc/meminfo only at the two lines
+used: the sample went from 66 to 37 µs in a loop and the black box thread from 2.39 to 2.08 CPU s/h in the
+agent (same run, same minutes, with the recorder's lock pause; `python -m tools.bench.idle_threads --base`,
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,80 +24,10 @@ from dataclasses import field
 from pathlib import Path
 
 from ..dataclass_shared import dataclass
+from ..procfs import CLK_TCK, CpuTimes, KeptFiles, cpu_pct, parse_loadavg, parse_meminfo, parse_stat
 
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-CpuTimes = tuple[int, int, int]  # (total, idle incl. iowait, iowait) in clock ticks
-
-
-def parse_stat(text: str) -> dict[str, CpuTimes]:
-    """`cpu`/`cpuN` lines of /proc/stat → name: (total, idle+iowait, iowait). guest time is already counted in
-    user (the kernel adds it there), so it is left out of the total. The `cpu` lines come first: the rest (the
-    `intr` line alone is thousands of characters on an ARM SoC) is not split at all."""
-    out: dict[str, CpuTimes] = {}
-    end = text.find("\nintr")
-    for line in (text if end < 0 else text[:end]).splitlines():
-        if not line.startswith("cpu"):
-            continue
-        parts = line.split()
-        try:
-            v = [int(x) for x in parts[1:9]]
-        except ValueError:
-            continue
-        v += [0] * (8 - len(v))
-        user, nice, system, idle, iowait, irq, softirq, steal = v
-        out[parts[0]] = (user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait, iowait)
-    return out
-
-
-def cpu_pct(prev: Mapping[str, CpuTimes], cur: Mapping[str, CpuTimes]) -> tuple[float | None, list[float],
-                                                                                  float | None]:
-    """(total busy %, busy % per core in core order, I/O wait %) between two /proc/stat readings."""
-    def busy(name: str) -> tuple[float, float] | None:
-        if name not in prev or name not in cur:
-            return None
-        dt = cur[name][0] - prev[name][0]
-        if dt <= 0:
-            return None
-        return (100.0 * (dt - (cur[name][1] - prev[name][1])) / dt, 100.0 * (cur[name][2] - prev[name][2]) / dt)
-
-    total = busy("cpu")
-    if total is None:
-        return None, [], None  # less than one clock tick between the readings
-    cores = sorted((int(n[3:]), n) for n in cur if n[3:].isdigit())
-    per = [b[0] if b else 0.0 for b in (busy(n) for _, n in cores)]
-    return total[0], per, total[1]
-
-
-def _meminfo_kib(text: str, key: str) -> int | None:
-    """The value of one `Key:   123 kB` line, found by its name instead of parsing all ~50 lines."""
-    if text.startswith(key):
-        i = 0
-    else:
-        i = text.find("\n" + key)
-        if i < 0:
-            return None
-        i += 1
-    j = text.find("\n", i)
-    try:
-        return int(text[i + len(key):j if j >= 0 else len(text)].split()[0])
-    except (ValueError, IndexError):
-        return None
-
-
-def parse_meminfo(text: str) -> tuple[float | None, float | None]:
-    """(used %, available MiB) from /proc/meminfo."""
-    total, avail = _meminfo_kib(text, "MemTotal:"), _meminfo_kib(text, "MemAvailable:")
-    if not total or avail is None:
-        return None, None
-    return 100.0 * (total - avail) / total, avail / 1024
-
-
-def parse_loadavg(text: str) -> float | None:
-    try:
-        return float(text.split()[0])
-    except (ValueError, IndexError):
-        return None
+__all__ = ["CLK_TCK", "KeptFiles", "ProcessScanner", "SystemReader", "cpu_pct", "parse_loadavg", "parse_meminfo",
+           "parse_pid_stat", "parse_stat", "top_cpu"]
 
 
 def parse_pid_stat(text: str) -> tuple[str, int] | None:
@@ -131,42 +62,22 @@ def _read(path: str) -> str:
         os.close(fd)
 
 
-class KeptFiles:
-    """Reads the same few /proc and /sys files every second through descriptors kept open: a read at offset 0
-    makes procfs and sysfs generate the text afresh, so an open and a close per file and turn are saved."""
-
-    def __init__(self) -> None:
-        self._fds: dict[str, int] = {}
-
-    def read(self, path: str) -> str:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return os.pread(fd, 65536, 0).decode("ascii", "replace")
-        except OSError:
-            self.close(path)  # a thermal zone gone with its driver: opened afresh (or failing) next time
-            raise
-
-    def close(self, path: str | None = None) -> None:
-        for p in [path] if path is not None else list(self._fds):
-            fd = self._fds.pop(p, None)
-            if fd is not None:
-                os.close(fd)
-
-    def __del__(self) -> None:
-        self.close()
+Raw = tuple[str, str, str, tuple[str | None, ...]]  # /proc/stat up to `intr`, meminfo, loadavg, zone readings
 
 
 @dataclass
 class SystemReader:
-    """Keeps the previous counters; `sample()` returns one flat dict for the ring (numbers rounded)."""
+    """`take()` reads the files (each turn), `parse()` turns what it read into one flat dict for the ring
+    (numbers rounded), in the order taken: it keeps the previous CPU counters. `sample()` does both at once.
+    `cpu` is the total busy % between the last two takes, from /proc/stat's first line alone."""
 
     proc: str = "/proc"
     thermal: str = "/sys/class/thermal"
     temperatures: bool = True
     read: Callable[[str], str] | None = None  # None: through descriptors kept open (KeptFiles)
+    cpu: float | None = None
     _stat: dict[str, CpuTimes] = field(default_factory=dict)
+    _total: CpuTimes | None = None
     _zones: list[tuple[str, str]] | None = None
     _files: KeptFiles = field(default_factory=KeptFiles)
 
@@ -176,9 +87,30 @@ class SystemReader:
     def _read(self, path: str) -> str:
         return self.read(path) if self.read is not None else self._files.read(path)
 
-    def sample(self) -> dict[str, object]:
+    def take(self) -> Raw:
+        stat = self._read(f"{self.proc}/stat")
+        end = stat.find("\nintr")
+        if end >= 0:
+            stat = stat[:end]  # ~3,000 characters of interrupt counters on an ARM SoC, never used
+        total = parse_stat(stat[:stat.find("\n")]).get("cpu")
+        if total is not None and self._total is not None:
+            self.cpu = cpu_pct({"cpu": self._total}, {"cpu": total})[0]
+        self._total = total
+        temps: tuple[str | None, ...] = ()
+        if self.temperatures:
+            temps = tuple(self._try(path) for _, path in self.zones())
+        return stat, self._read(f"{self.proc}/meminfo"), self._read(f"{self.proc}/loadavg"), temps
+
+    def _try(self, path: str) -> str | None:
+        try:
+            return self._read(path)
+        except OSError:
+            return None
+
+    def parse(self, raw: Raw) -> dict[str, object]:
+        stat, meminfo, loadavg, temps = raw
         out: dict[str, object] = {}
-        cur = parse_stat(self._read(f"{self.proc}/stat"))
+        cur = parse_stat(stat)
         if self._stat:
             total, per, iow = cpu_pct(self._stat, cur)
             if total is not None:
@@ -188,20 +120,22 @@ class SystemReader:
             if iow is not None:
                 out["iowait"] = round(iow, 1)
         self._stat = cur
-        used, avail = parse_meminfo(self._read(f"{self.proc}/meminfo"))
+        used, avail = parse_meminfo(meminfo)
         if used is not None and avail is not None:
             out["mem"] = round(used, 1)
             out["avail_mib"] = round(avail)
-        load = parse_loadavg(self._read(f"{self.proc}/loadavg"))
+        load = parse_loadavg(loadavg)
         if load is not None:
             out["load1"] = load
-        if self.temperatures:
-            for name, path in self.zones():
-                try:
-                    out[f"temp.{name}"] = round(int(self._read(path).strip()) / 1000, 1)
-                except (OSError, ValueError):
-                    continue
+        for (name, _), text in zip(self.zones() if temps else (), temps, strict=False):
+            try:
+                out[f"temp.{name}"] = round(int((text or "").strip()) / 1000, 1)
+            except ValueError:
+                continue
         return out
+
+    def sample(self) -> dict[str, object]:
+        return self.parse(self.take())
 
     def zones(self) -> list[tuple[str, str]]:
         if self._zones is None:

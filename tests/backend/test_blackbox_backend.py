@@ -36,9 +36,15 @@ def freeze_with_context() -> tuple[list[Record], int]:
     second = [0]
 
     class Sys:
-        def sample(self) -> dict[str, object]:
+        cpu: float | None = None
+
+        def parse(self, raw: dict[str, object]) -> dict[str, object]:
+            return raw
+
+        def take(self) -> dict[str, object]:
             s = second[0]
             spike = 40 <= s <= 42
+            self.cpu = 95 if spike else 12 + s % 5
             return {"cpu": 95 if spike else 12 + s % 5, "cpu0": 99 if spike else 15, "cpu1": 91 if spike else 9,
                     "mem": 40.0 + s * 0.2, "avail_mib": 1900 - s, "load1": 0.4, "iowait": 0.5}
 

@@ -12,7 +12,7 @@ import pytest
 
 from agent.blackbox import sysread
 from agent.blackbox.columns import columnar, expand
-from agent.blackbox.recorder import BlackBox
+from agent.blackbox.recorder import PARSE_EVERY, BlackBox
 from agent.blackbox.ring import ContextRing
 from agent.blackbox.settings import BlackboxConfig
 from agent.clock import FakeClock
@@ -106,6 +106,62 @@ def test_stop_closes_what_the_system_reader_keeps_open() -> None:
     assert Reader.closed == 2 and box._thread is not None and not box._thread.is_alive()
 
 
+def _fake_proc(tmp_path: Path, turns: list[tuple[str, str]]) -> sysread.SystemReader:
+    """A reader over files the test rewrites: turns of (cpu line, cpu0 line)."""
+    it = iter(turns)
+
+    def read(path: str) -> str:
+        if path.endswith("/stat"):
+            cpu, cpu0 = next(it)
+            return f"cpu  {cpu}\ncpu0 {cpu0}\nintr 9 9 9\nctxt 1\n"
+        return {"meminfo": "MemTotal: 1000 kB\nMemAvailable: 600 kB\n", "loadavg": "0.25 0.1 0.1 1/90 7\n"}[
+            path.rsplit("/", 1)[1]]
+    return sysread.SystemReader(read=read, temperatures=False)
+
+
+TURNS = [("10 0 10 80 0 0 0 0", "10 0 10 80 0 0 0 0"), ("40 0 20 130 10 0 0 0", "40 0 20 130 10 0 0 0"),
+         ("40 0 20 230 10 0 0 0", "40 0 20 230 10 0 0 0")]
+
+
+def test_taken_then_parsed_in_a_batch_equals_sampled_each_turn(tmp_path: Path) -> None:
+    """The black box reads each turn and parses ten turns at once (issue 13): the samples are the same."""
+    each = _fake_proc(tmp_path, TURNS)
+    one_by_one = [each.sample() for _ in TURNS]
+    batch = _fake_proc(tmp_path, TURNS)
+    raws, cpus = [], []
+    for _ in TURNS:
+        raws.append(batch.take())
+        cpus.append(batch.cpu)
+    assert [batch.parse(r) for r in raws] == one_by_one
+    assert one_by_one[1] == {"cpu": 40, "cpu0": 40, "iowait": 10.0, "mem": 40.0, "avail_mib": 1, "load1": 0.25}
+    assert "intr" not in raws[0][0]
+    assert cpus == [None, 40.0, 0.0]  # the turn's own figure, from the first line, for the process-table cadence
+
+
+def test_the_ring_gets_the_readings_every_tenth_turn_and_before_a_snapshot() -> None:
+    clock = FakeClock()
+    out: list[Record] = []
+    box = _box(BlackboxConfig(pre_s=5, post_s=2), clock, out, [5.0])
+    systems = lambda: box.ring.stats()["samples"].get("system", 0)  # noqa: E731
+    for _ in range(PARSE_EVERY - 1):
+        box.step()
+        clock.advance(1.0)
+    assert systems() == 0
+    box.step()
+    assert systems() == PARSE_EVERY
+    clock.advance(1.0)
+    box.observe([RecordFactory(clock).begin("display.freeze", {"cause": "hmi_stopped"})])
+    for _ in range(3):
+        box.step()
+        clock.advance(1.0)
+    assert len(out) == 1 and systems() == PARSE_EVERY + 3  # the snapshot at T + 2 s parsed the backlog first
+    d = out[0].data
+    assert isinstance(d, dict) and len(d["system"]["t"]) == 8  # T - 5 .. T + 2, the last three from the backlog
+    box.step()
+    box.stop()
+    assert systems() == PARSE_EVERY + 4  # stop parses what is left
+
+
 def test_real_proc_reader_samples_this_machine() -> None:
     r = sysread.SystemReader()
     r.sample()
@@ -168,9 +224,14 @@ def test_ring_copies_only_the_samples_it_keeps() -> None:
 
 def _box(cfg: BlackboxConfig, clock: FakeClock, out: list[Record], cpu: list[float]) -> BlackBox:
     class Sys:
-        def sample(self) -> dict[str, object]:
-            v = cpu[0]
+        cpu: float | None = None
+
+        def take(self) -> dict[str, object]:  # what the step read, already parsed
+            self.cpu = v = cpu[0]
             return {"cpu": v, "cpu0": v, "cpu1": v, "mem": 41.5, "avail_mib": 1800, "load1": 0.3, "iowait": 0.0}
+
+        def parse(self, raw: dict[str, object]) -> dict[str, object]:
+            return raw
 
     class Procs:
         def scan(self, now: float, n: int) -> list[list[object]]:
@@ -315,14 +376,14 @@ def test_process_table_is_scanned_slowly_while_idle_at_once_when_busy_or_trigger
     scan = box.scanner.scan
     box.scanner.scan = lambda now, n: scans.append(round(now - 1000)) or scan(now, n)  # type: ignore[method-assign]
     rec = RecordFactory(clock)
-    for second in range(100):
+    for second in range(140):
         cpu[0] = 80.0 if 40 <= second < 52 else 5.0
         box.step()
         if second == 75:
             box.observe([rec.begin("display.freeze", {"cause": "hmi_stopped"})])
         clock.advance(1.0)
-    # idle: every 30 s; busy from 40: at once, then every 5 s; idle again: 30 s after the last; a trigger: next turn
-    assert scans == [0, 30, 40, 45, 50, 76], scans
+    # idle: every 60 s; busy from 40: at once, then every 5 s; a trigger: next turn; idle again: 60 s after the last
+    assert scans == [0, 40, 45, 50, 76, 136], scans
 
 
 def test_busy_process_scans_keep_their_cadence_when_turns_wake_late_or_early() -> None:

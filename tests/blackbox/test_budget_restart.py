@@ -20,8 +20,13 @@ CFG = BlackboxConfig(max_per_hour=3, pre_s=1, post_s=0, window_s=5, min_interval
 
 
 class _Sys:
-    def sample(self) -> dict[str, object]:
+    cpu = 1.0
+
+    def take(self) -> dict[str, object]:
         return {"cpu": 1.0, "mem": 40.0}
+
+    def parse(self, raw: dict[str, object]) -> dict[str, object]:
+        return raw
 
 
 class _Procs:
