@@ -20,36 +20,43 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 CpuTimes = tuple[int, int, int]  # (total, idle incl. iowait, iowait) in clock ticks
 
 
+def cpu_times(line: str) -> tuple[str, CpuTimes] | None:
+    """One `cpu`/`cpuN` line of /proc/stat → (name, (total, idle+iowait, iowait)). guest time is already counted
+    in user (the kernel adds it there), so it is left out of the total."""
+    parts = line.split()
+    try:
+        v = [int(x) for x in parts[1:9]]
+    except ValueError:
+        return None
+    v += [0] * (8 - len(v))
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    return parts[0], (user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait, iowait)
+
+
 def parse_stat(text: str) -> dict[str, CpuTimes]:
-    """`cpu`/`cpuN` lines of /proc/stat → name: (total, idle+iowait, iowait). guest time is already counted in
-    user (the kernel adds it there), so it is left out of the total. The `cpu` lines come first: the rest (the
-    `intr` line alone is thousands of characters on an ARM SoC) is not split at all."""
+    """`cpu`/`cpuN` lines of /proc/stat → name: (total, idle+iowait, iowait). The `cpu` lines come first: the
+    rest (the `intr` line alone is thousands of characters on an ARM SoC) is not split at all."""
     out: dict[str, CpuTimes] = {}
     end = text.find("\nintr")
     for line in (text if end < 0 else text[:end]).splitlines():
-        if not line.startswith("cpu"):
-            continue
-        parts = line.split()
-        try:
-            v = [int(x) for x in parts[1:9]]
-        except ValueError:
-            continue
-        v += [0] * (8 - len(v))
-        user, nice, system, idle, iowait, irq, softirq, steal = v
-        out[parts[0]] = (user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait, iowait)
+        if line.startswith("cpu") and (named := cpu_times(line)) is not None:
+            out[named[0]] = named[1]
     return out
+
+
+def busy_pct(prev: CpuTimes, cur: CpuTimes) -> tuple[float, float] | None:
+    """(busy %, I/O wait %) between two readings of one line; None: not one clock tick between them."""
+    dt = cur[0] - prev[0]
+    if dt <= 0:
+        return None
+    return 100.0 * (dt - (cur[1] - prev[1])) / dt, 100.0 * (cur[2] - prev[2]) / dt
 
 
 def cpu_pct(prev: Mapping[str, CpuTimes], cur: Mapping[str, CpuTimes]) -> tuple[float | None, list[float],
                                                                                   float | None]:
     """(total busy %, busy % per core in core order, I/O wait %) between two /proc/stat readings."""
     def busy(name: str) -> tuple[float, float] | None:
-        if name not in prev or name not in cur:
-            return None
-        dt = cur[name][0] - prev[name][0]
-        if dt <= 0:
-            return None
-        return (100.0 * (dt - (cur[name][1] - prev[name][1])) / dt, 100.0 * (cur[name][2] - prev[name][2]) / dt)
+        return busy_pct(prev[name], cur[name]) if name in prev and name in cur else None
 
     total = busy("cpu")
     if total is None:

@@ -7,6 +7,8 @@ Hand-written instead of psutil because of cost: at 1 Hz the sampler must stay un
 sensors_temperatures cost ~0.17 ms (docs/performance.md, `python -m tools.bench.blackbox`). The process table
 is the expensive part (one /proc/<pid>/stat read per process, ~1.8 ms for 145 processes): it is scanned every
 `procs_interval_s` (5 s by default), not every second. Parsers are pure functions over text, tested from tables.
+`take()` only reads (the black box's every turn) and `parse()` runs later, ten readings at once (recorder.py);
+/proc/loadavg is read every 5 s, as often as the kernel recomputes it.
 
 Issue 13 (idle CPU at most 1.5x collectd's): a turn at 1 Hz runs on a cold cache, ~5x its cost in a loop. The
 system files are read through descriptors kept open (agent/procfs.py's KeptFiles: pread at offset 0, no
@@ -19,12 +21,23 @@ docs/performance.md).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 
 from ..dataclass_shared import dataclass
-from ..procfs import CLK_TCK, CpuTimes, KeptFiles, cpu_pct, parse_loadavg, parse_meminfo, parse_stat
+from ..procfs import (
+    CLK_TCK,
+    CpuTimes,
+    KeptFiles,
+    busy_pct,
+    cpu_pct,
+    cpu_times,
+    parse_loadavg,
+    parse_meminfo,
+    parse_stat,
+)
 
 __all__ = ["CLK_TCK", "KeptFiles", "ProcessScanner", "SystemReader", "cpu_pct", "parse_loadavg", "parse_meminfo",
            "parse_pid_stat", "parse_stat", "top_cpu"]
@@ -62,6 +75,8 @@ def _read(path: str) -> str:
         os.close(fd)
 
 
+# The kernel computes the load average every 5 s (LOAD_FREQ): a second reading in between returns the same text.
+LOADAVG_EVERY_S = 5.0
 Raw = tuple[str, str, str, tuple[str | None, ...]]  # /proc/stat up to `intr`, meminfo, loadavg, zone readings
 
 
@@ -78,6 +93,8 @@ class SystemReader:
     cpu: float | None = None
     _stat: dict[str, CpuTimes] = field(default_factory=dict)
     _total: CpuTimes | None = None
+    _load: str = ""
+    _load_at: float = float("-inf")
     _zones: list[tuple[str, str]] | None = None
     _files: KeptFiles = field(default_factory=KeptFiles)
 
@@ -92,14 +109,18 @@ class SystemReader:
         end = stat.find("\nintr")
         if end >= 0:
             stat = stat[:end]  # ~3,000 characters of interrupt counters on an ARM SoC, never used
-        total = parse_stat(stat[:stat.find("\n")]).get("cpu")
-        if total is not None and self._total is not None:
-            self.cpu = cpu_pct({"cpu": self._total}, {"cpu": total})[0]
-        self._total = total
+        named = cpu_times(stat[:stat.find("\n")])
+        if named is not None:
+            if self._total is not None and (busy := busy_pct(self._total, named[1])) is not None:
+                self.cpu = busy[0]
+            self._total = named[1]
+        now = time.monotonic()
+        if now - self._load_at >= LOADAVG_EVERY_S:
+            self._load, self._load_at = self._read(f"{self.proc}/loadavg"), now
         temps: tuple[str | None, ...] = ()
         if self.temperatures:
             temps = tuple(self._try(path) for _, path in self.zones())
-        return stat, self._read(f"{self.proc}/meminfo"), self._read(f"{self.proc}/loadavg"), temps
+        return stat, self._read(f"{self.proc}/meminfo"), self._load, temps
 
     def _try(self, path: str) -> str | None:
         try:

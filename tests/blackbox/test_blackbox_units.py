@@ -138,6 +138,21 @@ def test_taken_then_parsed_in_a_batch_equals_sampled_each_turn(tmp_path: Path) -
     assert cpus == [None, 40.0, 0.0]  # the turn's own figure, from the first line, for the process-table cadence
 
 
+def test_the_load_average_is_read_once_per_kernel_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel recomputes /proc/loadavg every 5 s: turns in between carry the text read last."""
+    r = _fake_proc(tmp_path, TURNS * 3)
+    reads: list[str] = []
+    inner = r.read
+    assert inner is not None
+    r.read = lambda path: reads.append(path) or inner(path)
+    now = [100.0]
+    monkeypatch.setattr(sysread.time, "monotonic", lambda: now[0])
+    for _ in range(7):
+        r.take()
+        now[0] += 1.0
+    assert sum(p.endswith("loadavg") for p in reads) == 2 and sum(p.endswith("/stat") for p in reads) == 7
+
+
 def test_the_ring_gets_the_readings_every_tenth_turn_and_before_a_snapshot() -> None:
     clock = FakeClock()
     out: list[Record] = []

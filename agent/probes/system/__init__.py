@@ -83,7 +83,7 @@ class SystemProbe(PeriodicProbe):
             self.counters.inc("meminfo_unreadable")
         else:
             out += [m("system.mem_used_pct", _r(used)), m("system.mem_available_mib", _r(avail))]
-        out.append(m("system.procs", sum(1 for e in os.listdir(self.proc) if e.isdigit())))
+        out.append(m("system.procs", sum(map(str.isdigit, os.listdir(self.proc)))))
         try:
             du = psutil.disk_usage(self.ctx.spool_dir)
             out.append(m("system.disk_used_pct", _r(du.percent)))
