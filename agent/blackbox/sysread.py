@@ -120,7 +120,9 @@ class SystemReader:
         temps: tuple[str | None, ...] = ()
         if self.temperatures:
             temps = tuple(self._try(path) for _, path in self.zones())
-        return stat, self._read(f"{self.proc}/meminfo"), self._load, temps
+        mem = self._read(f"{self.proc}/meminfo")
+        end = mem.find("\n", mem.find("\nMemAvailable:") + 1)  # up to MemAvailable: the ~50 lines after, unused
+        return stat, mem if end < 0 else mem[:end], self._load, temps
 
     def _try(self, path: str) -> str | None:
         try:
