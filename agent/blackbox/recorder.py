@@ -1,7 +1,7 @@
 """The black box: keeps the ring filled, watches the records that flow past, and emits snapshots.
 
 Threads: one `blackbox` thread samples the system every `interval_s` (and the process table every
-`procs_interval_s` while the CPU is busy, 12x less often while idle, and at the next turn after a trigger),
+`procs_interval_s` while the CPU is busy, 24x less often while idle, and at the next turn after a trigger),
 emits due snapshots and retires ended campaigns. A turn only reads the system files; what it read is parsed
 into the ring every PARSE_EVERY turns, and before a snapshot is built. `tap()` is called from probe threads
 (link, display, kmsg lines), `observe()` from the pipeline thread after each group commit (CAN bus statistics
@@ -36,12 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("icvq.blackbox")
 # Process-table cadence (issue 13): a scan is ~85 % of the sampling cost, and while the unit is idle the top
 # processes say nothing. Below IDLE_CPU_PCT total CPU (last `system` sample) the table is scanned every
-# IDLE_PROCS_FACTOR x `procs_interval_s` (60 s at defaults); the first busy second, and every trigger, scan at
+# IDLE_PROCS_FACTOR x `procs_interval_s` (120 s at defaults); the first busy second, and every trigger, scan at
 # the next turn, then every `procs_interval_s` while busy. A scan of ~130 processes costs ~3.5 ms at this rate
 # (cold): every 5 s that was ~2.5 CPU s/h, every 30 s 0.42 s/h of the black box's ~1.3 (isolated, 180 s on the
-# 2-core build machine), every 60 s ~0.2.
+# 2-core build machine), every 120 s ~0.1.
 IDLE_CPU_PCT = 30.0
-IDLE_PROCS_FACTOR = 12
+IDLE_PROCS_FACTOR = 24
 # Parsing in batches (issue 13's idle CPU): a turn that wakes once a second runs on a cold cache, so parsing and
 # storing one sample cost ~3x what they cost in a loop. Ten turns' readings parsed in one go cost what two did
 # one at a time: in a 1 Hz thread on the 2-core build machine, read + parse + ring.add every turn 1.18 CPU s/h,
