@@ -33,6 +33,13 @@ def cpu_times(line: str) -> tuple[str, CpuTimes] | None:
     return parts[0], (user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait, iowait)
 
 
+def total_times(text: str) -> CpuTimes | None:
+    """The aggregate `cpu` line alone, the first of /proc/stat: what a total busy % needs, without the per-core
+    lines."""
+    named = cpu_times(text.partition("\n")[0])
+    return named[1] if named is not None and named[0] == "cpu" else None
+
+
 def parse_stat(text: str) -> dict[str, CpuTimes]:
     """`cpu`/`cpuN` lines of /proc/stat → name: (total, idle+iowait, iowait). The `cpu` lines come first: the
     rest (the `intr` line alone is thousands of characters on an ARM SoC) is not split at all."""

@@ -33,10 +33,10 @@ from ..procfs import (
     KeptFiles,
     busy_pct,
     cpu_pct,
-    cpu_times,
     parse_loadavg,
     parse_meminfo,
     parse_stat,
+    total_times,
 )
 
 __all__ = ["CLK_TCK", "KeptFiles", "ProcessScanner", "SystemReader", "cpu_pct", "parse_loadavg", "parse_meminfo",
@@ -109,11 +109,11 @@ class SystemReader:
         end = stat.find("\nintr")
         if end >= 0:
             stat = stat[:end]  # ~3,000 characters of interrupt counters on an ARM SoC, never used
-        named = cpu_times(stat[:stat.find("\n")])
-        if named is not None:
-            if self._total is not None and (busy := busy_pct(self._total, named[1])) is not None:
+        total = total_times(stat)
+        if total is not None:
+            if self._total is not None and (busy := busy_pct(self._total, total)) is not None:
                 self.cpu = busy[0]
-            self._total = named[1]
+            self._total = total
         now = time.monotonic()
         if now - self._load_at >= LOADAVG_EVERY_S:
             self._load, self._load_at = self._read(f"{self.proc}/loadavg"), now

@@ -106,8 +106,8 @@ def test_stop_closes_what_the_system_reader_keeps_open() -> None:
     assert Reader.closed == 2 and box._thread is not None and not box._thread.is_alive()
 
 
-def _fake_proc(tmp_path: Path, turns: list[tuple[str, str]]) -> sysread.SystemReader:
-    """A reader over files the test rewrites: turns of (cpu line, cpu0 line)."""
+def _fake_proc(turns: list[tuple[str, str]]) -> sysread.SystemReader:
+    """A reader whose /proc/stat gives the next of `turns` (cpu line, cpu0 line) at each read."""
     it = iter(turns)
 
     def read(path: str) -> str:
@@ -123,11 +123,11 @@ TURNS = [("10 0 10 80 0 0 0 0", "10 0 10 80 0 0 0 0"), ("40 0 20 130 10 0 0 0", 
          ("40 0 20 230 10 0 0 0", "40 0 20 230 10 0 0 0")]
 
 
-def test_taken_then_parsed_in_a_batch_equals_sampled_each_turn(tmp_path: Path) -> None:
+def test_taken_then_parsed_in_a_batch_equals_sampled_each_turn() -> None:
     """The black box reads each turn and parses ten turns at once (issue 13): the samples are the same."""
-    each = _fake_proc(tmp_path, TURNS)
+    each = _fake_proc(TURNS)
     one_by_one = [each.sample() for _ in TURNS]
-    batch = _fake_proc(tmp_path, TURNS)
+    batch = _fake_proc(TURNS)
     raws, cpus = [], []
     for _ in TURNS:
         raws.append(batch.take())
@@ -138,9 +138,9 @@ def test_taken_then_parsed_in_a_batch_equals_sampled_each_turn(tmp_path: Path) -
     assert cpus == [None, 40.0, 0.0]  # the turn's own figure, from the first line, for the process-table cadence
 
 
-def test_the_load_average_is_read_once_per_kernel_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_load_average_is_read_once_per_kernel_update(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel recomputes /proc/loadavg every 5 s: turns in between carry the text read last."""
-    r = _fake_proc(tmp_path, TURNS * 3)
+    r = _fake_proc(TURNS * 3)
     reads: list[str] = []
     inner = r.read
     assert inner is not None

@@ -59,18 +59,10 @@ def test_sensor_names_are_psutils(tmp_path: Path, files: dict[str, str], names: 
     assert all(Path(p).exists() for _, p in found)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def __call__(self, r: Record) -> None:
-        self.records.append(r)
-
-
-def probe(tmp_path: Path, proc: str = "/proc", sys_root: str = "/sys", **cfg: Any) -> tuple[SystemProbe, Sink]:
-    sink = Sink()
-    ctx = ProbeContext(clock=SystemClock(), emit=sink, spool_dir=str(tmp_path))
-    return SystemProbe(Config(**cfg), ctx, proc=proc, sys_root=sys_root), sink
+def probe(tmp_path: Path, proc: str = "/proc", sys_root: str = "/sys", **cfg: Any) -> SystemProbe:
+    """A probe whose samples the test takes itself (`sample()`), with the spool's directory in tmp_path."""
+    ctx = ProbeContext(clock=SystemClock(), emit=lambda r: None, spool_dir=str(tmp_path))
+    return SystemProbe(Config(**cfg), ctx, proc=proc, sys_root=sys_root)
 
 
 def values(records: list[Record]) -> dict[str, Any]:
@@ -89,7 +81,7 @@ def test_metrics_from_a_proc_tree(tmp_path: Path) -> None:
              "meminfo": "MemTotal: 1000 kB\nMemFree: 10 kB\nMemAvailable: 250 kB\n",
              f"{pid}/statm": "5000 2560 300 1 0 400 0\n", "1/stat": "", "42/stat": "", "self": "", "sys/x": ""}
     proc = tree(tmp_path / "proc", files)
-    p, _ = probe(tmp_path, proc=proc, sys_root=tree(tmp_path / "sys", HWMON))
+    p = probe(tmp_path, proc=proc, sys_root=tree(tmp_path / "sys", HWMON))
     (tmp_path / "proc/stat").write_text("cpu  150 0 150 900 0 0 0 0 0 0\ncpu0 150 0 150 900 0 0 0 0 0 0\n")
     v = values(list(p.sample()))
     assert v["system.cpu_pct"] == 50.0  # 100 busy ticks of 200
@@ -114,7 +106,7 @@ def test_metrics_from_a_proc_tree(tmp_path: Path) -> None:
 
 def test_this_host_matches_psutil(tmp_path: Path) -> None:
     """The same names as before the change, and values psutil reads in the same moment (the host's own)."""
-    p, _ = probe(tmp_path, temperatures=True)
+    p = probe(tmp_path, temperatures=True)
     v = values(list(p.sample()))
     want = {"system.cpu_pct", "system.load1", "system.load5", "system.mem_used_pct", "system.mem_available_mib",
             "system.procs", "system.disk_used_pct", "system.disk_free_mib", "agent.cpu_pct", "agent.rss_mib"}

@@ -21,7 +21,7 @@ import psutil
 
 from ...dataclass_shared import dataclass
 from ...probe import PeriodicProbe, Probe, ProbeContext
-from ...procfs import CpuTimes, KeptFiles, cpu_pct, parse_meminfo, parse_stat
+from ...procfs import CpuTimes, KeptFiles, busy_pct, parse_meminfo, total_times
 from ...records import Record
 from ...schema import opt
 from . import temps
@@ -58,23 +58,23 @@ class SystemProbe(PeriodicProbe):
         self._sensors: list[tuple[str, str]] = []
         self._sensors_at = float("-inf")
         # The first sample's CPU figures cover the time since start-up, as psutil's primed cpu_percent did.
-        self._stat: dict[str, CpuTimes] = self._read_stat()
+        self._total: CpuTimes | None = self._read_total()
         self._me = (time.monotonic(), _agent_cpu_s())
 
-    def _read_stat(self) -> dict[str, CpuTimes]:
-        return parse_stat(self._files.read(f"{self.proc}/stat"))
+    def _read_total(self) -> CpuTimes | None:
+        return total_times(self._files.read(f"{self.proc}/stat"))
 
     def close(self) -> None:
         self._files.close()
 
     def sample(self) -> Iterable[Record]:
         m = self.rec.metric
-        cur = self._read_stat()
-        cpu = cpu_pct(self._stat, cur)[0]
-        self._stat = cur
+        cur = self._read_total()
+        busy = busy_pct(self._total, cur) if self._total is not None and cur is not None else None
+        self._total = cur
         load1, load5, _ = os.getloadavg()
         out = [
-            m("system.cpu_pct", _r(cpu or 0.0)),  # None: not one clock tick since the last sample
+            m("system.cpu_pct", _r(busy[0] if busy else 0.0)),  # None: not one clock tick since the last sample
             m("system.load1", _r(load1)),
             m("system.load5", _r(load5)),
         ]
